@@ -1,0 +1,58 @@
+// treegate/kernels/reference.hpp — the `reference` kernel policy: plain loops, the tests' oracle.
+// Every other policy must agree with it; it favours obviousness over speed.
+#ifndef TREEGATE_KERNELS_REFERENCE_HPP
+#define TREEGATE_KERNELS_REFERENCE_HPP
+
+#include "../config.hpp"
+
+namespace treegate::kernels {
+
+/// The kernel-policy interface, spelled out once. A policy is a stateless type with these static
+/// functions; all matrices are column-major with the given leading dimension, and every kernel
+/// accumulates into its output (y += ...), never overwrites it.
+///
+///   gemm(rows, cols, n, W, ldw, X, ldx, Y, ldy)   Y(rows x n) += W(rows x cols) * X(cols x n)
+///   gemv(rows, cols, W, ldw, x, y)                y(rows) += W * x
+///   path_sum(rows, cols, blocks, count, x, y)     y += sum_k blocks[k] * x   (each ld = rows)
+///   dot(n, a, b) -> Scalar                        sum_i a[i] * b[i]
+///   axpy(n, alpha, x, y)                          y += alpha * x
+struct reference {
+    static constexpr const char* name() noexcept { return "reference"; }
+
+    template <class Scalar>
+    static void gemm(index_t rows, index_t cols, index_t n, const Scalar* W, index_t ldw, const Scalar* X, index_t ldx,
+                     Scalar* Y, index_t ldy) noexcept {
+        for (index_t e = 0; e < n; ++e) gemv(rows, cols, W, ldw, X + e * ldx, Y + e * ldy);
+    }
+
+    template <class Scalar>
+    static void gemv(index_t rows, index_t cols, const Scalar* W, index_t ldw, const Scalar* x, Scalar* y) noexcept {
+        for (index_t r = 0; r < rows; ++r) {
+            Scalar s(0);
+            for (index_t c = 0; c < cols; ++c) s += W[r + c * ldw] * x[c];
+            y[r] += s;
+        }
+    }
+
+    template <class Scalar>
+    static void path_sum(index_t rows, index_t cols, const Scalar* const* blocks, int count, const Scalar* x,
+                         Scalar* y) noexcept {
+        for (int k = 0; k < count; ++k) gemv(rows, cols, blocks[k], rows, x, y);
+    }
+
+    template <class Scalar>
+    static Scalar dot(index_t n, const Scalar* a, const Scalar* b) noexcept {
+        Scalar s(0);
+        for (index_t i = 0; i < n; ++i) s += a[i] * b[i];
+        return s;
+    }
+
+    template <class Scalar>
+    static void axpy(index_t n, Scalar alpha, const Scalar* x, Scalar* y) noexcept {
+        for (index_t i = 0; i < n; ++i) y[i] += alpha * x[i];
+    }
+};
+
+}  // namespace treegate::kernels
+
+#endif

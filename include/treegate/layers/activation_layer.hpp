@@ -1,0 +1,64 @@
+// treegate/layers/activation_layer.hpp — an element-wise activation as a layer of its own.
+// Lets sequential models put ReLU/GELU/tanh between linear and tree layers.
+#ifndef TREEGATE_LAYERS_ACTIVATION_LAYER_HPP
+#define TREEGATE_LAYERS_ACTIVATION_LAYER_HPP
+
+#include "../activation.hpp"
+#include "../workspace.hpp"
+#include "layer_common.hpp"
+
+#include <type_traits>
+
+namespace treegate {
+
+template <class Scalar, int Size = dynamic>
+class activation_layer {
+    static_assert(std::is_floating_point_v<Scalar>, "activation_layer: Scalar must be a floating-point type");
+    static_assert(Size == dynamic || Size > 0, "activation_layer: Size must be positive or dynamic");
+
+public:
+    using scalar_type = Scalar;
+    using input_vector = Eigen::Matrix<Scalar, Size, 1>;
+    using output_vector = Eigen::Matrix<Scalar, Size, 1>;
+    using batch = matrix<Scalar>;
+    static constexpr const char* name = "activation_layer";
+
+    activation_layer(activation act, index_t size) : act_(act), size_(detail::resolve_size(name, "size", Size, size)) {}
+
+    activation kind() const noexcept { return act_; }
+    index_t in_size() const noexcept { return size_; }
+    index_t out_size() const noexcept { return size_; }
+    index_t parameter_count() const noexcept { return 0; }
+    index_t macs_per_example() const noexcept { return 0; }
+    void initialize(std::uint64_t /*seed*/) noexcept {}
+
+    void forward(const Eigen::Ref<const input_vector>& x, Eigen::Ref<output_vector> y) const {
+        detail::check_vector(name, "input", x.size(), size_);
+        detail::check_vector(name, "output", y.size(), size_);
+        y = x;
+        apply_inplace(act_, y.data(), size_);
+    }
+
+    void forward_batch(const Eigen::Ref<const batch>& X, Eigen::Ref<batch> Y, workspace<Scalar>& /*ws*/) const {
+        detail::check_batch(name, size_, X.rows(), X.cols(), size_, Y.rows(), Y.cols());
+        for (index_t e = 0; e < X.cols(); ++e) {
+            Y.col(e) = X.col(e);
+            apply_inplace(act_, Y.col(e).data(), size_);
+        }
+    }
+
+    batch forward_batch(const Eigen::Ref<const batch>& X) const {
+        batch Y(size_, X.cols());
+        workspace<Scalar> ws;
+        forward_batch(X, Y, ws);
+        return Y;
+    }
+
+private:
+    activation act_;
+    index_t size_;
+};
+
+}  // namespace treegate
+
+#endif

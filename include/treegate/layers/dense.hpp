@@ -1,0 +1,105 @@
+// treegate/layers/dense.hpp — an ordinary fully connected layer, y = W x + b.
+// The baseline treegate is measured against, and glue for networks built around tree layers.
+#ifndef TREEGATE_LAYERS_DENSE_HPP
+#define TREEGATE_LAYERS_DENSE_HPP
+
+#include "../detail/aligned_buffer.hpp"
+#include "../detail/random.hpp"
+#include "../kernels/policy.hpp"
+#include "../workspace.hpp"
+#include "layer_common.hpp"
+
+#include <cmath>
+#include <type_traits>
+
+namespace treegate {
+
+template <class Scalar, int In = dynamic, int Out = dynamic, class Policy = kernels::default_policy>
+class dense {
+    static_assert(std::is_floating_point_v<Scalar>, "dense: Scalar must be a floating-point type");
+    static_assert(In == dynamic || In > 0, "dense: In must be positive or dynamic");
+    static_assert(Out == dynamic || Out > 0, "dense: Out must be positive or dynamic");
+
+public:
+    using scalar_type = Scalar;
+    using policy_type = Policy;
+    using input_vector = Eigen::Matrix<Scalar, In, 1>;
+    using output_vector = Eigen::Matrix<Scalar, Out, 1>;
+    using batch = matrix<Scalar>;
+    using weight_map = Eigen::Map<Eigen::Matrix<Scalar, Out, In>>;
+    using const_weight_map = Eigen::Map<const Eigen::Matrix<Scalar, Out, In>>;
+    using bias_map = Eigen::Map<Eigen::Matrix<Scalar, Out, 1>>;
+    using const_bias_map = Eigen::Map<const Eigen::Matrix<Scalar, Out, 1>>;
+    static constexpr const char* name = "dense";
+
+    dense(index_t in, index_t out, bool bias = true)
+        : in_(detail::resolve_size(name, "input size", In, in)),
+          out_(detail::resolve_size(name, "output size", Out, out)),
+          has_bias_(bias),
+          weights_(detail::checked_mul(in_, out_, name, "parameter count"), name),
+          biases_(bias ? out_ : 0, name) {}
+
+    dense() : dense(In, Out) {
+        static_assert(In != dynamic && Out != dynamic, "dense: the default constructor needs In and Out fixed");
+    }
+
+    index_t in_size() const noexcept { return in_; }
+    index_t out_size() const noexcept { return out_; }
+    bool has_bias() const noexcept { return has_bias_; }
+    index_t parameter_count() const noexcept { return in_ * out_ + (has_bias_ ? out_ : 0); }
+    index_t macs_per_example() const noexcept { return in_ * out_; }
+
+    weight_map weight() noexcept { return weight_map(weights_.data(), out_, in_); }
+    const_weight_map weight() const noexcept { return const_weight_map(weights_.data(), out_, in_); }
+    bias_map bias() noexcept {
+        eigen_assert(has_bias_);
+        return bias_map(biases_.data(), out_);
+    }
+    const_bias_map bias() const noexcept {
+        eigen_assert(has_bias_);
+        return const_bias_map(biases_.data(), out_);
+    }
+
+    /// Uniform(-1/sqrt(in), 1/sqrt(in)), as PyTorch's nn.Linear.
+    void initialize(std::uint64_t seed) noexcept {
+        const double bound = 1.0 / std::sqrt(static_cast<double>(in_));
+        detail::fill_uniform(weights_.data(), in_ * out_, bound, seed, 0);
+        if (has_bias_) detail::fill_uniform(biases_.data(), out_, bound, seed, 1);
+    }
+
+    void forward(const Eigen::Ref<const input_vector>& x, Eigen::Ref<output_vector> y) const {
+        detail::check_vector(name, "input", x.size(), in_);
+        detail::check_vector(name, "output", y.size(), out_);
+        if (has_bias_)
+            y = bias();
+        else
+            y.setZero();
+        Policy::gemv(out_, in_, weights_.data(), out_, x.data(), y.data());
+    }
+
+    void forward_batch(const Eigen::Ref<const batch>& X, Eigen::Ref<batch> Y, workspace<Scalar>& /*ws*/) const {
+        detail::check_batch(name, in_, X.rows(), X.cols(), out_, Y.rows(), Y.cols());
+        if (X.cols() == 0) return;
+        if (has_bias_)
+            Y.colwise() = bias();
+        else
+            Y.setZero();
+        Policy::gemm(out_, in_, X.cols(), weights_.data(), out_, X.data(), X.outerStride(), Y.data(), Y.outerStride());
+    }
+
+    batch forward_batch(const Eigen::Ref<const batch>& X) const {
+        batch Y(out_, X.cols());
+        workspace<Scalar> ws;
+        forward_batch(X, Y, ws);
+        return Y;
+    }
+
+private:
+    index_t in_, out_;
+    bool has_bias_;
+    detail::aligned_buffer<Scalar> weights_, biases_;
+};
+
+}  // namespace treegate
+
+#endif

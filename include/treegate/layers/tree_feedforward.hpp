@@ -1,0 +1,325 @@
+// treegate/layers/tree_feedforward.hpp — the FFF / UltraFastBERT family: a tree of small MLPs
+// routed by the sign of each node's own pre-activation. Composes topology, a level-by-level
+// schedule and a kernel policy; owns its weights in contiguous level-major buffers.
+#ifndef TREEGATE_LAYERS_TREE_FEEDFORWARD_HPP
+#define TREEGATE_LAYERS_TREE_FEEDFORWARD_HPP
+
+#include "../activation.hpp"
+#include "../detail/aligned_buffer.hpp"
+#include "../detail/random.hpp"
+#include "../kernels/policy.hpp"
+#include "../schedule.hpp"
+#include "../tree.hpp"
+#include "../workspace.hpp"
+#include "layer_common.hpp"
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <type_traits>
+
+namespace treegate {
+
+/// node_sum: every node on the path holds an MLP (U, a, V) and contributes V act(U x + a); the
+/// sign of its first pre-activation picks the child (UltraFastBERT when width = 1 and GELU).
+/// leaf_mlp: internal nodes hold only a router hyperplane (r, s), sign(r.x + s) picks the child;
+/// the reached leaf's MLP alone produces the output (the original FFF).
+enum class ff_variant { node_sum, leaf_mlp };
+
+inline const char* to_string(ff_variant v) noexcept { return v == ff_variant::node_sum ? "node_sum" : "leaf_mlp"; }
+
+/// K parallel trees of depth D over the same input, outputs summed, plus an optional output bias.
+///
+/// Storage, per tree t and unit i (a node in node_sum, a leaf in leaf_mlp), each block aligned:
+/// hidden_weight(t, i) `Width x In`, hidden_bias(t, i) `Width`, output_weight(t, i) `Out x Width`
+/// (column-major); leaf_mlp adds router_weight(t, i) `In` and router_bias(t, i) for the
+/// internal nodes. Units are numbered in heap order, tree-major.
+template <class Scalar, int In = dynamic, int Out = dynamic, int Width = dynamic, int Depth = dynamic,
+          class Policy = kernels::default_policy>
+class tree_feedforward {
+    static_assert(std::is_floating_point_v<Scalar>, "tree_feedforward: Scalar must be a floating-point type");
+    static_assert(In == dynamic || In > 0, "tree_feedforward: In must be positive or dynamic");
+    static_assert(Out == dynamic || Out > 0, "tree_feedforward: Out must be positive or dynamic");
+    static_assert(Width == dynamic || Width > 0, "tree_feedforward: Width must be positive or dynamic");
+    static_assert(Depth == dynamic || (Depth >= 0 && Depth <= max_depth),
+                  "tree_feedforward: Depth must be in [0, 30] or dynamic");
+
+    // Hidden units are produced in chunks of this many, so the single-example path needs only
+    // a small stack buffer whatever the width.
+    static constexpr index_t chunk = 64;
+
+public:
+    using scalar_type = Scalar;
+    using policy_type = Policy;
+    using input_vector = Eigen::Matrix<Scalar, In, 1>;
+    using output_vector = Eigen::Matrix<Scalar, Out, 1>;
+    using batch = matrix<Scalar>;
+    using hidden_weight_map = Eigen::Map<Eigen::Matrix<Scalar, Width, In>>;
+    using const_hidden_weight_map = Eigen::Map<const Eigen::Matrix<Scalar, Width, In>>;
+    using hidden_bias_map = Eigen::Map<Eigen::Matrix<Scalar, Width, 1>>;
+    using const_hidden_bias_map = Eigen::Map<const Eigen::Matrix<Scalar, Width, 1>>;
+    using output_weight_map = Eigen::Map<Eigen::Matrix<Scalar, Out, Width>>;
+    using const_output_weight_map = Eigen::Map<const Eigen::Matrix<Scalar, Out, Width>>;
+    using router_map = Eigen::Map<Eigen::Matrix<Scalar, In, 1>>;
+    using const_router_map = Eigen::Map<const Eigen::Matrix<Scalar, In, 1>>;
+    using output_bias_map = Eigen::Map<Eigen::Matrix<Scalar, Out, 1>>;
+    using const_output_bias_map = Eigen::Map<const Eigen::Matrix<Scalar, Out, 1>>;
+    static constexpr const char* name = "tree_feedforward";
+
+    tree_feedforward(index_t in, index_t out, index_t width, int depth, index_t trees = 1,
+                     activation act = activation::gelu, ff_variant variant = ff_variant::node_sum,
+                     bool output_bias = true)
+        : in_(detail::resolve_size(name, "input size", In, in)),
+          out_(detail::resolve_size(name, "output size", Out, out)),
+          width_(detail::resolve_size(name, "node width", Width, width)),
+          depth_(detail::resolve_depth(name, Depth, depth)),
+          trees_(trees),
+          act_(act),
+          variant_(variant),
+          has_output_bias_(output_bias) {
+        detail::check_config(trees >= 1, name, ": tree count must be positive, got ", trees);
+        units_ = variant_ == ff_variant::node_sum ? tree::node_count(depth_) : tree::leaf_count(depth_);
+        routers_ = variant_ == ff_variant::leaf_mlp ? tree::internal_count(depth_) : 0;
+        u_stride_ = detail::padded<Scalar>(detail::checked_mul(width_, in_, name, "hidden block size"));
+        a_stride_ = detail::padded<Scalar>(width_);
+        v_stride_ = detail::padded<Scalar>(detail::checked_mul(out_, width_, name, "output block size"));
+        r_stride_ = detail::padded<Scalar>(in_);
+        const index_t all_units = detail::checked_mul(trees_, units_, name, "unit count");
+        const index_t all_routers = detail::checked_mul(trees_, routers_, name, "router count");
+        U_ = detail::aligned_buffer<Scalar>(detail::checked_mul(all_units, u_stride_, name, "parameter count"), name);
+        A_ = detail::aligned_buffer<Scalar>(detail::checked_mul(all_units, a_stride_, name, "parameter count"), name);
+        V_ = detail::aligned_buffer<Scalar>(detail::checked_mul(all_units, v_stride_, name, "parameter count"), name);
+        R_ = detail::aligned_buffer<Scalar>(detail::checked_mul(all_routers, r_stride_, name, "parameter count"), name);
+        S_ = detail::aligned_buffer<Scalar>(all_routers, name);
+        c_ = detail::aligned_buffer<Scalar>(has_output_bias_ ? out_ : 0, name);
+    }
+
+    /// All sizes fixed at compile time.
+    explicit tree_feedforward(index_t trees = 1, activation act = activation::gelu,
+                              ff_variant variant = ff_variant::node_sum, bool output_bias = true)
+        : tree_feedforward(In, Out, Width, Depth, trees, act, variant, output_bias) {
+        static_assert(In != dynamic && Out != dynamic && Width != dynamic && Depth != dynamic,
+                      "tree_feedforward: this constructor needs In, Out, Width and Depth fixed");
+    }
+
+    index_t in_size() const noexcept { return in_; }
+    index_t out_size() const noexcept { return out_; }
+    index_t width() const noexcept { return width_; }
+    int depth() const noexcept { return depth_; }
+    index_t tree_count() const noexcept { return trees_; }
+    activation activation_kind() const noexcept { return act_; }
+    ff_variant variant() const noexcept { return variant_; }
+    bool has_output_bias() const noexcept { return has_output_bias_; }
+
+    /// MLP units per tree: every node (node_sum) or every leaf (leaf_mlp).
+    index_t unit_count() const noexcept { return units_; }
+    /// Router hyperplanes per tree: the internal nodes in leaf_mlp, none in node_sum.
+    index_t router_count() const noexcept { return routers_; }
+
+    index_t parameter_count() const noexcept {
+        return trees_ * (units_ * (width_ * in_ + width_ + out_ * width_) + routers_ * (in_ + 1)) +
+               (has_output_bias_ ? out_ : 0);
+    }
+
+    index_t macs_per_example() const noexcept {
+        const index_t mlp = width_ * in_ + out_ * width_;
+        return variant_ == ff_variant::node_sum ? trees_ * (depth_ + 1) * mlp : trees_ * (depth_ * in_ + mlp);
+    }
+
+    hidden_weight_map hidden_weight(index_t t, index_t i) noexcept { return {U_.data() + unit(t, i) * u_stride_, width_, in_}; }
+    const_hidden_weight_map hidden_weight(index_t t, index_t i) const noexcept {
+        return {U_.data() + unit(t, i) * u_stride_, width_, in_};
+    }
+    hidden_bias_map hidden_bias(index_t t, index_t i) noexcept { return {A_.data() + unit(t, i) * a_stride_, width_}; }
+    const_hidden_bias_map hidden_bias(index_t t, index_t i) const noexcept { return {A_.data() + unit(t, i) * a_stride_, width_}; }
+    output_weight_map output_weight(index_t t, index_t i) noexcept { return {V_.data() + unit(t, i) * v_stride_, out_, width_}; }
+    const_output_weight_map output_weight(index_t t, index_t i) const noexcept {
+        return {V_.data() + unit(t, i) * v_stride_, out_, width_};
+    }
+    router_map router_weight(index_t t, index_t i) noexcept { return {R_.data() + router(t, i) * r_stride_, in_}; }
+    const_router_map router_weight(index_t t, index_t i) const noexcept { return {R_.data() + router(t, i) * r_stride_, in_}; }
+    Scalar& router_bias(index_t t, index_t i) noexcept { return S_.data()[router(t, i)]; }
+    const Scalar& router_bias(index_t t, index_t i) const noexcept { return S_.data()[router(t, i)]; }
+    output_bias_map output_bias() noexcept {
+        eigen_assert(has_output_bias_);
+        return {c_.data(), out_};
+    }
+    const_output_bias_map output_bias() const noexcept {
+        eigen_assert(has_output_bias_);
+        return {c_.data(), out_};
+    }
+
+    /// Uniform(-1/sqrt(fan_in), 1/sqrt(fan_in)) per matrix, scaled by 1/sqrt(D+1) for the output
+    /// blocks of node_sum (D+1 of them are summed). Each block draws from its own stream.
+    void initialize(std::uint64_t seed) noexcept {
+        const double b_in = 1.0 / std::sqrt(static_cast<double>(in_));
+        const double sum_scale = variant_ == ff_variant::node_sum ? std::sqrt(static_cast<double>(depth_ + 1)) : 1.0;
+        const double b_out = 1.0 / std::sqrt(static_cast<double>(width_)) / sum_scale;
+        for (index_t g = 0; g < trees_ * units_; ++g) {
+            const auto s = static_cast<std::uint64_t>(8 * g);
+            detail::fill_uniform(U_.data() + g * u_stride_, width_ * in_, b_in, seed, s);
+            detail::fill_uniform(A_.data() + g * a_stride_, width_, b_in, seed, s + 1);
+            detail::fill_uniform(V_.data() + g * v_stride_, out_ * width_, b_out, seed, s + 2);
+        }
+        for (index_t g = 0; g < trees_ * routers_; ++g) {
+            const auto s = static_cast<std::uint64_t>(8 * g + 3);
+            detail::fill_uniform(R_.data() + g * r_stride_, in_, b_in, seed, s);
+            detail::fill_uniform(S_.data() + g, 1, b_in, seed, s + 1);
+        }
+        if (has_output_bias_) detail::fill_uniform(c_.data(), out_, b_out, seed, ~std::uint64_t{0});
+    }
+
+    // ---- single example: never allocates -------------------------------------------------------
+
+    void forward(const Eigen::Ref<const input_vector>& x, Eigen::Ref<output_vector> y) const {
+        detail::check_vector(name, "input", x.size(), in_);
+        detail::check_vector(name, "output", y.size(), out_);
+        if (has_output_bias_)
+            y = output_bias();
+        else
+            y.setZero();
+        for (index_t t = 0; t < trees_; ++t) {
+            index_t node = 0;
+            if (variant_ == ff_variant::node_sum) {
+                for (int level = 0; level <= depth_; ++level) {
+                    const int bit = unit_forward(unit(t, node), x.data(), y.data());
+                    node = tree::child(node, bit);
+                }
+            } else {
+                for (int level = 0; level < depth_; ++level) node = tree::child(node, route_bit(router(t, node), x.data()));
+                unit_forward(unit(t, node - tree::level_begin(depth_)), x.data(), y.data());
+            }
+        }
+    }
+
+    // ---- batches: features x examples ----------------------------------------------------------
+
+    void forward_batch(const Eigen::Ref<const batch>& X, Eigen::Ref<batch> Y, workspace<Scalar>& ws) const {
+        detail::check_batch(name, in_, X.rows(), X.cols(), out_, Y.rows(), Y.cols());
+        const index_t n = X.cols();
+        if (n == 0) return;
+        if (has_output_bias_)
+            Y.colwise() = output_bias();
+        else
+            Y.setZero();
+        ws.bits.resize(static_cast<std::size_t>(n));
+        if (width_ > 1) {
+            workspace<Scalar>::ensure(ws.a, in_, n);
+            workspace<Scalar>::ensure(ws.b, out_, n);
+            workspace<Scalar>::ensure(ws.c, width_, n);
+        }
+        for (index_t t = 0; t < trees_; ++t) {
+            ws.levels.reset(n);
+            for (int level = 0; level <= depth_; ++level) {
+                const index_t nodes = index_t{1} << level;
+                const bool mlp_here = variant_ == ff_variant::node_sum || level == depth_;
+                for (index_t k = 0; k < nodes; ++k) {
+                    const group_range r = ws.levels.node_range(k);
+                    if (r.empty()) continue;
+                    const index_t node = tree::level_begin(level) + k;
+                    if (mlp_here) {
+                        const index_t u = unit(t, variant_ == ff_variant::node_sum ? node : k);
+                        group_forward(u, r, ws.levels.order(), X, Y, ws);
+                    } else {
+                        const index_t g = router(t, node);
+                        for (index_t p = r.begin; p < r.end; ++p)
+                            ws.bits.data()[p] = static_cast<unsigned char>(
+                                route_bit(g, X.data() + ws.levels.order()[p] * X.outerStride()));
+                    }
+                }
+                if (level < depth_) ws.levels.split(ws.bits.data());
+            }
+        }
+    }
+
+    batch forward_batch(const Eigen::Ref<const batch>& X) const {
+        batch Y(out_, X.cols());
+        workspace<Scalar> ws;
+        forward_batch(X, Y, ws);
+        return Y;
+    }
+
+private:
+    index_t unit(index_t t, index_t i) const noexcept {
+        eigen_assert(t >= 0 && t < trees_ && i >= 0 && i < units_);
+        return t * units_ + i;
+    }
+    index_t router(index_t t, index_t i) const noexcept {
+        eigen_assert(t >= 0 && t < trees_ && i >= 0 && i < routers_);
+        return t * routers_ + i;
+    }
+
+    int route_bit(index_t g, const Scalar* x) const noexcept {
+        return tree::gate_bit(Policy::dot(in_, R_.data() + g * r_stride_, x) + S_.data()[g]);
+    }
+
+    // y += V act(U x + a) for one example; returns the bit of the first pre-activation.
+    int unit_forward(index_t g, const Scalar* x, Scalar* y) const noexcept {
+        const Scalar* U = U_.data() + g * u_stride_;
+        const Scalar* a = A_.data() + g * a_stride_;
+        const Scalar* V = V_.data() + g * v_stride_;
+        if (width_ == 1) {
+            const Scalar pre = Policy::dot(in_, U, x) + a[0];
+            Policy::axpy(out_, apply(act_, pre), V, y);
+            return tree::gate_bit(pre);
+        }
+        int bit = 0;
+        std::array<Scalar, chunk> h;
+        for (index_t r0 = 0; r0 < width_; r0 += chunk) {
+            const index_t rows = std::min(chunk, width_ - r0);
+            std::copy(a + r0, a + r0 + rows, h.data());
+            Policy::gemv(rows, in_, U + r0, width_, x, h.data());
+            if (r0 == 0) bit = tree::gate_bit(h[0]);
+            apply_inplace(act_, h.data(), rows);
+            Policy::gemv(out_, rows, V + r0 * out_, out_, h.data(), y);
+        }
+        return bit;
+    }
+
+    // The examples at positions [r.begin, r.end) of `order` all use unit g: multiply its blocks
+    // once for the whole group and record each example's route bit at its position.
+    void group_forward(index_t g, group_range r, const index_t* order, const Eigen::Ref<const batch>& X,
+                       Eigen::Ref<batch> Y, workspace<Scalar>& ws) const {
+        const Scalar* U = U_.data() + g * u_stride_;
+        const Scalar* a = A_.data() + g * a_stride_;
+        const Scalar* V = V_.data() + g * v_stride_;
+        if (width_ == 1) {
+            // Width-1 nodes: fused dot, activation and axpy per example; the node's two vectors
+            // stay in cache for the whole group.
+            for (index_t p = r.begin; p < r.end; ++p) {
+                const index_t e = order[p];
+                const Scalar pre = Policy::dot(in_, U, X.data() + e * X.outerStride()) + a[0];
+                ws.bits.data()[p] = static_cast<unsigned char>(tree::gate_bit(pre));
+                Policy::axpy(out_, apply(act_, pre), V, Y.data() + e * Y.outerStride());
+            }
+            return;
+        }
+        const index_t m = r.size();
+        for (index_t j = 0; j < m; ++j) {
+            ws.a.col(j) = X.col(order[r.begin + j]);
+            ws.c.col(j) = const_hidden_bias_map(a, width_);
+        }
+        Policy::gemm(width_, in_, m, U, width_, ws.a.data(), in_, ws.c.data(), width_);
+        for (index_t j = 0; j < m; ++j) {
+            ws.bits.data()[r.begin + j] = static_cast<unsigned char>(tree::gate_bit(ws.c(0, j)));
+            apply_inplace(act_, ws.c.col(j).data(), width_);
+        }
+        ws.b.leftCols(m).setZero();
+        Policy::gemm(out_, width_, m, V, out_, ws.c.data(), width_, ws.b.data(), out_);
+        for (index_t j = 0; j < m; ++j) Y.col(order[r.begin + j]) += ws.b.col(j);
+    }
+
+    index_t in_, out_, width_;
+    int depth_;
+    index_t trees_;
+    activation act_;
+    ff_variant variant_;
+    bool has_output_bias_;
+    index_t units_ = 0, routers_ = 0;
+    index_t u_stride_ = 0, a_stride_ = 0, v_stride_ = 0, r_stride_ = 0;
+    detail::aligned_buffer<Scalar> U_, A_, V_, R_, S_, c_;
+};
+
+}  // namespace treegate
+
+#endif

@@ -1,0 +1,262 @@
+// treegate/layers/tree_linear.hpp — the paper's layer: weight blocks on a prefix tree of gate bits.
+// Composes topology, routing, schedule and a kernel policy; owns its weights in one buffer.
+#ifndef TREEGATE_LAYERS_TREE_LINEAR_HPP
+#define TREEGATE_LAYERS_TREE_LINEAR_HPP
+
+#include "../detail/aligned_buffer.hpp"
+#include "../detail/random.hpp"
+#include "../kernels/policy.hpp"
+#include "../routing.hpp"
+#include "../schedule.hpp"
+#include "../tree.hpp"
+#include "../workspace.hpp"
+#include "layer_common.hpp"
+
+#include <array>
+#include <cmath>
+#include <type_traits>
+
+namespace treegate {
+
+/// path_sum: y = sum over the path of (W x + c), the tree parametrization.
+/// leaf_only: y = W_leaf x + c_leaf, a flat table indexed by the bit pattern.
+enum class tree_mode { path_sum, leaf_only };
+
+inline const char* to_string(tree_mode m) noexcept { return m == tree_mode::path_sum ? "path_sum" : "leaf_only"; }
+
+/// A linear layer whose weights are selected per example by D gate bits.
+///
+/// Storage: one contiguous buffer of blocks, each `Out x In` column-major and 64-byte aligned.
+/// In `path_sum` mode block i is tree node i (heap order: level-major); in `leaf_only` mode
+/// block i is leaf i (leaf number = node - (2^D - 1)). Biases live in a second buffer, same order.
+template <class Scalar, int In = dynamic, int Out = dynamic, int Depth = dynamic, class Policy = kernels::default_policy>
+class tree_linear {
+    static_assert(std::is_floating_point_v<Scalar>, "tree_linear: Scalar must be a floating-point type");
+    static_assert(In == dynamic || In > 0, "tree_linear: In must be positive or dynamic");
+    static_assert(Out == dynamic || Out > 0, "tree_linear: Out must be positive or dynamic");
+    static_assert(Depth == dynamic || (Depth >= 0 && Depth <= max_depth), "tree_linear: Depth must be in [0, 30] or dynamic");
+
+public:
+    using scalar_type = Scalar;
+    using policy_type = Policy;
+    using input_vector = Eigen::Matrix<Scalar, In, 1>;
+    using output_vector = Eigen::Matrix<Scalar, Out, 1>;
+    using gate_vector = Eigen::Matrix<Scalar, Depth, 1>;
+    using batch = matrix<Scalar>;
+    using weight_map = Eigen::Map<Eigen::Matrix<Scalar, Out, In>>;
+    using const_weight_map = Eigen::Map<const Eigen::Matrix<Scalar, Out, In>>;
+    using bias_map = Eigen::Map<Eigen::Matrix<Scalar, Out, 1>>;
+    using const_bias_map = Eigen::Map<const Eigen::Matrix<Scalar, Out, 1>>;
+    static constexpr const char* name = "tree_linear";
+
+    /// Sizes at run time (they must match any that are fixed). Weights start at zero: call
+    /// initialize(seed) or write them through weight(i) / bias(i).
+    tree_linear(index_t in, index_t out, int depth, tree_mode mode, gating gates = {}, bool bias = true)
+        : in_(detail::resolve_size(name, "input size", In, in)),
+          out_(detail::resolve_size(name, "output size", Out, out)),
+          depth_(detail::resolve_depth(name, Depth, depth)),
+          mode_(mode),
+          has_bias_(bias),
+          gates_(std::move(gates)) {
+        detail::check_gating(name, gates_, depth_, in_);
+        blocks_ = mode_ == tree_mode::path_sum ? tree::node_count(depth_) : tree::leaf_count(depth_);
+        stride_ = detail::padded<Scalar>(detail::checked_mul(in_, out_, name, "block size"));
+        bias_stride_ = detail::padded<Scalar>(out_);
+        weights_ = detail::aligned_buffer<Scalar>(detail::checked_mul(blocks_, stride_, name, "parameter count"), name);
+        if (has_bias_) biases_ = detail::aligned_buffer<Scalar>(detail::checked_mul(blocks_, bias_stride_, name, "bias count"), name);
+    }
+
+    /// All sizes fixed at compile time.
+    explicit tree_linear(tree_mode mode, gating gates = {}, bool bias = true)
+        : tree_linear(In, Out, Depth, mode, std::move(gates), bias) {
+        static_assert(In != dynamic && Out != dynamic && Depth != dynamic,
+                      "tree_linear: this constructor needs In, Out and Depth fixed; pass the sizes otherwise");
+    }
+
+    index_t in_size() const noexcept { return in_; }
+    index_t out_size() const noexcept { return out_; }
+    int depth() const noexcept { return depth_; }
+    tree_mode mode() const noexcept { return mode_; }
+    bool has_bias() const noexcept { return has_bias_; }
+    const gating& gates() const noexcept { return gates_; }
+
+    /// Stored blocks: 2^(D+1)-1 nodes (path_sum) or 2^D leaves (leaf_only).
+    index_t block_count() const noexcept { return blocks_; }
+
+    index_t parameter_count() const noexcept { return blocks_ * (in_ * out_ + (has_bias_ ? out_ : 0)); }
+
+    /// Multiply-adds per example: (D+1) blocks on the path (path_sum) or one (leaf_only).
+    index_t macs_per_example() const noexcept { return blocks_on_path() * in_ * out_; }
+
+    /// Block i: tree node i (path_sum) or leaf i (leaf_only).
+    weight_map weight(index_t i) noexcept {
+        eigen_assert(i >= 0 && i < blocks_);
+        return weight_map(weights_.data() + i * stride_, out_, in_);
+    }
+    const_weight_map weight(index_t i) const noexcept {
+        eigen_assert(i >= 0 && i < blocks_);
+        return const_weight_map(weights_.data() + i * stride_, out_, in_);
+    }
+    bias_map bias(index_t i) noexcept {
+        eigen_assert(has_bias_ && i >= 0 && i < blocks_);
+        return bias_map(biases_.data() + i * bias_stride_, out_);
+    }
+    const_bias_map bias(index_t i) const noexcept {
+        eigen_assert(has_bias_ && i >= 0 && i < blocks_);
+        return const_bias_map(biases_.data() + i * bias_stride_, out_);
+    }
+
+    /// Block used at `level` by the path with bit pattern `code` (leaf_only: only level D has one).
+    index_t block_on_path(leaf_t code, int level) const noexcept {
+        return mode_ == tree_mode::path_sum ? tree::path_node(code, depth_, level) : static_cast<index_t>(code);
+    }
+
+    /// Uniform(-b, b) weights and biases with b = 1/sqrt(in) for a leaf table and
+    /// 1/sqrt(in * (D+1)) per node for a path sum, so the summed weight has a dense layer's scale.
+    /// Node i draws from its own stream: the same seed gives the same node i at any depth.
+    void initialize(std::uint64_t seed) noexcept {
+        const double bound = 1.0 / std::sqrt(static_cast<double>(in_) * static_cast<double>(blocks_on_path()));
+        for (index_t i = 0; i < blocks_; ++i) {
+            detail::fill_uniform(weights_.data() + i * stride_, in_ * out_, bound, seed, static_cast<std::uint64_t>(2 * i));
+            if (has_bias_)
+                detail::fill_uniform(biases_.data() + i * bias_stride_, out_, bound, seed, static_cast<std::uint64_t>(2 * i + 1));
+        }
+    }
+
+    // ---- single example: never allocates -------------------------------------------------------
+
+    /// Gated by input entries (gating::from_input) or depth 0.
+    void forward(const Eigen::Ref<const input_vector>& x, Eigen::Ref<output_vector> y) const {
+        check_single(x.size(), y.size());
+        detail::check_config(!gates_.is_external() || depth_ == 0, name,
+                             ": this layer is gated externally; pass the gate vector");
+        forward_code(route_by_indices(x.data(), gates_.indices().data(), depth_), x.data(), y.data());
+    }
+
+    /// Gated by an external vector of D gate values (gates[0] decides level 1).
+    void forward(const Eigen::Ref<const input_vector>& x, const Eigen::Ref<const gate_vector>& gates,
+                 Eigen::Ref<output_vector> y) const {
+        check_single(x.size(), y.size());
+        detail::check_config(gates_.is_external(), name, ": this layer is gated by its input; call forward(x, y)");
+        detail::check_vector(name, "gate vector", gates.size(), depth_);
+        forward_code(route_by_gates(gates.data(), 1, depth_), x.data(), y.data());
+    }
+
+    /// y += layer(x): for sums of layers (blocked trees, residual connections).
+    void forward_add(const Eigen::Ref<const input_vector>& x, Eigen::Ref<output_vector> y) const {
+        check_single(x.size(), y.size());
+        detail::check_config(!gates_.is_external() || depth_ == 0, name,
+                             ": this layer is gated externally; pass the gate vector");
+        accumulate_code(route_by_indices(x.data(), gates_.indices().data(), depth_), x.data(), y.data());
+    }
+
+    void forward_add(const Eigen::Ref<const input_vector>& x, const Eigen::Ref<const gate_vector>& gates,
+                     Eigen::Ref<output_vector> y) const {
+        check_single(x.size(), y.size());
+        detail::check_config(gates_.is_external(), name, ": this layer is gated by its input; call forward_add(x, y)");
+        detail::check_vector(name, "gate vector", gates.size(), depth_);
+        accumulate_code(route_by_gates(gates.data(), 1, depth_), x.data(), y.data());
+    }
+
+    // ---- batches: features x examples ----------------------------------------------------------
+
+    void forward_batch(const Eigen::Ref<const batch>& X, Eigen::Ref<batch> Y, workspace<Scalar>& ws) const {
+        detail::check_batch(name, in_, X.rows(), X.cols(), out_, Y.rows(), Y.cols());
+        detail::check_config(!gates_.is_external() || depth_ == 0, name,
+                             ": this layer is gated externally; pass the gate matrix");
+        ws.codes.resize(static_cast<std::size_t>(X.cols()));
+        for (index_t e = 0; e < X.cols(); ++e)
+            ws.codes.data()[e] = route_by_indices(X.data() + e * X.outerStride(), gates_.indices().data(), depth_);
+        forward_grouped(X, Y, ws);
+    }
+
+    void forward_batch(const Eigen::Ref<const batch>& X, const Eigen::Ref<const batch>& G, Eigen::Ref<batch> Y,
+                       workspace<Scalar>& ws) const {
+        detail::check_batch(name, in_, X.rows(), X.cols(), out_, Y.rows(), Y.cols());
+        detail::check_config(gates_.is_external(), name, ": this layer is gated by its input; call forward_batch(X, Y, ws)");
+        detail::check_shape(G.rows() == depth_ && G.cols() == X.cols(), name, ": gate matrix is ", G.rows(), " x ",
+                            G.cols(), ", expected ", depth_, " x ", X.cols());
+        ws.codes.resize(static_cast<std::size_t>(X.cols()));
+        for (index_t e = 0; e < X.cols(); ++e) ws.codes.data()[e] = route_by_gates(G.data() + e * G.outerStride(), 1, depth_);
+        forward_grouped(X, Y, ws);
+    }
+
+    batch forward_batch(const Eigen::Ref<const batch>& X) const {
+        batch Y(out_, X.cols());
+        workspace<Scalar> ws;
+        forward_batch(X, Y, ws);
+        return Y;
+    }
+
+    batch forward_batch(const Eigen::Ref<const batch>& X, const Eigen::Ref<const batch>& G) const {
+        batch Y(out_, X.cols());
+        workspace<Scalar> ws;
+        forward_batch(X, G, Y, ws);
+        return Y;
+    }
+
+private:
+    index_t blocks_on_path() const noexcept { return mode_ == tree_mode::path_sum ? depth_ + 1 : 1; }
+    int first_level() const noexcept { return mode_ == tree_mode::path_sum ? 0 : depth_; }
+
+    void check_single(index_t x_size, index_t y_size) const {
+        detail::check_vector(name, "input", x_size, in_);
+        detail::check_vector(name, "output", y_size, out_);
+    }
+
+    void forward_code(leaf_t code, const Scalar* x, Scalar* y) const noexcept {
+        Eigen::Map<Eigen::Matrix<Scalar, Out, 1>>(y, out_).setZero();
+        accumulate_code(code, x, y);
+    }
+
+    void accumulate_code(leaf_t code, const Scalar* x, Scalar* y) const noexcept {
+        std::array<const Scalar*, max_depth + 1> blocks{};
+        int count = 0;
+        Eigen::Map<Eigen::Matrix<Scalar, Out, 1>> yv(y, out_);
+        for (int level = first_level(); level <= depth_; ++level) {
+            const index_t b = block_on_path(code, level);
+            blocks[static_cast<std::size_t>(count++)] = weights_.data() + b * stride_;
+            if (has_bias_) yv += const_bias_map(biases_.data() + b * bias_stride_, out_);
+        }
+        Policy::path_sum(out_, in_, blocks.data(), count, x, y);
+    }
+
+    // Sort by leaf once: every node at every level then owns one contiguous range of the sorted
+    // order, so the batch is gathered once, each visited block multiplies its whole range, and
+    // the result is scattered back once.
+    void forward_grouped(const Eigen::Ref<const batch>& X, Eigen::Ref<batch> Y, workspace<Scalar>& ws) const {
+        const index_t n = X.cols();
+        if (n == 0) return;
+        ws.leaves.build(ws.codes.data(), n, depth_);
+        const index_t* order = ws.leaves.order();
+        workspace<Scalar>::ensure(ws.a, in_, n);
+        workspace<Scalar>::ensure(ws.b, out_, n);
+        for (index_t k = 0; k < n; ++k) ws.a.col(k) = X.col(order[k]);
+        ws.b.setZero();
+        for (int level = first_level(); level <= depth_; ++level) {
+            const index_t nodes = index_t{1} << level;
+            for (index_t k = 0; k < nodes; ++k) {
+                const group_range r = ws.leaves.node_range(level, k);
+                if (r.empty()) continue;
+                const index_t blk = mode_ == tree_mode::path_sum ? tree::level_begin(level) + k : k;
+                Policy::gemm(out_, in_, r.size(), weights_.data() + blk * stride_, out_, ws.a.data() + r.begin * in_, in_,
+                             ws.b.data() + r.begin * out_, out_);
+                if (has_bias_)
+                    ws.b.middleCols(r.begin, r.size()).colwise() += const_bias_map(biases_.data() + blk * bias_stride_, out_);
+            }
+        }
+        for (index_t k = 0; k < n; ++k) Y.col(order[k]) = ws.b.col(k);
+    }
+
+    index_t in_, out_;
+    int depth_;
+    tree_mode mode_;
+    bool has_bias_;
+    gating gates_;
+    index_t blocks_ = 0, stride_ = 0, bias_stride_ = 0;
+    detail::aligned_buffer<Scalar> weights_, biases_;
+};
+
+}  // namespace treegate
+
+#endif

@@ -1,0 +1,100 @@
+// treegate/layers/tree_linear_blocked.hpp — K independent tree_linear layers over K input slices.
+// "Multiply only the active blocks": each slice has its own tree and gating units.
+#ifndef TREEGATE_LAYERS_TREE_LINEAR_BLOCKED_HPP
+#define TREEGATE_LAYERS_TREE_LINEAR_BLOCKED_HPP
+
+#include "tree_linear.hpp"
+
+#include <vector>
+
+namespace treegate {
+
+/// sum: every tree maps its slice to the full output and the outputs are added.
+/// concat: tree t writes output slice t.
+enum class block_combine { sum, concat };
+
+/// Input x = [x_0; ...; x_{K-1}], slices of SliceIn entries. Tree t reads x_t, is gated by its
+/// own units (indices relative to its slice), and produces a SliceOut-sized output.
+template <class Scalar, int SliceIn = dynamic, int SliceOut = dynamic, int Depth = dynamic,
+          class Policy = kernels::default_policy>
+class tree_linear_blocked {
+public:
+    using tree_type = tree_linear<Scalar, SliceIn, SliceOut, Depth, Policy>;
+    using scalar_type = Scalar;
+    using policy_type = Policy;
+    using input_vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
+    using output_vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
+    using batch = matrix<Scalar>;
+    static constexpr const char* name = "tree_linear_blocked";
+
+    /// `gate_indices[t]` holds tree t's D gating indices, relative to slice t.
+    tree_linear_blocked(index_t slice_in, index_t slice_out, int depth, tree_mode mode, block_combine combine,
+                        const std::vector<std::vector<index_t>>& gate_indices, bool bias = true)
+        : combine_(combine) {
+        detail::check_config(!gate_indices.empty(), name, ": needs at least one tree (one list of gating indices)");
+        trees_.reserve(gate_indices.size());
+        for (const auto& idx : gate_indices) trees_.emplace_back(slice_in, slice_out, depth, mode, gating::from_input(idx), bias);
+    }
+
+    index_t tree_count() const noexcept { return static_cast<index_t>(trees_.size()); }
+    block_combine combine() const noexcept { return combine_; }
+    index_t slice_in() const noexcept { return trees_.front().in_size(); }
+    index_t slice_out() const noexcept { return trees_.front().out_size(); }
+    index_t in_size() const noexcept { return tree_count() * slice_in(); }
+    index_t out_size() const noexcept { return combine_ == block_combine::sum ? slice_out() : tree_count() * slice_out(); }
+    int depth() const noexcept { return trees_.front().depth(); }
+
+    tree_type& tree(index_t t) noexcept { return trees_[static_cast<std::size_t>(t)]; }
+    const tree_type& tree(index_t t) const noexcept { return trees_[static_cast<std::size_t>(t)]; }
+
+    index_t parameter_count() const noexcept { return tree_count() * trees_.front().parameter_count(); }
+    index_t macs_per_example() const noexcept { return tree_count() * trees_.front().macs_per_example(); }
+
+    /// Tree t is initialised with seed + t.
+    void initialize(std::uint64_t seed) noexcept {
+        for (std::size_t t = 0; t < trees_.size(); ++t) trees_[t].initialize(seed + t);
+    }
+
+    void forward(const Eigen::Ref<const input_vector>& x, Eigen::Ref<output_vector> y) const {
+        detail::check_vector(name, "input", x.size(), in_size());
+        detail::check_vector(name, "output", y.size(), out_size());
+        const index_t si = slice_in(), so = slice_out();
+        if (combine_ == block_combine::sum) y.setZero();
+        for (index_t t = 0; t < tree_count(); ++t) {
+            if (combine_ == block_combine::sum)
+                tree(t).forward_add(x.segment(t * si, si), y);
+            else
+                tree(t).forward(x.segment(t * si, si), y.segment(t * so, so));
+        }
+    }
+
+    void forward_batch(const Eigen::Ref<const batch>& X, Eigen::Ref<batch> Y, workspace<Scalar>& ws) const {
+        detail::check_batch(name, in_size(), X.rows(), X.cols(), out_size(), Y.rows(), Y.cols());
+        const index_t si = slice_in(), so = slice_out();
+        if (combine_ == block_combine::concat) {
+            for (index_t t = 0; t < tree_count(); ++t) tree(t).forward_batch(X.middleRows(t * si, si), Y.middleRows(t * so, so), ws);
+            return;
+        }
+        Y.setZero();
+        batch part(so, X.cols());
+        for (index_t t = 0; t < tree_count(); ++t) {
+            tree(t).forward_batch(X.middleRows(t * si, si), part, ws);
+            Y += part;
+        }
+    }
+
+    batch forward_batch(const Eigen::Ref<const batch>& X) const {
+        batch Y(out_size(), X.cols());
+        workspace<Scalar> ws;
+        forward_batch(X, Y, ws);
+        return Y;
+    }
+
+private:
+    block_combine combine_;
+    std::vector<tree_type> trees_;
+};
+
+}  // namespace treegate
+
+#endif
