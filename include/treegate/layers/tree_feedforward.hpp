@@ -203,11 +203,6 @@ public:
         else
             Y.setZero();
         ws.bits.resize(static_cast<std::size_t>(n));
-        if (width_ > 1) {
-            workspace<Scalar>::ensure(ws.a, in_, n);
-            workspace<Scalar>::ensure(ws.b, out_, n);
-            workspace<Scalar>::ensure(ws.c, width_, n);
-        }
         for (index_t t = 0; t < trees_; ++t) {
             ws.levels.reset(n);
             for (int level = 0; level <= depth_; ++level) {
@@ -295,18 +290,21 @@ private:
             return;
         }
         const index_t m = r.size();
+        auto Xg = ws.a.view(in_, m);
+        auto H = ws.c.view(width_, m);
+        auto Yg = ws.b.view(out_, m);
         for (index_t j = 0; j < m; ++j) {
-            ws.a.col(j) = X.col(order[r.begin + j]);
-            ws.c.col(j) = const_hidden_bias_map(a, width_);
+            Xg.col(j) = X.col(order[r.begin + j]);
+            H.col(j) = const_hidden_bias_map(a, width_);
         }
-        Policy::gemm(width_, in_, m, U, width_, ws.a.data(), in_, ws.c.data(), width_);
+        Policy::gemm(width_, in_, m, U, width_, Xg.data(), in_, H.data(), width_);
         for (index_t j = 0; j < m; ++j) {
-            ws.bits.data()[r.begin + j] = static_cast<unsigned char>(tree::gate_bit(ws.c(0, j)));
-            apply_inplace(act_, ws.c.col(j).data(), width_);
+            ws.bits.data()[r.begin + j] = static_cast<unsigned char>(tree::gate_bit(H(0, j)));
+            apply_inplace(act_, H.col(j).data(), width_);
         }
-        ws.b.leftCols(m).setZero();
-        Policy::gemm(out_, width_, m, V, out_, ws.c.data(), width_, ws.b.data(), out_);
-        for (index_t j = 0; j < m; ++j) Y.col(order[r.begin + j]) += ws.b.col(j);
+        Yg.setZero();
+        Policy::gemm(out_, width_, m, V, out_, H.data(), width_, Yg.data(), out_);
+        for (index_t j = 0; j < m; ++j) Y.col(order[r.begin + j]) += Yg.col(j);
     }
 
     index_t in_, out_, width_;

@@ -229,23 +229,23 @@ private:
         if (n == 0) return;
         ws.leaves.build(ws.codes.data(), n, depth_);
         const index_t* order = ws.leaves.order();
-        workspace<Scalar>::ensure(ws.a, in_, n);
-        workspace<Scalar>::ensure(ws.b, out_, n);
-        for (index_t k = 0; k < n; ++k) ws.a.col(k) = X.col(order[k]);
-        ws.b.setZero();
+        auto A = ws.a.view(in_, n);
+        auto B = ws.b.view(out_, n);
+        for (index_t k = 0; k < n; ++k) A.col(k) = X.col(order[k]);
+        B.setZero();
         for (int level = first_level(); level <= depth_; ++level) {
             const index_t nodes = index_t{1} << level;
             for (index_t k = 0; k < nodes; ++k) {
                 const group_range r = ws.leaves.node_range(level, k);
                 if (r.empty()) continue;
                 const index_t blk = mode_ == tree_mode::path_sum ? tree::level_begin(level) + k : k;
-                Policy::gemm(out_, in_, r.size(), weights_.data() + blk * stride_, out_, ws.a.data() + r.begin * in_, in_,
-                             ws.b.data() + r.begin * out_, out_);
+                Policy::gemm(out_, in_, r.size(), weights_.data() + blk * stride_, out_, A.data() + r.begin * in_, in_,
+                             B.data() + r.begin * out_, out_);
                 if (has_bias_)
-                    ws.b.middleCols(r.begin, r.size()).colwise() += const_bias_map(biases_.data() + blk * bias_stride_, out_);
+                    B.middleCols(r.begin, r.size()).colwise() += const_bias_map(biases_.data() + blk * bias_stride_, out_);
             }
         }
-        for (index_t k = 0; k < n; ++k) Y.col(order[k]) = ws.b.col(k);
+        for (index_t k = 0; k < n; ++k) Y.col(order[k]) = B.col(k);
     }
 
     index_t in_, out_;

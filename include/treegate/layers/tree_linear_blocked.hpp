@@ -76,7 +76,7 @@ public:
             return;
         }
         Y.setZero();
-        batch part(so, X.cols());
+        auto part = ws.d.view(so, X.cols());  // the trees use ws.a/ws.b, never ws.d
         for (index_t t = 0; t < tree_count(); ++t) {
             tree(t).forward_batch(X.middleRows(t * si, si), part, ws);
             Y += part;
