@@ -1,0 +1,170 @@
+// bench_kernels — Google Benchmark of each kernel-policy function and of the tree_linear layer,
+// for the reference, eigen and avx2 policies, with FLOP/s and bytes/s counters.
+//
+//   bench_kernels [--benchmark_filter=...] [--benchmark_format=json]
+//
+// Kernel sizes are chosen on both sides of the caches: a 512 x 512 block (1 MiB, from L2/L3)
+// and a path of 9 such blocks spread over 512 MiB (from memory). avx2 benchmarks are
+// registered only when the CPU has AVX2 and FMA.
+#include <treegate/kernels/avx2.hpp>
+#include <treegate/kernels/eigen.hpp>
+#include <treegate/kernels/reference.hpp>
+#include <treegate/layers/tree_feedforward.hpp>
+#include <treegate/layers/tree_linear.hpp>
+
+#include <benchmark/benchmark.h>
+
+#include <cstdint>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace {
+
+using treegate::index_t;
+using matf = Eigen::MatrixXf;
+using vecf = Eigen::VectorXf;
+using benchmark::Counter;
+
+void set_counters(benchmark::State& state, double flops, double bytes) {
+    state.counters["FLOP/s"] = Counter(flops, Counter::kIsIterationInvariantRate);
+    state.counters["bytes/s"] = Counter(bytes, Counter::kIsIterationInvariantRate);
+}
+
+template <class P>
+void bm_gemv(benchmark::State& state) {
+    const index_t rows = state.range(0), cols = state.range(1);
+    const matf W = matf::Random(rows, cols);
+    const vecf x = vecf::Random(cols);
+    vecf y = vecf::Zero(rows);
+    for (auto _ : state) {
+        P::template gemv<float>(rows, cols, W.data(), rows, x.data(), y.data());
+        benchmark::DoNotOptimize(y.data());
+        benchmark::ClobberMemory();
+    }
+    set_counters(state, 2.0 * static_cast<double>(rows * cols), 4.0 * static_cast<double>(rows * cols + rows + cols));
+}
+
+// One path of `count` blocks picked at random from a pool of `pool` blocks (from memory when
+// the pool is much larger than the LLC), a new path every iteration.
+template <class P>
+void bm_path_sum(benchmark::State& state) {
+    const index_t n = state.range(0), count = state.range(1), pool = state.range(2);
+    const index_t stride = treegate::detail::padded<float>(n * n);
+    treegate::detail::aligned_buffer<float> store(stride * pool, "bench");
+    for (index_t i = 0; i < store.size(); i += 1024) store.data()[i] = 1e-3f;
+    const vecf x = vecf::Random(n);
+    vecf y = vecf::Zero(n);
+    std::mt19937 g(1);
+    std::vector<const float*> blocks(static_cast<std::size_t>(count));
+    for (auto _ : state) {
+        state.PauseTiming();
+        for (auto& b : blocks) b = store.data() + static_cast<index_t>(g() % static_cast<std::uint32_t>(pool)) * stride;
+        state.ResumeTiming();
+        P::template path_sum<float>(n, n, blocks.data(), static_cast<int>(count), x.data(), y.data());
+        benchmark::DoNotOptimize(y.data());
+        benchmark::ClobberMemory();
+    }
+    set_counters(state, 2.0 * static_cast<double>(count * n * n), 4.0 * static_cast<double>(count * n * n + 2 * n));
+}
+
+template <class P>
+void bm_gemm(benchmark::State& state) {
+    const index_t rows = state.range(0), cols = state.range(1), n = state.range(2);
+    const matf W = matf::Random(rows, cols), X = matf::Random(cols, n);
+    matf Y = matf::Zero(rows, n);
+    for (auto _ : state) {
+        P::template gemm<float>(rows, cols, n, W.data(), rows, X.data(), cols, Y.data(), rows);
+        benchmark::DoNotOptimize(Y.data());
+        benchmark::ClobberMemory();
+    }
+    set_counters(state, 2.0 * static_cast<double>(rows * cols * n),
+                 4.0 * static_cast<double>(rows * cols + cols * n + 2 * rows * n));
+}
+
+template <class P>
+void bm_dot_axpy(benchmark::State& state) {
+    const index_t n = state.range(0);
+    const vecf a = vecf::Random(n), b = vecf::Random(n), v = vecf::Random(n);
+    vecf y = vecf::Zero(n);
+    for (auto _ : state) {
+        const float s = P::template dot<float>(n, a.data(), b.data());
+        P::template axpy<float>(n, s * 1e-6f, v.data(), y.data());
+        benchmark::DoNotOptimize(y.data());
+        benchmark::ClobberMemory();
+    }
+    set_counters(state, 4.0 * static_cast<double>(n), 4.0 * static_cast<double>(4 * n));
+}
+
+template <class P>
+void bm_tree_linear_batch(benchmark::State& state) {
+    const index_t in = state.range(0), batch = state.range(2);
+    const int depth = static_cast<int>(state.range(1));
+    std::vector<index_t> idx;
+    for (int j = 0; j < depth; ++j) idx.push_back(j);
+    treegate::tree_linear<float, treegate::dynamic, treegate::dynamic, treegate::dynamic, P> layer(
+        in, in, depth, treegate::tree_mode::path_sum, treegate::gating::from_input(idx));
+    layer.initialize(1);
+    const matf X = matf::Random(in, batch);
+    matf Y(in, batch);
+    treegate::workspace<float> ws;
+    for (auto _ : state) {
+        layer.forward_batch(X, Y, ws);
+        benchmark::DoNotOptimize(Y.data());
+        benchmark::ClobberMemory();
+    }
+    set_counters(state, 2.0 * static_cast<double>(layer.macs_per_example() * batch),
+                 4.0 * static_cast<double>(layer.block_count() * in * in + 2 * in * batch));
+}
+
+template <class P>
+void bm_tree_feedforward_batch(benchmark::State& state) {
+    const index_t in = state.range(0), batch = state.range(2);
+    const int depth = static_cast<int>(state.range(1));
+    treegate::tree_feedforward<float, treegate::dynamic, treegate::dynamic, treegate::dynamic, treegate::dynamic, P> layer(
+        in, in, 1, depth);
+    layer.initialize(1);
+    const matf X = matf::Random(in, batch);
+    matf Y(in, batch);
+    treegate::workspace<float> ws;
+    for (auto _ : state) {
+        layer.forward_batch(X, Y, ws);
+        benchmark::DoNotOptimize(Y.data());
+        benchmark::ClobberMemory();
+    }
+    set_counters(state, 2.0 * static_cast<double>(layer.macs_per_example() * batch),
+                 4.0 * static_cast<double>(layer.parameter_count() + 2 * in * batch));
+}
+
+template <class P>
+void register_policy(bool with_reference_sizes_only) {
+    const std::string p = P::name();
+    benchmark::RegisterBenchmark(("gemv/" + p).c_str(), bm_gemv<P>)->Args({512, 512})->Args({257, 771})->Args({4096, 1024});
+    benchmark::RegisterBenchmark(("path_sum/" + p).c_str(), bm_path_sum<P>)->Args({512, 9, 16})->Args({512, 9, 512});
+    auto* gemm = benchmark::RegisterBenchmark(("gemm/" + p).c_str(), bm_gemm<P>);
+    for (index_t n : {2, 4, 16, 64}) gemm->Args({512, 512, n});
+    if (!with_reference_sizes_only) gemm->Args({512, 512, 1024});
+    benchmark::RegisterBenchmark(("dot_axpy/" + p).c_str(), bm_dot_axpy<P>)->Arg(768);
+    if (!with_reference_sizes_only) {
+        benchmark::RegisterBenchmark(("tree_linear_batch/" + p).c_str(), bm_tree_linear_batch<P>)
+            ->Args({512, 6, 1024})
+            ->Args({256, 10, 256})
+            ->Unit(benchmark::kMillisecond);
+        benchmark::RegisterBenchmark(("tree_feedforward_batch/" + p).c_str(), bm_tree_feedforward_batch<P>)
+            ->Args({768, 11, 4096})
+            ->Unit(benchmark::kMillisecond);
+    }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    benchmark::Initialize(&argc, argv);
+    if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+    register_policy<treegate::kernels::reference>(true);
+    register_policy<treegate::kernels::eigen>(false);
+    if (treegate::kernels::cpu_supports_avx2()) register_policy<treegate::kernels::avx2>(false);
+    benchmark::RunSpecifiedBenchmarks();
+    benchmark::Shutdown();
+    return 0;
+}

@@ -1,0 +1,668 @@
+// treegate_roofline — measures this machine's GEMM peak and read bandwidth, then runs the
+// standard cases of BENCHMARKS.md (plus the flattened path_sum cases) and prints each one's
+// time against its roofline and against dense baselines, one `case=...` line per case.
+//
+//   treegate_roofline [--policy eigen|avx2|native] [--quick] [--threads N] [--per-case-limits] [--cpu-time]
+//
+// The limits (GEMM peak, read bandwidth) are measured at start-up and, as a drift check, again
+// at the end. On a shared machine whose load changes during the run, --per-case-limits measures
+// them again just before each case and holds the case to those, and --cpu-time times limits and
+// cases alike in this thread's CPU time instead of wall-clock time (time spent descheduled by
+// other tenants is then not counted).
+// Every case is checked against the reference policy on a sample of examples before it is
+// timed; a disagreement aborts the run. Times are wall-clock medians after a warm-up. Only one
+// thread is implemented: --threads N > 1 is accepted and reported, and the run uses 1 thread.
+#include <treegate/kernels/avx2.hpp>
+#include <treegate/kernels/eigen.hpp>
+#include <treegate/kernels/native.hpp>
+#include <treegate/kernels/reference.hpp>
+#include <treegate/layers/flatten.hpp>
+#include <treegate/layers/tree_feedforward.hpp>
+#include <treegate/layers/tree_linear.hpp>
+#include <treegate/routing.hpp>
+#include <treegate/tree.hpp>
+
+#include <Eigen/Core>
+#include <unsupported/Eigen/SpecialFunctions>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
+#include <fstream>
+#include <functional>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define TG_BENCH_X86 1
+#else
+#define TG_BENCH_X86 0
+#endif
+#include <unistd.h>
+
+namespace {
+
+using treegate::index_t;
+using treegate::leaf_t;
+using treegate::tree_mode;
+using matf = Eigen::MatrixXf;
+using vecf = Eigen::VectorXf;
+using clock_type = std::chrono::steady_clock;
+
+struct options {
+    std::string policy = "native";
+    bool quick = false;
+    bool per_case_limits = false;
+    int threads = 1;
+};
+
+// Wall-clock time by default (BENCHMARKS.md). With --cpu-time, this thread's CPU time instead:
+// on an oversubscribed machine the wall clock also counts the time the thread was not running,
+// which no roofline describes; CPU time keeps that out of limits and cases alike.
+bool g_cpu_time = false;
+
+struct machine {
+    double peak_flops = 0;     // FLOP/s
+    double peak_bw = 0;        // bytes/s
+    double llc_bytes = 0;
+};
+
+volatile float g_sink = 0;
+
+double seconds_since(clock_type::time_point t0) {
+    return std::chrono::duration<double>(clock_type::now() - t0).count();
+}
+
+double now_seconds() {
+    if (g_cpu_time) {
+        timespec ts{};
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+        return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+    }
+    return std::chrono::duration<double>(clock_type::now().time_since_epoch()).count();
+}
+
+/// Median wall time (seconds) of `reps` calls of f after `warmup` calls.
+double median_time(int reps, int warmup, const std::function<void()>& f) {
+    for (int i = 0; i < warmup; ++i) f();
+    std::vector<double> t;
+    for (int i = 0; i < reps; ++i) {
+        const double t0 = now_seconds();
+        f();
+        t.push_back(now_seconds() - t0);
+    }
+    std::sort(t.begin(), t.end());
+    return t[t.size() / 2];
+}
+
+double best_time(int reps, const std::function<void()>& f) {
+    double best = 1e30;
+    for (int i = 0; i < reps; ++i) {
+        const double t0 = now_seconds();
+        f();
+        best = std::min(best, now_seconds() - t0);
+    }
+    return best;
+}
+
+[[noreturn]] void fail(const std::string& msg) {
+    std::fprintf(stderr, "treegate_roofline: %s\n", msg.c_str());
+    std::exit(1);
+}
+
+// ---- the machine's limits ----------------------------------------------------------------------
+
+/// Last-level cache size: /sys (the cache this core shares) first, since sysconf may report
+/// the whole package's L3 on multi-die parts; sysconf as a fallback.
+double llc_bytes() {
+    double sys = 0;
+    std::ifstream f("/sys/devices/system/cpu/cpu0/cache/index3/size");
+    std::string s;
+    if (f >> s && !s.empty()) {
+        double v = std::atof(s.c_str());
+        const char unit = s.back();
+        if (unit == 'K') v *= 1024;
+        if (unit == 'M') v *= 1024 * 1024;
+        sys = v;
+    }
+    double conf = 0;
+#if defined(_SC_LEVEL3_CACHE_SIZE)
+    conf = static_cast<double>(sysconf(_SC_LEVEL3_CACHE_SIZE));
+#endif
+    std::printf("llc: /sys index3 = %.0f KiB, sysconf(_SC_LEVEL3_CACHE_SIZE) = %.0f KiB; using %s\n", sys / 1024,
+                conf / 1024, sys > 0 ? "/sys" : "sysconf");
+    const double llc = sys > 0 ? sys : conf;
+    if (!(llc > 0)) fail("cannot read the last-level cache size");
+    return llc;
+}
+
+#if TG_BENCH_X86
+__attribute__((target("avx2,fma"))) float sum_avx2(const float* p, index_t n) {
+    __m256 a = _mm256_setzero_ps(), b = a, c = a, d = a;
+    for (index_t i = 0; i + 32 <= n; i += 32) {
+        a = _mm256_add_ps(a, _mm256_load_ps(p + i));
+        b = _mm256_add_ps(b, _mm256_load_ps(p + i + 8));
+        c = _mm256_add_ps(c, _mm256_load_ps(p + i + 16));
+        d = _mm256_add_ps(d, _mm256_load_ps(p + i + 24));
+    }
+    alignas(32) float t[8];
+    _mm256_store_ps(t, _mm256_add_ps(_mm256_add_ps(a, b), _mm256_add_ps(c, d)));
+    return t[0] + t[1] + t[2] + t[3] + t[4] + t[5] + t[6] + t[7];
+}
+
+template <index_t Ahead>
+__attribute__((target("avx2,fma"))) float sum_avx2_prefetch(const float* p, index_t n) {
+    __m256 a = _mm256_setzero_ps(), b = a, c = a, d = a;
+    const auto base = reinterpret_cast<std::uintptr_t>(p);
+    for (index_t i = 0; i + 32 <= n; i += 32) {
+        const std::uintptr_t ahead = base + static_cast<std::uintptr_t>(i) * 4 + static_cast<std::uintptr_t>(Ahead);
+        _mm_prefetch(reinterpret_cast<const char*>(ahead), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(ahead + 64), _MM_HINT_T0);
+        a = _mm256_add_ps(a, _mm256_load_ps(p + i));
+        b = _mm256_add_ps(b, _mm256_load_ps(p + i + 8));
+        c = _mm256_add_ps(c, _mm256_load_ps(p + i + 16));
+        d = _mm256_add_ps(d, _mm256_load_ps(p + i + 24));
+    }
+    alignas(32) float t[8];
+    _mm256_store_ps(t, _mm256_add_ps(_mm256_add_ps(a, b), _mm256_add_ps(c, d)));
+    return t[0] + t[1] + t[2] + t[3] + t[4] + t[5] + t[6] + t[7];
+}
+#endif
+
+/// The machine's limits; `verbose` prints every probe (the start-up call), otherwise only the
+/// summary (the end-of-run call, which shows how much a shared machine drifted during the run).
+machine measure_machine(const options& o, bool verbose) {
+    machine m;
+    m.llc_bytes = verbose ? llc_bytes() : 0;
+    if (verbose) std::printf("eigen: %s, %d thread(s)\n", Eigen::SimdInstructionSetsInUse(), Eigen::nbThreads());
+
+    // Peak: a large dense float GEMM, best of a few; also the avx2 policy's own GEMM, since a
+    // portable build's Eigen uses SSE only and the machine's limit is the faster of the two.
+    // Two shapes: 2048^3, and 512 x 512 times 2048 columns (the shape of a tree node's group,
+    // which both reach at a higher rate than 2048^3 here, K = 512 keeping panels in L2).
+    const int reps = o.quick ? 2 : 3;
+    double best_rate = 0;
+    const char* best_name = "";
+    struct shape {
+        index_t rows, cols, n;
+    };
+    for (const shape sh : {shape{2048, 2048, 2048}, shape{512, 512, 2048}}) {
+        matf A = matf::Random(sh.rows, sh.cols), B = matf::Random(sh.cols, sh.n), C = matf::Zero(sh.rows, sh.n);
+        const double flops = 2.0 * static_cast<double>(sh.rows) * static_cast<double>(sh.cols) * static_cast<double>(sh.n);
+        const double t_eigen = best_time(reps, [&] { C.noalias() = A * B; });
+        g_sink = g_sink + C(1, 1);
+        double t_avx2 = 1e30;
+        if (treegate::kernels::cpu_supports_avx2()) {
+            t_avx2 = best_time(reps, [&] {
+                C.setZero();
+                treegate::kernels::avx2::gemm<float>(sh.rows, sh.cols, sh.n, A.data(), sh.rows, B.data(), sh.cols, C.data(),
+                                                     sh.rows);
+            });
+            g_sink = g_sink + C(1, 1);
+        }
+        if (verbose)
+            std::printf("peak gemm %ldx%ldx%ld float: eigen %.1f GFLOP/s, avx2 policy %.1f GFLOP/s\n",
+                        static_cast<long>(sh.rows), static_cast<long>(sh.cols), static_cast<long>(sh.n),
+                        flops / t_eigen * 1e-9, t_avx2 < 1e30 ? flops / t_avx2 * 1e-9 : 0.0);
+        if (flops / t_eigen > best_rate) {
+            best_rate = flops / t_eigen;
+            best_name = sh.rows == 2048 ? "eigen 2048^3" : "eigen 512x512x2048";
+        }
+        if (flops / t_avx2 > best_rate) {
+            best_rate = flops / t_avx2;
+            best_name = sh.rows == 2048 ? "avx2 2048^3" : "avx2 512x512x2048";
+        }
+    }
+    m.peak_flops = best_rate;
+
+    // Bandwidth: 256 MiB read by several kernels, best of each; the highest wins.
+    const index_t n = index_t{64} << 20;  // floats
+    std::unique_ptr<float, void (*)(float*)> buf(
+        static_cast<float*>(::operator new(static_cast<std::size_t>(n) * 4, std::align_val_t{64})),
+        [](float* p) { ::operator delete(p, std::align_val_t{64}); });
+    float* p = buf.get();
+    for (index_t i = 0; i < n; ++i) p[i] = static_cast<float>(i & 1023) * 1e-3f;
+    const double bytes = static_cast<double>(n) * 4;
+    struct probe {
+        const char* name;
+        std::function<float()> run;
+    };
+    std::vector<probe> probes = {{"eigen_sum", [&] { return Eigen::Map<const vecf>(p, n).sum(); }}};
+#if TG_BENCH_X86
+    if (treegate::kernels::cpu_supports_avx2()) {
+        probes.push_back({"avx2_4acc", [&] { return sum_avx2(p, n); }});
+        probes.push_back({"avx2_4acc_prefetch_1KiB", [&] { return sum_avx2_prefetch<1024>(p, n); }});
+        probes.push_back({"avx2_4acc_prefetch_2KiB", [&] { return sum_avx2_prefetch<2048>(p, n); }});
+        probes.push_back({"avx2_4acc_prefetch_4KiB", [&] { return sum_avx2_prefetch<4096>(p, n); }});
+    }
+#endif
+    const char* winner = "";
+    if (verbose) std::printf("read bandwidth over %.0f MiB:", bytes / (1 << 20));
+    for (auto& pr : probes) {
+        const double t = best_time(o.quick ? 2 : 4, [&] { g_sink = g_sink + pr.run(); });
+        if (verbose) std::printf(" %s %.1f GB/s;", pr.name, bytes / t * 1e-9);
+        if (bytes / t > m.peak_bw) {
+            m.peak_bw = bytes / t;
+            winner = pr.name;
+        }
+    }
+    if (verbose)
+        std::printf("\npeak_flops=%.1f GFLOP/s (%s) peak_bw=%.1f GB/s (bandwidth winner: %s) llc=%.0f MiB\n",
+                    m.peak_flops * 1e-9, best_name, m.peak_bw * 1e-9, winner, m.llc_bytes / (1 << 20));
+    else
+        std::printf("  limits measured again: peak_flops=%.1f GFLOP/s (%s) peak_bw=%.1f GB/s (%s)\n", m.peak_flops * 1e-9,
+                    best_name, m.peak_bw * 1e-9, winner);
+    return m;
+}
+
+/// The limits a case is held to: the start-up ones, or with --per-case-limits ones measured
+/// again just before the case (on a shared machine whose load changes during the run).
+machine case_limits(const options& o, const machine& startup) {
+    if (!o.per_case_limits) return startup;
+    machine m = measure_machine(o, false);
+    m.llc_bytes = startup.llc_bytes;
+    return m;
+}
+
+// ---- roofline bookkeeping ----------------------------------------------------------------------
+
+/// Levels 0..k count as cached, k the largest with levels 0..k fitting half the LLC (-1: none).
+int cached_levels(const std::vector<double>& level_bytes, double llc) {
+    double sum = 0;
+    int k = -1;
+    for (std::size_t j = 0; j < level_bytes.size(); ++j) {
+        sum += level_bytes[j];
+        if (sum > llc / 2) break;
+        k = static_cast<int>(j);
+    }
+    return k;
+}
+
+struct routing_stats {
+    std::vector<index_t> visited;  // distinct nodes per level
+    double examples = 0;
+};
+
+void print_line(const char* name, double ms, double flops, double bytes, const machine& m, double dense_ms,
+                double dense_ff_ms = -1) {
+    const double roof_ms = std::max(flops / m.peak_flops, bytes / m.peak_bw) * 1e3;
+    std::printf("case=%s ms=%.4g roofline_ms=%.4g ratio=%.3f vs_dense_equal_params=%.1f", name, ms, roof_ms, ms / roof_ms,
+                dense_ms / ms);
+    if (dense_ff_ms > 0) std::printf(" vs_dense_ff=%.1f", dense_ff_ms / ms);
+    std::printf("\n");
+    std::printf("  %s: flops=%.4g bytes=%.4g (compute %.4g ms, memory %.4g ms: %s-bound)\n", name, flops, bytes,
+                flops / m.peak_flops * 1e3, bytes / m.peak_bw * 1e3,
+                flops / m.peak_flops > bytes / m.peak_bw ? "compute" : "memory");
+    std::fflush(stdout);
+}
+
+void print_routing(const char* name, const routing_stats& r) {
+    std::printf("  routing %s: visited nodes per level =", name);
+    index_t total = 0;
+    for (std::size_t j = 0; j < r.visited.size(); ++j) {
+        std::printf("%s%ld", j ? "," : " ", static_cast<long>(r.visited[j]));
+        total += r.visited[j];
+    }
+    std::printf("; mean examples per visited node = %.2f\n",
+                r.examples * static_cast<double>(r.visited.size()) / static_cast<double>(total));
+}
+
+/// Checks got against want: a wrong block or route is off by O(1); rounding is ~1e-5 here.
+void check_close(const char* name, const matf& got, const matf& want) {
+    const double err = static_cast<double>((got - want).cwiseAbs().maxCoeff());
+    const double scale = 1.0 + static_cast<double>(want.cwiseAbs().maxCoeff());
+    if (!(err <= 1e-3 * scale))
+        fail(std::string("case ") + name + ": output disagrees with the reference policy (max error " +
+             std::to_string(err) + ", scale " + std::to_string(scale) + ")");
+}
+
+/// Dense layer time (ms) for one forward of `batch` examples through `out x in` weights; huge
+/// baselines are timed on `cols` columns and scaled linearly (GEMM time is linear in n there).
+double dense_ms(index_t in, index_t out, index_t batch, index_t cols, int reps) {
+    const index_t c = std::min(batch, cols);
+    // Constant data: a GEMM's time does not depend on the values (no denormals here).
+    matf W = matf::Constant(out, in, 0.01f), X = matf::Constant(in, c, 0.5f), Y(out, c);
+    const double t = median_time(reps, 1, [&] {
+        if (c == 1)
+            Y.col(0).noalias() = W * X.col(0);
+        else
+            Y.noalias() = W * X;
+        g_sink = g_sink + Y(0, 0);
+    });
+    return t * 1e3 * static_cast<double>(batch) / static_cast<double>(c);
+}
+
+// ---- tree_linear cases -------------------------------------------------------------------------
+
+template <class P>
+using tl = treegate::tree_linear<float, treegate::dynamic, treegate::dynamic, treegate::dynamic, P>;
+
+struct tl_spec {
+    const char* name;
+    index_t in, out;
+    int depth;
+    tree_mode mode;
+    index_t batch;  // 1: latency case, 256 distinct inputs, one per call
+};
+
+std::vector<index_t> gating_units(int depth) {
+    std::vector<index_t> idx(static_cast<std::size_t>(depth));
+    std::iota(idx.begin(), idx.end(), index_t{0});
+    return idx;
+}
+
+template <class Layer>
+routing_stats route_stats(const Layer& layer, const matf& X) {
+    routing_stats r;
+    const int D = layer.depth();
+    std::vector<std::vector<char>> seen(static_cast<std::size_t>(D + 1));
+    for (int j = 0; j <= D; ++j) seen[static_cast<std::size_t>(j)].assign(std::size_t{1} << j, 0);
+    for (index_t e = 0; e < X.cols(); ++e) {
+        const leaf_t code = treegate::route_by_indices(X.col(e).data(), layer.gates().indices().data(), D);
+        for (int j = 0; j <= D; ++j) seen[static_cast<std::size_t>(j)][code >> (D - j)] = 1;
+    }
+    for (int j = 0; j <= D; ++j) {
+        const auto& s = seen[static_cast<std::size_t>(j)];
+        r.visited.push_back(static_cast<index_t>(std::count(s.begin(), s.end(), 1)));
+    }
+    r.examples = static_cast<double>(X.cols());
+    return r;
+}
+
+/// Bytes per forward pass: the uncached visited blocks (and biases) plus activations.
+template <class Layer>
+double tl_bytes(const Layer& layer, const matf& X, index_t batch, double llc) {
+    const int D = layer.depth();
+    const bool ps = layer.mode() == tree_mode::path_sum;
+    const double block = 4.0 * static_cast<double>(layer.in_size() * layer.out_size() + (layer.has_bias() ? layer.out_size() : 0));
+    std::vector<double> level_bytes(static_cast<std::size_t>(D + 1), 0.0);
+    for (int j = 0; j <= D; ++j)
+        if (ps || j == D) level_bytes[static_cast<std::size_t>(j)] = block * std::ldexp(1.0, j);
+    const int k = cached_levels(level_bytes, llc);
+    double blocks = 0;
+    if (batch == 1) {  // one pass per input: the path's uncached blocks, averaged over inputs
+        for (int j = k + 1; j <= D; ++j)
+            if (level_bytes[static_cast<std::size_t>(j)] > 0) blocks += 1;
+    } else {
+        const routing_stats r = route_stats(layer, X);
+        for (int j = k + 1; j <= D; ++j)
+            if (level_bytes[static_cast<std::size_t>(j)] > 0) blocks += static_cast<double>(r.visited[static_cast<std::size_t>(j)]);
+    }
+    if (ps)
+        std::printf("  cached levels 0..%d (half LLC = %.1f MiB)\n", k, llc / 2 / (1 << 20));
+    else
+        std::printf("  leaf table %s half the LLC (%.1f MiB): %s\n", k == D ? "fits" : "exceeds", llc / 2 / (1 << 20),
+                    k == D ? "counted as cached" : "every visited leaf counted");
+    return blocks * block + 4.0 * static_cast<double>(batch * (layer.in_size() + layer.out_size()));
+}
+
+/// Times one tree_linear layer on its case; returns the median ms per forward pass.
+template <class Layer>
+double time_tl(const Layer& layer, const matf& X, index_t batch, const options& o) {
+    if (batch == 1) {
+        vecf y(layer.out_size());
+        const int reps = o.quick ? 5 : 21;
+        const double t = median_time(reps, 1, [&] {
+            for (index_t e = 0; e < X.cols(); ++e) {
+                layer.forward(X.col(e), y);
+                g_sink = g_sink + y(0);
+            }
+        });
+        return t * 1e3 / static_cast<double>(X.cols());
+    }
+    matf Y(layer.out_size(), batch);
+    treegate::workspace<float> ws;
+    const int reps = o.quick ? 3 : 9;
+    return median_time(reps, 1, [&] {
+               layer.forward_batch(X, Y, ws);
+               g_sink = g_sink + Y(0, 0);
+           }) *
+           1e3;
+}
+
+/// Output of `layer` on the first `sample` examples of X (single-example path for batch 1).
+template <class Layer>
+matf sample_output(const Layer& layer, const matf& X, index_t batch, index_t sample) {
+    if (batch == 1) {
+        matf Y(layer.out_size(), sample);
+        vecf y(layer.out_size());
+        for (index_t e = 0; e < sample; ++e) {
+            layer.forward(X.col(e), y);
+            Y.col(e) = y;
+        }
+        return Y;
+    }
+    const matf Y = layer.forward_batch(X);
+    return Y.leftCols(sample);
+}
+
+template <class P>
+void tree_linear_case(const tl_spec& s, bool with_flat, const options& o, const machine& m) {
+    const std::uint64_t seed = 42;
+    const auto idx = gating_units(s.depth);
+    tl<P> layer(s.in, s.out, s.depth, s.mode, treegate::gating::from_input(idx));
+    layer.initialize(seed);
+    std::mt19937 g(7);
+    const index_t cols = s.batch == 1 ? 256 : s.batch;
+    matf X(s.in, cols);
+    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+    for (index_t i = 0; i < X.size(); ++i) X.data()[i] = u(g);
+
+    // Reference check on a sample (the reference layer has the same seed, hence the same weights).
+    const index_t sample = std::min<index_t>(cols, 16);
+    matf ref_out;
+    {
+        tl<treegate::kernels::reference> ref(s.in, s.out, s.depth, s.mode, treegate::gating::from_input(idx));
+        ref.initialize(seed);
+        const matf Xs = X.leftCols(sample);
+        ref_out = ref.forward_batch(Xs);
+    }
+    const int dense_reps = o.quick ? 1 : 3;
+    const index_t dense_cols = o.quick ? 128 : 1024;
+
+    auto run = [&](const auto& lay, const char* name) {
+        const matf got = sample_output(lay, X, s.batch, sample);
+        check_close(name, got, ref_out);
+        const double flops = 2.0 * static_cast<double>(lay.macs_per_example()) * static_cast<double>(s.batch);
+        const double bytes = tl_bytes(lay, X, s.batch, m.llc_bytes);
+        const machine lm = case_limits(o, m);
+        const double ms = time_tl(lay, X, s.batch, o);
+        const index_t eq_out = (lay.parameter_count() + s.in - 1) / s.in;
+        const double dense = dense_ms(s.in, eq_out, s.batch, dense_cols, dense_reps);
+        print_line(name, ms, flops, bytes, lm, dense);
+        print_routing(name, route_stats(lay, X));
+    };
+    run(layer, s.name);
+    if (with_flat) {
+        const tl<P> flat = treegate::flatten(layer);
+        const std::string name = std::string(s.name) + "-flat";
+        run(flat, name.c_str());
+    }
+}
+
+// ---- UF-fff ------------------------------------------------------------------------------------
+
+template <class P>
+using tff = treegate::tree_feedforward<float, treegate::dynamic, treegate::dynamic, treegate::dynamic, treegate::dynamic, P>;
+
+template <class P>
+void fff_case(const options& o, const machine& m) {
+    const char* name = "UF-fff";
+    const index_t in = 768, out = 768, batch = 16384;
+    const int depth = 11;
+    const std::uint64_t seed = 42;
+    tff<P> layer(in, out, 1, depth);
+    layer.initialize(seed);
+    std::mt19937 g(9);
+    matf X(in, batch);
+    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+    for (index_t i = 0; i < X.size(); ++i) X.data()[i] = u(g);
+
+    // Check a sample against the reference policy (batched and single-example paths).
+    const index_t sample = 16;
+    {
+        tff<treegate::kernels::reference> ref(in, out, 1, depth);
+        ref.initialize(seed);
+        const matf Xs = X.leftCols(sample);
+        const matf want = ref.forward_batch(Xs);
+        check_close(name, layer.forward_batch(Xs), want);
+        matf got(out, sample);
+        vecf y(out);
+        for (index_t e = 0; e < sample; ++e) {
+            layer.forward(X.col(e), y);
+            got.col(e) = y;
+        }
+        check_close(name, got, want);
+    }
+
+    // Routing statistics and bytes: walk every example's path with the node pre-activations.
+    routing_stats r;
+    {
+        std::vector<std::vector<char>> seen(static_cast<std::size_t>(depth + 1));
+        for (int j = 0; j <= depth; ++j) seen[static_cast<std::size_t>(j)].assign(std::size_t{1} << j, 0);
+        for (index_t e = 0; e < batch; ++e) {
+            index_t node = 0;
+            for (int j = 0; j <= depth; ++j) {
+                seen[static_cast<std::size_t>(j)][static_cast<std::size_t>(node - treegate::tree::level_begin(j))] = 1;
+                const float pre = layer.hidden_weight(0, node).row(0).dot(X.col(e).transpose()) + layer.hidden_bias(0, node)(0);
+                node = treegate::tree::child(node, treegate::tree::gate_bit(pre));
+            }
+        }
+        for (int j = 0; j <= depth; ++j) {
+            const auto& s = seen[static_cast<std::size_t>(j)];
+            r.visited.push_back(static_cast<index_t>(std::count(s.begin(), s.end(), 1)));
+        }
+        r.examples = static_cast<double>(batch);
+    }
+    const double node_bytes = 4.0 * static_cast<double>(in + 1 + out);
+    std::vector<double> level_bytes;
+    for (int j = 0; j <= depth; ++j) level_bytes.push_back(node_bytes * std::ldexp(1.0, j));
+    const int k = cached_levels(level_bytes, m.llc_bytes);
+    double bytes = 4.0 * static_cast<double>(batch * (in + out));
+    for (int j = k + 1; j <= depth; ++j) bytes += node_bytes * static_cast<double>(r.visited[static_cast<std::size_t>(j)]);
+    std::printf("  cached levels 0..%d (half LLC = %.1f MiB)\n", k, m.llc_bytes / 2 / (1 << 20));
+    const double flops = 2.0 * static_cast<double>(layer.macs_per_example()) * static_cast<double>(batch);
+
+    const machine lm = case_limits(o, m);
+    matf Y(out, batch);
+    treegate::workspace<float> ws;
+    const int reps = o.quick ? 3 : 7;
+    const double ms = median_time(reps, 1, [&] {
+                          layer.forward_batch(X, Y, ws);
+                          g_sink = g_sink + Y(0, 0);
+                      }) *
+                      1e3;
+
+    // Baselines on a sub-batch, scaled: one dense layer of the same parameter count, and the
+    // dense 768 -> 4095 -> 768 GELU feed-forward the tree replaces (Eigen GEMM, vectorized erf).
+    const index_t cols = o.quick ? 512 : 2048;
+    const int dreps = o.quick ? 1 : 3;
+    const index_t eq_out = (layer.parameter_count() + in - 1) / in;
+    const double dense = dense_ms(in, eq_out, batch, cols, dreps);
+    double dense_ff;
+    {
+        const index_t hidden = 4095;
+        matf W1 = matf::Random(hidden, in) * 0.03f, W2 = matf::Random(out, hidden) * 0.015f;
+        vecf b1 = vecf::Random(hidden) * 0.03f;
+        const matf Xs = X.leftCols(cols);
+        matf H(hidden, cols), Yd(out, cols);
+        const double t = median_time(dreps, 1, [&] {
+            H.noalias() = W1 * Xs;
+            H.colwise() += b1;
+            H = (0.5f * H.array() * (1.0f + (H.array() * 0.70710678f).erf())).matrix();
+            Yd.noalias() = W2 * H;
+            g_sink = g_sink + Yd(0, 0);
+        });
+        dense_ff = t * 1e3 * static_cast<double>(batch) / static_cast<double>(cols);
+    }
+    print_line(name, ms, flops, bytes, lm, dense, dense_ff);
+    print_routing(name, r);
+    std::printf("  %s: dense baselines timed on %ld columns and scaled to %ld\n", name, static_cast<long>(cols),
+                static_cast<long>(batch));
+
+    // The same batch example by example (single-example forward: x and y stay in L1 while the
+    // path's nodes come from the LLC), to show what an example-major batch path would give.
+    vecf y(out);
+    const double ms_ex = median_time(o.quick ? 1 : 3, 0, [&] {
+                             for (index_t e = 0; e < batch; ++e) {
+                                 layer.forward(X.col(e), y);
+                                 g_sink = g_sink + y(0);
+                             }
+                         }) *
+                         1e3;
+    std::printf("  %s: example-by-example forward() over the same batch: ms=%.4g (ratio %.3f)\n", name, ms_ex,
+                ms_ex / (std::max(flops / lm.peak_flops, bytes / lm.peak_bw) * 1e3));
+}
+
+// ---- driver ------------------------------------------------------------------------------------
+
+template <class P>
+void run_all(const options& o, const machine& m) {
+    std::printf("policy=%s threads=1 clock=%s\n", P::name(), g_cpu_time ? "thread-cpu-time" : "wall");
+    tree_linear_case<P>({"PS-latency", 512, 512, 8, tree_mode::path_sum, 1}, true, o, m);
+    tree_linear_case<P>({"PS-batch", 512, 512, 6, tree_mode::path_sum, 1024}, true, o, m);
+    tree_linear_case<P>({"PS-deep", 256, 256, 10, tree_mode::path_sum, 256}, true, o, m);
+    fff_case<P>(o, m);
+    tree_linear_case<P>({"LO-batch", 512, 512, 8, tree_mode::leaf_only, 1024}, false, o, m);
+}
+
+options parse(int argc, char** argv) {
+    options o;
+    for (int i = 1; i < argc; ++i) {
+        const std::string a = argv[i];
+        if (a == "--quick") {
+            o.quick = true;
+        } else if (a == "--per-case-limits") {
+            o.per_case_limits = true;
+        } else if (a == "--cpu-time") {
+            g_cpu_time = true;
+        } else if (a == "--policy" && i + 1 < argc) {
+            o.policy = argv[++i];
+        } else if (a.rfind("--policy=", 0) == 0) {
+            o.policy = a.substr(9);
+        } else if (a == "--threads" && i + 1 < argc) {
+            o.threads = std::atoi(argv[++i]);
+        } else if (a.rfind("--threads=", 0) == 0) {
+            o.threads = std::atoi(a.c_str() + 10);
+        } else if (a == "--help" || a == "-h") {
+            std::printf("usage: treegate_roofline [--policy eigen|avx2|native] [--quick] [--threads N] [--per-case-limits] [--cpu-time]\n");
+            std::exit(0);
+        } else {
+            fail("unknown option '" + a + "' (try --help)");
+        }
+    }
+    if (o.policy != "eigen" && o.policy != "avx2" && o.policy != "native") fail("--policy must be eigen, avx2 or native");
+    if (o.threads < 1) fail("--threads must be at least 1");
+    return o;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    const options o = parse(argc, argv);
+    if (o.threads > 1)
+        std::printf("note: --threads %d requested, but only the single-thread path is implemented; running 1 thread\n",
+                    o.threads);
+    Eigen::setNbThreads(1);
+    if (o.policy == "avx2" && !treegate::kernels::cpu_supports_avx2()) fail("--policy avx2: this CPU or build has no AVX2+FMA");
+    const auto t0 = clock_type::now();
+    const machine m = measure_machine(o, true);
+    if (o.policy == "eigen")
+        run_all<treegate::kernels::eigen>(o, m);
+    else if (o.policy == "avx2")
+        run_all<treegate::kernels::avx2>(o, m);
+    else
+        run_all<treegate::kernels::native>(o, m);
+    std::printf("end of run:\n");
+    measure_machine(o, false);
+    std::printf("total %.1f s\n", seconds_since(t0));
+    return 0;
+}

@@ -1,0 +1,338 @@
+// The `avx2` kernel policy against the `reference` policy run in double (the exact result to
+// the tests' accuracy), over random and odd sizes, with every input placed flush against an
+// unreadable guard page so that a read past the end crashes; then the layers with Policy = avx2.
+#include "test_support.hpp"
+
+#include <treegate/kernels/avx2.hpp>
+#include <treegate/kernels/native.hpp>
+#include <treegate/layers/tree_feedforward.hpp>
+#include <treegate/layers/tree_linear.hpp>
+
+#include <cmath>
+#include <cstddef>
+#include <limits>
+#include <cstdint>
+#include <random>
+#include <type_traits>
+#include <vector>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#include <unistd.h>
+#endif
+
+using treegate::index_t;
+using treegate::kernels::avx2;
+using treegate::kernels::reference;
+using namespace tg_test;
+
+namespace {
+
+/// n floats whose last one ends exactly where an inaccessible page begins (Linux), so any read
+/// or write past the end faults; elsewhere a plain vector. Unaligned whenever n is not a
+/// multiple of 1024, which also exercises the kernels' unaligned loads.
+class guarded_floats {
+public:
+    explicit guarded_floats(index_t n) : n_(n) {
+#if defined(__linux__)
+        const auto page = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
+        const std::size_t bytes = static_cast<std::size_t>(n) * sizeof(float);
+        const std::size_t pages = (bytes + page - 1) / page;
+        size_ = (pages + 1) * page;
+        void* p = mmap(nullptr, size_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        REQUIRE(p != MAP_FAILED);
+        base_ = static_cast<char*>(p);
+        REQUIRE(mprotect(base_ + pages * page, page, PROT_NONE) == 0);
+        data_ = reinterpret_cast<float*>(base_ + pages * page - bytes);
+#else
+        storage_.resize(static_cast<std::size_t>(n) + 1);
+        data_ = storage_.data();
+#endif
+    }
+    ~guarded_floats() {
+#if defined(__linux__)
+        munmap(base_, size_);
+#endif
+    }
+    guarded_floats(const guarded_floats&) = delete;
+    guarded_floats& operator=(const guarded_floats&) = delete;
+
+    float* data() noexcept { return data_; }
+    index_t size() const noexcept { return n_; }
+    float& operator[](index_t i) noexcept { return data_[i]; }
+
+private:
+    index_t n_;
+    float* data_ = nullptr;
+#if defined(__linux__)
+    char* base_ = nullptr;
+    std::size_t size_ = 0;
+#else
+    std::vector<float> storage_;
+#endif
+};
+
+void fill(guarded_floats& b, std::mt19937& g) {
+    for (index_t i = 0; i < b.size(); ++i) b[i] = static_cast<float>(uniform(g));
+}
+
+/// A column-major rows x cols view of a buffer with leading dimension ld, in double.
+Eigen::MatrixXd to_double(const float* p, index_t rows, index_t cols, index_t ld) {
+    Eigen::MatrixXd m(rows, cols);
+    for (index_t c = 0; c < cols; ++c)
+        for (index_t r = 0; r < rows; ++r) m(r, c) = static_cast<double>(p[r + c * ld]);
+    return m;
+}
+
+/// Sizes: every value 1..17 (all SIMD tails around one and two registers), then random ones up
+/// to 70 and a few up to 300.
+std::vector<index_t> test_sizes(std::mt19937& g) {
+    std::vector<index_t> s;
+    for (index_t i = 1; i <= 17; ++i) s.push_back(i);
+    for (int i = 0; i < 6; ++i) s.push_back(uniform_index(g, 18, 70));
+    s.push_back(64);
+    s.push_back(uniform_index(g, 71, 300));
+    s.push_back(256);
+    return s;
+}
+
+bool skip_without_avx2() {
+    if (treegate::kernels::cpu_supports_avx2()) return false;
+    WARN("this CPU (or build) has no AVX2 + FMA: the avx2 kernel tests are skipped");
+    return true;
+}
+
+/// Y(rows x n, ld ldy) += W(rows x cols, ldw) X(cols x n, ldx) by `Policy`, checked against
+/// the exact product: the entries of Y between `rows` and `ldy` must be left untouched.
+template <class Policy>
+void check_gemm(index_t rows, index_t cols, index_t n, index_t ldw, index_t ldx, index_t ldy, std::mt19937& g) {
+    CAPTURE(rows, cols, n, ldw, ldx, ldy);
+    guarded_floats W(ldw * (cols - 1) + rows), X(ldx * (n - 1) + cols), Y(ldy * (n - 1) + rows);
+    fill(W, g);
+    fill(X, g);
+    fill(Y, g);
+    const Eigen::MatrixXd Wd = to_double(W.data(), rows, cols, ldw), Xd = to_double(X.data(), cols, n, ldx);
+    const Eigen::MatrixXd Y0 = to_double(Y.data(), ldy, n - 1, ldy);  // padding rows included
+    Eigen::MatrixXd want = to_double(Y.data(), rows, n, ldy);
+    Eigen::MatrixXd scale = want.cwiseAbs();
+    const Eigen::MatrixXd Wa = Wd.cwiseAbs(), Xa = Xd.cwiseAbs();
+    reference::gemm<double>(rows, cols, n, Wd.data(), rows, Xd.data(), cols, want.data(), rows);
+    reference::gemm<double>(rows, cols, n, Wa.data(), rows, Xa.data(), cols, scale.data(), rows);
+
+    Policy::template gemm<float>(rows, cols, n, W.data(), ldw, X.data(), ldx, Y.data(), ldy);
+    CHECK(close_report<float>(to_double(Y.data(), rows, n, ldy), want, scale, static_cast<double>(cols + 1)) == "");
+    // Padding rows rows..ldy of every column but the last (which ends at the guard page).
+    if (n > 1 && ldy > rows) {
+        const Eigen::MatrixXd after = to_double(Y.data(), ldy, n - 1, ldy);
+        CHECK((after.bottomRows(ldy - rows) - Y0.bottomRows(ldy - rows)).cwiseAbs().maxCoeff() == 0.0);
+    }
+}
+
+}  // namespace
+
+TEST_CASE("avx2 gemv matches the reference policy over odd sizes and strides", "[kernels][avx2]") {
+    if (skip_without_avx2()) return;
+    std::mt19937 g(101);
+    const auto sizes = test_sizes(g);
+    for (index_t rows : sizes)
+        for (index_t cols : sizes) {
+            const index_t ld = rows + (uniform_index(g, 0, 3) == 0 ? 0 : uniform_index(g, 1, 9));
+            CAPTURE(rows, cols, ld);
+            guarded_floats W(ld * (cols - 1) + rows), x(cols), y(rows);
+            fill(W, g);
+            fill(x, g);
+            fill(y, g);
+            const Eigen::MatrixXd Wd = to_double(W.data(), rows, cols, ld), Wa = Wd.cwiseAbs();
+            const Eigen::VectorXd xd = to_double(x.data(), cols, 1, cols), xa = xd.cwiseAbs();
+            Eigen::VectorXd want = to_double(y.data(), rows, 1, rows), scale = want.cwiseAbs();
+            reference::gemv<double>(rows, cols, Wd.data(), rows, xd.data(), want.data());
+            reference::gemv<double>(rows, cols, Wa.data(), rows, xa.data(), scale.data());
+            avx2::gemv<float>(rows, cols, W.data(), ld, x.data(), y.data());
+            CHECK(close_report<float>(to_double(y.data(), rows, 1, rows), want, scale, static_cast<double>(cols + 1)) == "");
+        }
+}
+
+TEST_CASE("avx2 gemm matches the reference policy for small and large groups", "[kernels][avx2]") {
+    if (skip_without_avx2()) return;
+    std::mt19937 g(202);
+    // Every small-group width (1..4), the packed kernel's column tails (5..13) and larger groups;
+    // rows and cols cover the 16-row panel's tails and the 256-column k-blocking.
+    const index_t ns[] = {1, 2, 3, 4, 5, 6, 7, 8, 11, 12, 13, 37};
+    const index_t dims[] = {1, 3, 7, 8, 9, 15, 16, 17, 31, 33, 64, 70};
+    for (index_t n : ns)
+        for (index_t rows : dims)
+            for (index_t cols : dims) {
+                const index_t ldw = rows + uniform_index(g, 0, 5);
+                const index_t ldx = cols + uniform_index(g, 0, 5);
+                const index_t ldy = rows + uniform_index(g, 0, 5);
+                check_gemm<avx2>(rows, cols, n, ldw, ldx, ldy, g);
+            }
+    for (int i = 0; i < 12; ++i) {
+        const index_t rows = uniform_index(g, 1, 300), cols = uniform_index(g, 1, 300), n = uniform_index(g, 1, 40);
+        check_gemm<avx2>(rows, cols, n, rows + uniform_index(g, 0, 3), cols + uniform_index(g, 0, 3),
+                         rows + uniform_index(g, 0, 3), g);
+    }
+    check_gemm<avx2>(300, 290, 20, 300, 290, 300, g);  // more than one k-block
+}
+
+TEST_CASE("avx2 path_sum matches the reference policy", "[kernels][avx2]") {
+    if (skip_without_avx2()) return;
+    std::mt19937 g(303);
+    const auto sizes = test_sizes(g);
+    for (index_t rows : sizes)
+        for (index_t cols : sizes) {
+            const int count = static_cast<int>(uniform_index(g, 1, 9));
+            CAPTURE(rows, cols, count);
+            // Blocks as a layer stores them: 64-byte aligned, ld = rows, one after another in
+            // an arbitrary order; the last one ends at the guard page.
+            const index_t stride = treegate::detail::padded<float>(rows * cols);
+            std::vector<float, Eigen::aligned_allocator<float>> store(static_cast<std::size_t>(stride * count));
+            guarded_floats last(rows * cols), x(cols), y(rows);
+            std::vector<const float*> blocks;
+            for (int k = 0; k + 1 < count; ++k) blocks.push_back(store.data() + (count - 2 - k) * stride);
+            blocks.push_back(last.data());
+            for (auto& v : store) v = static_cast<float>(uniform(g));
+            fill(last, g);
+            fill(x, g);
+            fill(y, g);
+            const Eigen::VectorXd xd = to_double(x.data(), cols, 1, cols), xa = xd.cwiseAbs();
+            Eigen::VectorXd want = to_double(y.data(), rows, 1, rows), scale = want.cwiseAbs();
+            for (const float* b : blocks) {
+                const Eigen::MatrixXd Wd = to_double(b, rows, cols, rows), Wa = Wd.cwiseAbs();
+                reference::gemv<double>(rows, cols, Wd.data(), rows, xd.data(), want.data());
+                reference::gemv<double>(rows, cols, Wa.data(), rows, xa.data(), scale.data());
+            }
+            avx2::path_sum<float>(rows, cols, blocks.data(), count, x.data(), y.data());
+            CHECK(close_report<float>(to_double(y.data(), rows, 1, rows), want, scale,
+                                      static_cast<double>(count * cols + 1)) == "");
+        }
+}
+
+TEST_CASE("avx2 dot and axpy match the reference policy", "[kernels][avx2]") {
+    if (skip_without_avx2()) return;
+    std::mt19937 g(404);
+    std::vector<index_t> ns;
+    for (index_t n = 0; n <= 70; ++n) ns.push_back(n);
+    for (index_t n : {index_t{127}, index_t{128}, index_t{129}, index_t{255}, index_t{300}, index_t{768}}) ns.push_back(n);
+    for (index_t n : ns) {
+        CAPTURE(n);
+        guarded_floats a(n), b(n), y(n);
+        fill(a, g);
+        fill(b, g);
+        fill(y, g);
+        const Eigen::VectorXd ad = to_double(a.data(), n, 1, n), bd = to_double(b.data(), n, 1, n);
+        const Eigen::VectorXd aa = ad.cwiseAbs(), ba = bd.cwiseAbs();
+        Eigen::MatrixXd want(1, 1), scale(1, 1), got(1, 1);
+        want(0, 0) = reference::dot<double>(n, ad.data(), bd.data());
+        scale(0, 0) = reference::dot<double>(n, aa.data(), ba.data());
+        got(0, 0) = static_cast<double>(avx2::dot<float>(n, a.data(), b.data()));
+        CHECK(close_report<float>(got, want, scale, static_cast<double>(n)) == "");
+
+        const float alpha = static_cast<float>(uniform(g));
+        Eigen::VectorXd yw = to_double(y.data(), n, 1, n), ys = yw.cwiseAbs();
+        reference::axpy<double>(n, static_cast<double>(alpha), ad.data(), yw.data());
+        reference::axpy<double>(n, std::abs(static_cast<double>(alpha)), aa.data(), ys.data());
+        avx2::axpy<float>(n, alpha, a.data(), y.data());
+        CHECK(close_report<float>(to_double(y.data(), n, 1, n), yw, ys, 2.0) == "");
+    }
+}
+
+TEST_CASE("avx2 policy forwards double to eigen and native is a known policy", "[kernels][avx2]") {
+    STATIC_REQUIRE(std::is_same_v<treegate::kernels::native, treegate::kernels::avx2> ||
+                   std::is_same_v<treegate::kernels::native, treegate::kernels::eigen>);
+    // double never reaches the intrinsics, so it runs on any CPU.
+    std::mt19937 g(505);
+    const Eigen::MatrixXd W = random_matrix<double>(13, 11, g), X = random_matrix<double>(11, 5, g);
+    Eigen::MatrixXd Y = Eigen::MatrixXd::Zero(13, 5);
+    avx2::gemm<double>(13, 11, 5, W.data(), 13, X.data(), 11, Y.data(), 13);
+    CHECK(((W * X) - Y).cwiseAbs().maxCoeff() <= 1e-13);
+    CHECK(avx2::dot<double>(11, X.data(), X.data() + 11) == Catch::Approx(X.col(0).dot(X.col(1))));
+}
+
+TEST_CASE("tree_linear with the avx2 policy matches the oracle", "[kernels][avx2][tree_linear]") {
+    if (skip_without_avx2()) return;
+    using layer_t = treegate::tree_linear<float, treegate::dynamic, treegate::dynamic, treegate::dynamic, avx2>;
+    const treegate::tree_mode mode = GENERATE(treegate::tree_mode::path_sum, treegate::tree_mode::leaf_only);
+    const bool external = GENERATE(false, true);
+    CAPTURE(treegate::to_string(mode), external);
+    std::mt19937 g(606u + (external ? 1u : 0u));
+    treegate::workspace<float> ws;
+    for (int depth = 0; depth <= 6; ++depth) {
+        const index_t in = uniform_index(g, 1, 70), out = uniform_index(g, 1, 70);
+        CAPTURE(depth, in, out);
+        const auto idx = random_gating_indices(depth, in, g);
+        layer_t layer(in, out, depth, mode,
+                      external ? treegate::gating::external() : treegate::gating::from_input(idx));
+        fill_random(layer, g);
+        const double terms = (mode == treegate::tree_mode::path_sum ? depth + 1.0 : 1.0) * (static_cast<double>(in) + 1.0);
+        for (index_t n : {index_t{1}, index_t{3}, index_t{9}, index_t{200}}) {
+            CAPTURE(n);
+            mat<float> X = random_matrix<float>(in, n, g);
+            mat<float> G = random_gates<float>(depth, n, g);
+            std::vector<std::uint64_t> codes(static_cast<std::size_t>(n));
+            for (index_t e = 0; e < n; ++e)
+                codes[static_cast<std::size_t>(e)] =
+                    external ? oracle_code_from_gates(G.col(e)) : oracle_code_from_input(X.col(e), idx);
+            const auto want = oracle_tree_linear(layer, X, codes);
+            mat<float> Y(out, n);
+            if (external)
+                layer.forward_batch(X, G, Y, ws);
+            else
+                layer.forward_batch(X, Y, ws);
+            CHECK(close_report<float>(Y, want.y, want.scale, terms) == "");
+            vec<float> y(out);
+            for (index_t e = 0; e < n; ++e) {
+                if (external) {
+                    const vec<float> gate = G.col(e);
+                    layer.forward(X.col(e), gate, y);
+                } else {
+                    layer.forward(X.col(e), y);
+                }
+                Y.col(e) = y;
+            }
+            CHECK(close_report<float>(Y, want.y, want.scale, terms) == "");
+        }
+    }
+}
+
+TEST_CASE("tree_feedforward with the avx2 policy matches the reference policy", "[kernels][avx2][tree_feedforward]") {
+    if (skip_without_avx2()) return;
+    using avx_t = treegate::tree_feedforward<float, treegate::dynamic, treegate::dynamic, treegate::dynamic,
+                                             treegate::dynamic, avx2>;
+    using ref_t = treegate::tree_feedforward<float, treegate::dynamic, treegate::dynamic, treegate::dynamic,
+                                             treegate::dynamic, reference>;
+    const index_t width = GENERATE(index_t{1}, index_t{3}, index_t{17});
+    const treegate::ff_variant variant = GENERATE(treegate::ff_variant::node_sum, treegate::ff_variant::leaf_mlp);
+    CAPTURE(width, treegate::to_string(variant));
+    std::mt19937 g(707u + static_cast<unsigned>(width));
+    treegate::workspace<float> ws_a, ws_r;
+    for (int depth = 0; depth <= 5; ++depth) {
+        const index_t in = uniform_index(g, 1, 70), out = uniform_index(g, 1, 70);
+        CAPTURE(depth, in, out);
+        avx_t fa(in, out, width, depth, 1, treegate::activation::gelu, variant);
+        ref_t fr(in, out, width, depth, 1, treegate::activation::gelu, variant);
+        fa.initialize(static_cast<std::uint64_t>(depth) + 1);
+        fr.initialize(static_cast<std::uint64_t>(depth) + 1);
+        const index_t n = 64;
+        const mat<float> X = random_matrix<float>(in, n, g);
+        mat<float> Ya(out, n), Yr(out, n);
+        fa.forward_batch(X, Ya, ws_a);
+        fr.forward_batch(X, Yr, ws_r);
+        // Both sum the same products in different orders, so |a - b| <= |a - exact| + |b - exact|.
+        // Per node, with |x| <= 1, |U| <= 1/sqrt(in), |V| <= 1/sqrt(width (D+1)) (initialize()):
+        // the pre-activation's error is <= (in + 1) eps sqrt(in), GELU's slope is <= 1.13, and
+        // |h| <= sqrt(in) + 1, so the node adds <= 1.13 (in + width + 2) eps sqrt(width) (sqrt(in) + 1)
+        // / sqrt(D + 1) to an output; D + 1 nodes, two implementations. A routing flip (a
+        // pre-activation within rounding of zero, probability ~1e-6 per node here) would show
+        // as an O(1) difference.
+        const double eps = static_cast<double>(std::numeric_limits<float>::epsilon());
+        const double tol = 2.0 * std::sqrt(depth + 1.0) * 1.13 * static_cast<double>(in + width + 2) * eps *
+                           std::sqrt(static_cast<double>(width)) * (std::sqrt(static_cast<double>(in)) + 1.0);
+        CHECK((Ya - Yr).cwiseAbs().maxCoeff() <= tol);
+        vec<float> y(out);
+        for (index_t e = 0; e < n; e += 7) {
+            fa.forward(X.col(e), y);
+            CHECK((y - Yr.col(e)).cwiseAbs().maxCoeff() <= tol);
+        }
+    }
+}
