@@ -1,0 +1,110 @@
+# cmake/treegate_io.cmake — treegate/io/ (safetensors) and its tests: the optional nlohmann_json
+# dependency, the Python interop test, and the libFuzzer target.
+#
+# Include it from the top-level CMakeLists.txt after the `treegate` target is defined and
+# BEFORE add_subdirectory(tests): it may have to exclude io/ from the header check. Whatever
+# needs targets made in tests/ runs deferred, at the end of the including directory.
+#
+# Gives:  treegate::io  INTERFACE target = treegate::treegate + nlohmann_json (when found)
+#         TREEGATE_BUILD_FUZZERS (OFF)   fuzz_safetensors, clang only, plus a bounded ctest
+#         ctest `safetensors_interop`  (label interop; skipped unless numpy + safetensors import)
+include_guard(GLOBAL)
+
+set(treegate_io_root ${CMAKE_CURRENT_LIST_DIR}/..)
+
+find_package(nlohmann_json 3.2 QUIET)
+if(nlohmann_json_FOUND)
+  add_library(treegate_io INTERFACE)
+  add_library(treegate::io ALIAS treegate_io)
+  set_target_properties(treegate_io PROPERTIES EXPORT_NAME io)
+  target_link_libraries(treegate_io INTERFACE treegate nlohmann_json::nlohmann_json)
+  message(STATUS "treegate: nlohmann_json ${nlohmann_json_VERSION} found, treegate::io (safetensors) available")
+else()
+  # The core library does not need it; only io/ does, so leave io/ out of the header check.
+  message(STATUS "treegate: nlohmann_json not found, treegate/io/ (safetensors) and its tests are skipped")
+  list(APPEND TREEGATE_HEADER_CHECK_EXCLUDE "^treegate/io/")
+endif()
+
+option(TREEGATE_BUILD_FUZZERS "Build the libFuzzer targets (clang only) and a bounded ctest for each" OFF)
+
+# The unit tests (tests/test_io_safetensors.cpp, compiled only where <nlohmann/json.hpp> is
+# found) and the header check get nlohmann_json's include path from treegate::io.
+function(treegate_io_link_test_targets)
+  foreach(target IN ITEMS treegate_tests treegate_header_check)
+    if(TARGET ${target})
+      target_link_libraries(${target} PRIVATE treegate::io)
+    endif()
+  endforeach()
+endfunction()
+
+if(TARGET treegate_io AND TREEGATE_BUILD_TESTS)
+  cmake_language(DEFER CALL treegate_io_link_test_targets)
+  include(${treegate_io_root}/cmake/treegateWarnings.cmake)
+
+  # --- Interop with the Python `safetensors` package (tests/python/) ------------------------
+  add_executable(treegate_interop_main ${treegate_io_root}/tests/python/interop_main.cpp)
+  treegate_own_target(treegate_interop_main)
+  target_link_libraries(treegate_interop_main PRIVATE treegate::io)
+
+  # cmake/python_env.sh <build dir> makes <build dir>/pyenv; interop.py re-runs itself there
+  # when the interpreter below lacks numpy or safetensors, and exits 77 (skip) when neither has them.
+  set(treegate_pyenv ${PROJECT_BINARY_DIR}/pyenv)
+  find_package(Python3 COMPONENTS Interpreter)
+  if(Python3_Interpreter_FOUND)
+    execute_process(COMMAND ${Python3_EXECUTABLE} -c "import safetensors, numpy"
+                    RESULT_VARIABLE treegate_py_import OUTPUT_QUIET ERROR_QUIET)
+    if(NOT treegate_py_import EQUAL 0 AND NOT EXISTS ${treegate_pyenv}/bin/python)
+      message(STATUS "treegate: Python lacks numpy/safetensors; safetensors_interop will be skipped "
+                     "unless `bash cmake/python_env.sh ${PROJECT_BINARY_DIR}` is run first")
+    endif()
+    add_test(NAME safetensors_interop
+             COMMAND ${Python3_EXECUTABLE} ${treegate_io_root}/tests/python/interop.py
+                     $<TARGET_FILE:treegate_interop_main> ${CMAKE_CURRENT_BINARY_DIR}/interop
+                     --venv ${treegate_pyenv})
+    set_tests_properties(safetensors_interop PROPERTIES SKIP_RETURN_CODE 77 LABELS interop TIMEOUT 300)
+  else()
+    add_test(NAME safetensors_interop
+             COMMAND ${CMAKE_COMMAND} -E echo "SKIP: no Python 3 interpreter found for the safetensors interop test")
+    set_tests_properties(safetensors_interop PROPERTIES SKIP_REGULAR_EXPRESSION "SKIP:" LABELS interop)
+  endif()
+endif()
+
+# --- libFuzzer -------------------------------------------------------------------------------
+if(TREEGATE_BUILD_FUZZERS)
+  if(NOT CMAKE_CXX_COMPILER_ID MATCHES "Clang")
+    message(WARNING "treegate: TREEGATE_BUILD_FUZZERS needs clang (libFuzzer), not ${CMAKE_CXX_COMPILER_ID}; "
+                    "no fuzzers built")
+  elseif(NOT TARGET treegate_io)
+    message(WARNING "treegate: TREEGATE_BUILD_FUZZERS needs nlohmann_json; no fuzzers built")
+  else()
+    include(${treegate_io_root}/cmake/treegateWarnings.cmake)
+    set(treegate_fuzz_flags -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined)
+    add_executable(fuzz_safetensors ${treegate_io_root}/tests/fuzz/fuzz_safetensors.cpp)
+    treegate_own_target(fuzz_safetensors)
+    target_link_libraries(fuzz_safetensors PRIVATE treegate::io)
+    target_compile_options(fuzz_safetensors PRIVATE ${treegate_fuzz_flags} -g)
+    target_link_options(fuzz_safetensors PRIVATE ${treegate_fuzz_flags})
+
+    # Writes the seed corpus (the committed tests/fuzz/corpus/ came from it).
+    add_executable(treegate_make_corpus ${treegate_io_root}/tests/fuzz/make_corpus.cpp)
+    treegate_own_target(treegate_make_corpus)
+    target_link_libraries(treegate_make_corpus PRIVATE treegate::io)
+
+    if(TREEGATE_BUILD_TESTS)
+      # libFuzzer adds what it finds to the first directory: keep that in the build tree.
+      set(treegate_fuzz_work ${CMAKE_CURRENT_BINARY_DIR}/fuzz_safetensors_corpus)
+      add_test(NAME fuzz_safetensors_seed COMMAND treegate_make_corpus ${treegate_fuzz_work})
+      add_test(NAME fuzz_safetensors_mkdir COMMAND ${CMAKE_COMMAND} -E make_directory ${treegate_fuzz_work})
+      add_test(NAME fuzz_safetensors
+               COMMAND fuzz_safetensors -max_total_time=20 -runs=1000000 -rss_limit_mb=2048
+                       -dict=${treegate_io_root}/tests/fuzz/safetensors.dict
+                       -artifact_prefix=${CMAKE_CURRENT_BINARY_DIR}/fuzz_safetensors_
+                       ${treegate_fuzz_work} ${treegate_io_root}/tests/fuzz/corpus)
+      set_tests_properties(fuzz_safetensors_mkdir PROPERTIES FIXTURES_SETUP treegate_fuzz_corpus LABELS fuzz)
+      set_tests_properties(fuzz_safetensors_seed PROPERTIES FIXTURES_SETUP treegate_fuzz_corpus
+                           DEPENDS fuzz_safetensors_mkdir LABELS fuzz)
+      set_tests_properties(fuzz_safetensors PROPERTIES FIXTURES_REQUIRED treegate_fuzz_corpus
+                           LABELS fuzz TIMEOUT 120)
+    endif()
+  endif()
+endif()

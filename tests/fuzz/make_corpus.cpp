@@ -1,0 +1,70 @@
+// Writes the seed corpus of fuzz_safetensors: small valid files of every layer kind and dtype,
+// and a few broken ones. Usage: make_corpus <directory>. The committed tests/fuzz/corpus/ was
+// made with it; CMake also runs it into the build tree.
+#include <treegate/io/safetensors.hpp>
+
+#include <cstdio>
+#include <fstream>
+#include <string>
+#include <vector>
+
+namespace st = treegate::safetensors;
+using treegate::activation;
+using treegate::block_combine;
+using treegate::ff_variant;
+using treegate::gating;
+using treegate::tree_mode;
+
+namespace {
+
+std::string dir;
+
+void write(const std::string& name, const std::vector<unsigned char>& bytes) {
+    std::ofstream out(dir + "/" + name, std::ios::binary | std::ios::trunc);
+    out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+}
+
+template <class Layer>
+void valid(const std::string& name, Layer layer, st::dtype type = st::dtype::f32) {
+    layer.initialize(1);
+    write("valid_" + name + ".safetensors", st::save_to_memory(layer, type));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    if (argc != 2) {
+        std::fprintf(stderr, "usage: make_corpus <directory>\n");
+        return 2;
+    }
+    dir = argv[1];
+    valid("dense", treegate::dense<float>(3, 2));
+    valid("dense_nobias_bf16", treegate::dense<float>(2, 2, false), st::dtype::bf16);
+    valid("tree_linear", treegate::tree_linear<float>(3, 2, 1, tree_mode::path_sum, gating::from_input({0})));
+    valid("tree_linear_leaf_f64", treegate::tree_linear<float>(2, 1, 2, tree_mode::leaf_only, gating::from_input({1, 0})),
+          st::dtype::f64);
+    valid("tree_linear_external", treegate::tree_linear<float>(2, 2, 1, tree_mode::path_sum, gating::external(), false));
+    valid("tree_feedforward", treegate::tree_feedforward<float>(2, 2, 1, 1, 1, activation::gelu, ff_variant::node_sum));
+    valid("tree_feedforward_leaf_mlp",
+          treegate::tree_feedforward<float>(2, 1, 2, 1, 2, activation::relu, ff_variant::leaf_mlp, false), st::dtype::bf16);
+    valid("tree_linear_blocked",
+          treegate::tree_linear_blocked<float>(2, 1, 1, tree_mode::path_sum, block_combine::concat, {{0}, {1}}));
+    valid("sequential", treegate::sequential<treegate::dense<float>, treegate::activation_layer<float>, treegate::tree_linear<float>>(
+                            treegate::dense<float>(2, 2), treegate::activation_layer<float>(activation::tanh, 2),
+                            treegate::tree_linear<float>(2, 1, 1, tree_mode::path_sum, gating::from_input({1}))));
+
+    auto good = st::save_to_memory(treegate::dense<float>(2, 1));
+    auto truncated = good;
+    truncated.resize(truncated.size() - 3);
+    write("broken_truncated.safetensors", truncated);
+    std::vector<unsigned char> tiny(good.begin(), good.begin() + 5);
+    write("broken_short.safetensors", tiny);
+    const std::string dup = R"({"weight":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},)"
+                            R"("weight":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"__metadata__":{"kind":"dense"}})";
+    std::vector<unsigned char> d;
+    for (int k = 0; k < 8; ++k) d.push_back(static_cast<unsigned char>((dup.size() >> (8 * k)) & 0xffu));
+    d.insert(d.end(), dup.begin(), dup.end());
+    d.insert(d.end(), 4, 0);
+    write("broken_duplicate.safetensors", d);
+    return 0;
+}
