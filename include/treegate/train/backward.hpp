@@ -1,0 +1,491 @@
+// treegate/train/backward.hpp — backward passes of every layer and of sequential models.
+// Recomputes the forward routes and walks the forward schedule: a block's gradient sums only
+// the examples that visited it, in schedule order; gate and route bits have zero gradient.
+#ifndef TREEGATE_TRAIN_BACKWARD_HPP
+#define TREEGATE_TRAIN_BACKWARD_HPP
+
+#include "../activation.hpp"
+#include "../error.hpp"
+#include "../layers/activation_layer.hpp"
+#include "../layers/dense.hpp"
+#include "../layers/layer_common.hpp"
+#include "../layers/sequential.hpp"
+#include "../layers/tree_feedforward.hpp"
+#include "../layers/tree_linear.hpp"
+#include "../layers/tree_linear_blocked.hpp"
+#include "../routing.hpp"
+#include "../schedule.hpp"
+#include "../tree.hpp"
+#include "../workspace.hpp"
+#include "batch_ref.hpp"
+#include "gradients.hpp"
+
+#include <array>
+#include <cmath>
+#include <cstddef>
+#include <utility>
+#include <vector>
+
+namespace treegate::train {
+
+/// d act(v) / dv at the pre-activation v. ReLU takes 0 at v = 0 (as PyTorch does).
+template <class Scalar>
+inline Scalar activation_derivative(activation a, Scalar v) noexcept {
+    using std::erf;
+    using std::exp;
+    using std::tanh;
+    switch (a) {
+        case activation::identity: return Scalar(1);
+        case activation::relu: return v > Scalar(0) ? Scalar(1) : Scalar(0);
+        case activation::gelu: {
+            // Phi(v) + v phi(v)
+            const Scalar cdf = Scalar(0.5) * (Scalar(1) + erf(v * Scalar(0.70710678118654752440)));
+            const Scalar pdf = Scalar(0.39894228040143267794) * exp(Scalar(-0.5) * v * v);  // 1/sqrt(2 pi)
+            return cdf + v * pdf;
+        }
+        case activation::gelu_tanh: {
+            const Scalar c = Scalar(0.79788456080286535588);  // sqrt(2 / pi)
+            const Scalar k = Scalar(0.044715);
+            const Scalar t = tanh(c * (v + k * v * v * v));
+            return Scalar(0.5) * (Scalar(1) + t) + Scalar(0.5) * v * (Scalar(1) - t * t) * c * (Scalar(1) + Scalar(3) * k * v * v);
+        }
+        case activation::tanh: {
+            const Scalar t = tanh(v);
+            return Scalar(1) - t * t;
+        }
+    }
+    return Scalar(1);
+}
+
+/// Scratch for backward passes; grows to the largest batch and is then reused. One per thread.
+template <class Scalar>
+struct backward_workspace {
+    std::vector<leaf_t> codes;
+    std::vector<unsigned char> bits;
+    leaf_schedule leaves;
+    level_schedule levels;
+    matrix<Scalar> x, dy, dx, pre, h, dpre;  // gathered in schedule order
+};
+
+namespace detail {
+
+inline void check_backward(const char* layer, index_t in, index_t out, index_t x_rows, index_t x_cols, index_t dy_rows,
+                           index_t dy_cols) {
+    treegate::detail::check_shape(x_rows == in, layer, " backward: input batch has ", x_rows, " rows, expected ", in);
+    treegate::detail::check_shape(dy_rows == out && dy_cols == x_cols, layer, " backward: output gradient is ", dy_rows,
+                                  " x ", dy_cols, ", expected ", out, " x ", x_cols);
+}
+
+template <class DX>
+void check_dx(const char* layer, const DX* dX, index_t in, index_t n) {
+    if (dX != nullptr)
+        treegate::detail::check_shape(dX->rows() == in && dX->cols() == n, layer, " backward: input gradient is ",
+                                      dX->rows(), " x ", dX->cols(), ", expected ", in, " x ", n);
+}
+
+
+// ---- dense ---------------------------------------------------------------------------------------
+
+template <class Scalar, int In, int Out, class Policy>
+void dense_backward(const dense<Scalar, In, Out, Policy>& layer, const const_batch_ref<Scalar>& X,
+                    const const_batch_ref<Scalar>& dY, dense_gradient<Scalar>& grad, batch_ref<Scalar>* dX) {
+    const char* name = "dense";
+    check_backward(name, layer.in_size(), layer.out_size(), X.rows(), X.cols(), dY.rows(), dY.cols());
+    check_dx(name, dX, layer.in_size(), X.cols());
+    treegate::detail::check_shape(grad.in_size() == layer.in_size() && grad.out_size() == layer.out_size() &&
+                                      grad.has_bias() == layer.has_bias(),
+                                  name, " backward: the gradient container does not match the layer");
+    if (X.cols() == 0) return;
+    grad.mark();
+    grad.weight().noalias() += dY * X.transpose();
+    if (layer.has_bias()) grad.bias() += dY.rowwise().sum();
+    if (dX != nullptr) dX->noalias() = layer.weight().transpose() * dY;
+}
+
+// ---- activation_layer ----------------------------------------------------------------------------
+
+template <class Scalar, int Size>
+void activation_backward(const activation_layer<Scalar, Size>& layer, const const_batch_ref<Scalar>& X,
+                         const const_batch_ref<Scalar>& dY, batch_ref<Scalar>* dX) {
+    const char* name = "activation_layer";
+    check_backward(name, layer.in_size(), layer.out_size(), X.rows(), X.cols(), dY.rows(), dY.cols());
+    check_dx(name, dX, layer.in_size(), X.cols());
+    if (dX == nullptr) return;
+    const activation a = layer.kind();
+    for (index_t e = 0; e < X.cols(); ++e)
+        for (index_t r = 0; r < X.rows(); ++r) (*dX)(r, e) = dY(r, e) * activation_derivative(a, X(r, e));
+}
+
+// ---- tree_linear ---------------------------------------------------------------------------------
+
+template <class Scalar, int In, int Out, int Depth, class Policy>
+void check_tree_linear(const tree_linear<Scalar, In, Out, Depth, Policy>& layer, const tree_linear_gradient<Scalar>& grad) {
+    treegate::detail::check_shape(grad.in_size() == layer.in_size() && grad.out_size() == layer.out_size() &&
+                                      grad.block_count() == layer.block_count() && grad.mode() == layer.mode() &&
+                                      grad.has_bias() == layer.has_bias(),
+                                  "tree_linear backward: the gradient container does not match the layer");
+}
+
+// Same grouping as tree_linear's forward: one stable sort by leaf code, after which every node at
+// every level owns one contiguous range. Per visited block: dW += dY_g X_g^T, dc += sum dY_g,
+// dX_g += W^T dY_g. `ws.codes` holds the routes.
+template <class Scalar, int In, int Out, int Depth, class Policy>
+void tree_linear_grouped(const tree_linear<Scalar, In, Out, Depth, Policy>& layer, const const_batch_ref<Scalar>& X,
+                         const const_batch_ref<Scalar>& dY, tree_linear_gradient<Scalar>& grad, batch_ref<Scalar>* dX,
+                         backward_workspace<Scalar>& ws) {
+    const index_t n = X.cols(), in = layer.in_size(), out = layer.out_size();
+    const int depth = layer.depth();
+    const bool path_sum = layer.mode() == tree_mode::path_sum;
+    ws.leaves.build(ws.codes.data(), n, depth);
+    const index_t* order = ws.leaves.order();
+    workspace<Scalar>::ensure(ws.x, in, n);
+    workspace<Scalar>::ensure(ws.dy, out, n);
+    for (index_t k = 0; k < n; ++k) {
+        ws.x.col(k) = X.col(order[k]);
+        ws.dy.col(k) = dY.col(order[k]);
+    }
+    if (dX != nullptr) {
+        workspace<Scalar>::ensure(ws.dx, in, n);
+        ws.dx.setZero();
+    }
+    for (int level = path_sum ? 0 : depth; level <= depth; ++level) {
+        const index_t nodes = index_t{1} << level;
+        for (index_t k = 0; k < nodes; ++k) {
+            const group_range r = ws.leaves.node_range(level, k);
+            if (r.empty()) continue;
+            const index_t blk = path_sum ? tree::level_begin(level) + k : k;
+            grad.mark(blk);
+            const auto Xg = ws.x.middleCols(r.begin, r.size());
+            const auto dYg = ws.dy.middleCols(r.begin, r.size());
+            grad.weight(blk).noalias() += dYg * Xg.transpose();
+            if (layer.has_bias()) grad.bias(blk) += dYg.rowwise().sum();
+            if (dX != nullptr) ws.dx.middleCols(r.begin, r.size()).noalias() += layer.weight(blk).transpose() * dYg;
+        }
+    }
+    if (dX != nullptr)
+        for (index_t k = 0; k < n; ++k) dX->col(order[k]) = ws.dx.col(k);
+}
+
+template <class Scalar, int In, int Out, int Depth, class Policy>
+void tree_linear_backward(const tree_linear<Scalar, In, Out, Depth, Policy>& layer, const const_batch_ref<Scalar>& X,
+                          const const_batch_ref<Scalar>& dY, tree_linear_gradient<Scalar>& grad, batch_ref<Scalar>* dX,
+                          backward_workspace<Scalar>& ws) {
+    const char* name = "tree_linear";
+    check_backward(name, layer.in_size(), layer.out_size(), X.rows(), X.cols(), dY.rows(), dY.cols());
+    check_dx(name, dX, layer.in_size(), X.cols());
+    check_tree_linear(layer, grad);
+    treegate::detail::check_config(!layer.gates().is_external() || layer.depth() == 0, name,
+                                   " backward: this layer is gated externally; pass the gate matrix");
+    const index_t n = X.cols();
+    if (n == 0) return;
+    ws.codes.resize(static_cast<std::size_t>(n));
+    for (index_t e = 0; e < n; ++e)
+        ws.codes.data()[e] = route_by_indices(X.data() + e * X.outerStride(), layer.gates().indices().data(), layer.depth());
+    tree_linear_grouped(layer, X, dY, grad, dX, ws);
+}
+
+template <class Scalar, int In, int Out, int Depth, class Policy>
+void tree_linear_backward(const tree_linear<Scalar, In, Out, Depth, Policy>& layer, const const_batch_ref<Scalar>& X,
+                          const const_batch_ref<Scalar>& G, const const_batch_ref<Scalar>& dY,
+                          tree_linear_gradient<Scalar>& grad, batch_ref<Scalar>* dX, backward_workspace<Scalar>& ws) {
+    const char* name = "tree_linear";
+    check_backward(name, layer.in_size(), layer.out_size(), X.rows(), X.cols(), dY.rows(), dY.cols());
+    check_dx(name, dX, layer.in_size(), X.cols());
+    check_tree_linear(layer, grad);
+    treegate::detail::check_config(layer.gates().is_external(), name,
+                                   " backward: this layer is gated by its input; call it without a gate matrix");
+    treegate::detail::check_shape(G.rows() == layer.depth() && G.cols() == X.cols(), name, " backward: gate matrix is ",
+                                  G.rows(), " x ", G.cols(), ", expected ", layer.depth(), " x ", X.cols());
+    const index_t n = X.cols();
+    if (n == 0) return;
+    ws.codes.resize(static_cast<std::size_t>(n));
+    for (index_t e = 0; e < n; ++e) ws.codes.data()[e] = route_by_gates(G.data() + e * G.outerStride(), 1, layer.depth());
+    tree_linear_grouped(layer, X, dY, grad, dX, ws);
+}
+
+// ---- tree_linear_blocked -------------------------------------------------------------------------
+
+// Tree t sees input rows [t si, (t+1) si) and its output gradient (all of dY when the trees are
+// summed, rows [t so, (t+1) so) when concatenated); it owns the same rows of dX.
+template <class Scalar, int SliceIn, int SliceOut, int Depth, class Policy>
+void tree_linear_blocked_backward(const tree_linear_blocked<Scalar, SliceIn, SliceOut, Depth, Policy>& layer,
+                                  const const_batch_ref<Scalar>& X, const const_batch_ref<Scalar>& dY,
+                                  tree_linear_blocked_gradient<Scalar>& grad, batch_ref<Scalar>* dX,
+                                  backward_workspace<Scalar>& ws) {
+    const char* name = "tree_linear_blocked";
+    check_backward(name, layer.in_size(), layer.out_size(), X.rows(), X.cols(), dY.rows(), dY.cols());
+    check_dx(name, dX, layer.in_size(), X.cols());
+    treegate::detail::check_shape(grad.tree_count() == layer.tree_count(), name, " backward: the gradient container has ",
+                                  grad.tree_count(), " trees, the layer ", layer.tree_count());
+    const index_t si = layer.slice_in(), so = layer.slice_out();
+    const bool sum = layer.combine() == block_combine::sum;
+    for (index_t t = 0; t < layer.tree_count(); ++t) {
+        const const_batch_ref<Scalar> Xt(X.middleRows(t * si, si));
+        const const_batch_ref<Scalar> dYt = sum ? const_batch_ref<Scalar>(dY) : const_batch_ref<Scalar>(dY.middleRows(t * so, so));
+        if (dX != nullptr) {
+            batch_ref<Scalar> dXt(dX->middleRows(t * si, si));
+            tree_linear_backward(layer.tree(t), Xt, dYt, grad.tree(t), &dXt, ws);
+        } else {
+            tree_linear_backward<Scalar>(layer.tree(t), Xt, dYt, grad.tree(t), nullptr, ws);
+        }
+    }
+}
+
+// ---- tree_feedforward ----------------------------------------------------------------------------
+
+// Backward through unit u of tree t for the examples at positions [r.begin, r.end) of `order`.
+// The pre-activations are recomputed with the same policy calls as the forward pass, so the
+// route bits written to ws.bits are the forward's bits.
+template <class Scalar, int In, int Out, int Width, int Depth, class Policy>
+void ff_unit_backward(const tree_feedforward<Scalar, In, Out, Width, Depth, Policy>& layer, index_t t, index_t u,
+                      group_range r, const index_t* order, const const_batch_ref<Scalar>& X,
+                      const const_batch_ref<Scalar>& dY, tree_feedforward_gradient<Scalar>& grad, batch_ref<Scalar>* dX,
+                      backward_workspace<Scalar>& ws) {
+    const index_t in = layer.in_size(), width = layer.width(), m = r.size();
+    const auto U = layer.hidden_weight(t, u);
+    const auto a = layer.hidden_bias(t, u);
+    const auto V = layer.output_weight(t, u);
+    const activation act = layer.activation_kind();
+    grad.mark(t, u);
+    for (index_t j = 0; j < m; ++j) {
+        ws.x.col(j) = X.col(order[r.begin + j]);
+        ws.dy.col(j) = dY.col(order[r.begin + j]);
+    }
+    if (width == 1) {
+        for (index_t j = 0; j < m; ++j) {
+            const index_t e = order[r.begin + j];
+            ws.pre(0, j) = Policy::dot(in, U.data(), X.data() + e * X.outerStride()) + a(0);
+        }
+    } else {
+        for (index_t j = 0; j < m; ++j) ws.pre.col(j) = a;
+        Policy::gemm(width, in, m, U.data(), width, ws.x.data(), in, ws.pre.data(), width);
+    }
+    for (index_t j = 0; j < m; ++j) {
+        ws.bits.data()[r.begin + j] = static_cast<unsigned char>(tree::gate_bit(ws.pre(0, j)));
+        for (index_t i = 0; i < width; ++i) ws.h(i, j) = apply(act, ws.pre(i, j));
+    }
+    const auto Xg = ws.x.leftCols(m);
+    const auto dYg = ws.dy.leftCols(m);
+    const auto Hg = ws.h.leftCols(m);
+    auto dPg = ws.dpre.leftCols(m);
+    dPg.noalias() = V.transpose() * dYg;
+    for (index_t j = 0; j < m; ++j)
+        for (index_t i = 0; i < width; ++i) dPg(i, j) *= activation_derivative(act, ws.pre(i, j));
+    grad.output_weight(t, u).noalias() += dYg * Hg.transpose();
+    grad.hidden_weight(t, u).noalias() += dPg * Xg.transpose();
+    grad.hidden_bias(t, u) += dPg.rowwise().sum();
+    if (dX != nullptr) {
+        ws.dx.leftCols(m).noalias() = U.transpose() * dPg;
+        for (index_t j = 0; j < m; ++j) dX->col(order[r.begin + j]) += ws.dx.col(j);
+    }
+}
+
+template <class Scalar, int In, int Out, int Width, int Depth, class Policy>
+void tree_feedforward_backward(const tree_feedforward<Scalar, In, Out, Width, Depth, Policy>& layer,
+                               const const_batch_ref<Scalar>& X, const const_batch_ref<Scalar>& dY,
+                               tree_feedforward_gradient<Scalar>& grad, batch_ref<Scalar>* dX,
+                               backward_workspace<Scalar>& ws) {
+    const char* name = "tree_feedforward";
+    check_backward(name, layer.in_size(), layer.out_size(), X.rows(), X.cols(), dY.rows(), dY.cols());
+    check_dx(name, dX, layer.in_size(), X.cols());
+    treegate::detail::check_shape(grad.in_size() == layer.in_size() && grad.out_size() == layer.out_size() &&
+                                      grad.width() == layer.width() && grad.tree_count() == layer.tree_count() &&
+                                      grad.unit_count() == layer.unit_count() && grad.variant() == layer.variant() &&
+                                      grad.has_output_bias() == layer.has_output_bias(),
+                                  name, " backward: the gradient container does not match the layer");
+    const index_t n = X.cols(), in = layer.in_size();
+    const int depth = layer.depth();
+    if (n == 0) return;
+    if (dX != nullptr) dX->setZero();
+    if (layer.has_output_bias()) {
+        grad.output_bias() += dY.rowwise().sum();
+        grad.mark_output_bias();
+    }
+    ws.bits.resize(static_cast<std::size_t>(n));
+    workspace<Scalar>::ensure(ws.x, in, n);
+    workspace<Scalar>::ensure(ws.dy, layer.out_size(), n);
+    workspace<Scalar>::ensure(ws.dx, in, n);
+    workspace<Scalar>::ensure(ws.pre, layer.width(), n);
+    workspace<Scalar>::ensure(ws.h, layer.width(), n);
+    workspace<Scalar>::ensure(ws.dpre, layer.width(), n);
+    const bool node_sum = layer.variant() == ff_variant::node_sum;
+    for (index_t t = 0; t < layer.tree_count(); ++t) {
+        ws.levels.reset(n);
+        for (int level = 0; level <= depth; ++level) {
+            const index_t nodes = index_t{1} << level;
+            const bool mlp_here = node_sum || level == depth;
+            for (index_t k = 0; k < nodes; ++k) {
+                const group_range r = ws.levels.node_range(k);
+                if (r.empty()) continue;
+                const index_t node = tree::level_begin(level) + k;
+                if (mlp_here) {
+                    ff_unit_backward(layer, t, node_sum ? node : k, r, ws.levels.order(), X, dY, grad, dX, ws);
+                } else {
+                    const auto R = layer.router_weight(t, node);
+                    const Scalar s = layer.router_bias(t, node);
+                    for (index_t p = r.begin; p < r.end; ++p) {
+                        const Scalar* x = X.data() + ws.levels.order()[p] * X.outerStride();
+                        ws.bits.data()[p] = static_cast<unsigned char>(tree::gate_bit(Policy::dot(in, R.data(), x) + s));
+                    }
+                }
+            }
+            if (level < depth) ws.levels.split(ws.bits.data());
+        }
+    }
+}
+
+}  // namespace detail
+
+// ---- public entry points: gradients accumulate into `grad`; dX is overwritten ------------------
+//
+// X is the batch the layer saw in the forward pass (features x examples) and dY = dL/dY. Every
+// call adds its parameter gradients to `grad` (call grad.zero() between batches) and, when given,
+// writes dL/dX into dX, which must not overlap X or dY. Without dX only the parameter gradients
+// are computed. Shapes are checked (shape_error); an externally gated tree_linear needs its G.
+
+template <class Scalar, int In, int Out, class Policy>
+void backward(const dense<Scalar, In, Out, Policy>& layer, const detail::const_batch_ref<Scalar>& X,
+              const detail::const_batch_ref<Scalar>& dY, dense_gradient<Scalar>& grad, detail::batch_ref<Scalar> dX,
+              backward_workspace<Scalar>& /*ws*/) {
+    detail::dense_backward(layer, X, dY, grad, &dX);
+}
+template <class Scalar, int In, int Out, class Policy>
+void backward(const dense<Scalar, In, Out, Policy>& layer, const detail::const_batch_ref<Scalar>& X,
+              const detail::const_batch_ref<Scalar>& dY, dense_gradient<Scalar>& grad, backward_workspace<Scalar>& /*ws*/) {
+    detail::dense_backward<Scalar>(layer, X, dY, grad, nullptr);
+}
+
+/// X is the activation's input (the pre-activations).
+template <class Scalar, int Size>
+void backward(const activation_layer<Scalar, Size>& layer, const detail::const_batch_ref<Scalar>& X,
+              const detail::const_batch_ref<Scalar>& dY, no_gradient& /*grad*/, detail::batch_ref<Scalar> dX,
+              backward_workspace<Scalar>& /*ws*/) {
+    detail::activation_backward(layer, X, dY, &dX);
+}
+template <class Scalar, int Size>
+void backward(const activation_layer<Scalar, Size>& layer, const detail::const_batch_ref<Scalar>& X,
+              const detail::const_batch_ref<Scalar>& dY, no_gradient& /*grad*/, backward_workspace<Scalar>& /*ws*/) {
+    detail::activation_backward<Scalar>(layer, X, dY, nullptr);
+}
+
+/// Gated by input entries (or depth 0). Gating entries of dX get only their ordinary W^T dY part.
+template <class Scalar, int In, int Out, int Depth, class Policy>
+void backward(const tree_linear<Scalar, In, Out, Depth, Policy>& layer, const detail::const_batch_ref<Scalar>& X,
+              const detail::const_batch_ref<Scalar>& dY, tree_linear_gradient<Scalar>& grad,
+              detail::batch_ref<Scalar> dX, backward_workspace<Scalar>& ws) {
+    detail::tree_linear_backward(layer, X, dY, grad, &dX, ws);
+}
+template <class Scalar, int In, int Out, int Depth, class Policy>
+void backward(const tree_linear<Scalar, In, Out, Depth, Policy>& layer, const detail::const_batch_ref<Scalar>& X,
+              const detail::const_batch_ref<Scalar>& dY, tree_linear_gradient<Scalar>& grad,
+              backward_workspace<Scalar>& ws) {
+    detail::tree_linear_backward<Scalar>(layer, X, dY, grad, nullptr, ws);
+}
+
+/// Gated externally by G (D x examples), which gets no gradient.
+template <class Scalar, int In, int Out, int Depth, class Policy>
+void backward(const tree_linear<Scalar, In, Out, Depth, Policy>& layer, const detail::const_batch_ref<Scalar>& X,
+              const detail::const_batch_ref<Scalar>& G, const detail::const_batch_ref<Scalar>& dY,
+              tree_linear_gradient<Scalar>& grad, detail::batch_ref<Scalar> dX, backward_workspace<Scalar>& ws) {
+    detail::tree_linear_backward(layer, X, G, dY, grad, &dX, ws);
+}
+template <class Scalar, int In, int Out, int Depth, class Policy>
+void backward(const tree_linear<Scalar, In, Out, Depth, Policy>& layer, const detail::const_batch_ref<Scalar>& X,
+              const detail::const_batch_ref<Scalar>& G, const detail::const_batch_ref<Scalar>& dY,
+              tree_linear_gradient<Scalar>& grad, backward_workspace<Scalar>& ws) {
+    detail::tree_linear_backward<Scalar>(layer, X, G, dY, grad, nullptr, ws);
+}
+
+/// Blocked trees: each tree's backward on its input slice.
+template <class Scalar, int SliceIn, int SliceOut, int Depth, class Policy>
+void backward(const tree_linear_blocked<Scalar, SliceIn, SliceOut, Depth, Policy>& layer,
+              const detail::const_batch_ref<Scalar>& X, const detail::const_batch_ref<Scalar>& dY,
+              tree_linear_blocked_gradient<Scalar>& grad, detail::batch_ref<Scalar> dX, backward_workspace<Scalar>& ws) {
+    detail::tree_linear_blocked_backward(layer, X, dY, grad, &dX, ws);
+}
+template <class Scalar, int SliceIn, int SliceOut, int Depth, class Policy>
+void backward(const tree_linear_blocked<Scalar, SliceIn, SliceOut, Depth, Policy>& layer,
+              const detail::const_batch_ref<Scalar>& X, const detail::const_batch_ref<Scalar>& dY,
+              tree_linear_blocked_gradient<Scalar>& grad, backward_workspace<Scalar>& ws) {
+    detail::tree_linear_blocked_backward<Scalar>(layer, X, dY, grad, nullptr, ws);
+}
+
+/// Route bits (node pre-activations, leaf_mlp routers) are constants: routers get no gradient.
+template <class Scalar, int In, int Out, int Width, int Depth, class Policy>
+void backward(const tree_feedforward<Scalar, In, Out, Width, Depth, Policy>& layer,
+              const detail::const_batch_ref<Scalar>& X, const detail::const_batch_ref<Scalar>& dY,
+              tree_feedforward_gradient<Scalar>& grad, detail::batch_ref<Scalar> dX, backward_workspace<Scalar>& ws) {
+    detail::tree_feedforward_backward(layer, X, dY, grad, &dX, ws);
+}
+template <class Scalar, int In, int Out, int Width, int Depth, class Policy>
+void backward(const tree_feedforward<Scalar, In, Out, Width, Depth, Policy>& layer,
+              const detail::const_batch_ref<Scalar>& X, const detail::const_batch_ref<Scalar>& dY,
+              tree_feedforward_gradient<Scalar>& grad, backward_workspace<Scalar>& ws) {
+    detail::tree_feedforward_backward<Scalar>(layer, X, dY, grad, nullptr, ws);
+}
+
+// ---- sequential ----------------------------------------------------------------------------------
+
+/// Scratch for a sequential backward: the layers' workspace and two gradient buffers used in turn.
+template <class Scalar>
+struct sequential_backward_workspace {
+    backward_workspace<Scalar> inner;
+    std::array<matrix<Scalar>, 2> delta;
+};
+
+namespace detail {
+
+template <std::size_t I, class Model, class Grad, class Scalar>
+void sequential_backward_from(const Model& model, const const_batch_ref<Scalar>& X,
+                              const typename Model::workspace_type& fws, const const_batch_ref<Scalar>& dY, Grad& grad,
+                              batch_ref<Scalar>* dX, sequential_backward_workspace<Scalar>& ws) {
+    const auto& l = model.template layer<I>();
+    auto& g = grad.template layer<I>();
+    const index_t n = X.cols();
+    // Layer I reads dL/d(its output) from the buffer layer I + 1 wrote (or dY for the last layer)
+    // and writes dL/d(its input) into the other buffer, so reads never alias writes.
+    const matrix<Scalar>* upstream = &ws.delta[(I + 1) % 2];
+    if constexpr (I + 1 == Model::size) upstream = nullptr;
+    const const_batch_ref<Scalar> dOut = upstream != nullptr ? const_batch_ref<Scalar>(*upstream) : dY;
+    if constexpr (I == 0) {
+        if (dX != nullptr)
+            backward(l, X, dOut, g, *dX, ws.inner);
+        else
+            backward(l, X, dOut, g, ws.inner);
+    } else {
+        const matrix<Scalar>& in = fws.acts[I - 1];
+        treegate::detail::check_shape(in.rows() == l.in_size() && in.cols() == n, Model::name, " backward: layer ", I,
+                                      " input is ", in.rows(), " x ", in.cols(), ", expected ", l.in_size(), " x ", n,
+                                      " (run forward_batch with the same workspace first)");
+        matrix<Scalar>& down = ws.delta[I % 2];
+        workspace<Scalar>::ensure(down, l.in_size(), n);
+        backward(l, const_batch_ref<Scalar>(in), dOut, g, batch_ref<Scalar>(down), ws.inner);
+        sequential_backward_from<I - 1>(model, X, fws, dY, grad, dX, ws);
+    }
+}
+
+}  // namespace detail
+
+/// Backward through a sequential model. `fws` must hold the activations of the forward pass
+/// model.forward_batch(X, Y, fws) on this same X (sequential keeps them in its workspace).
+template <class Scalar, class... Layers>
+void backward(const sequential<Layers...>& model, const detail::const_batch_ref<Scalar>& X,
+              const typename sequential<Layers...>::workspace_type& fws, const detail::const_batch_ref<Scalar>& dY,
+              sequential_gradient<Layers...>& grad, detail::batch_ref<Scalar> dX,
+              sequential_backward_workspace<Scalar>& ws) {
+    treegate::detail::check_shape(dX.rows() == model.in_size() && dX.cols() == X.cols(),
+                                  "sequential backward: input gradient is ", dX.rows(), " x ", dX.cols(), ", expected ",
+                                  model.in_size(), " x ", X.cols());
+    detail::sequential_backward_from<sizeof...(Layers) - 1>(model, X, fws, dY, grad, &dX, ws);
+}
+template <class Scalar, class... Layers>
+void backward(const sequential<Layers...>& model, const detail::const_batch_ref<Scalar>& X,
+              const typename sequential<Layers...>::workspace_type& fws, const detail::const_batch_ref<Scalar>& dY,
+              sequential_gradient<Layers...>& grad, sequential_backward_workspace<Scalar>& ws) {
+    detail::sequential_backward_from<sizeof...(Layers) - 1, sequential<Layers...>, sequential_gradient<Layers...>, Scalar>(
+        model, X, fws, dY, grad, nullptr, ws);
+}
+
+}  // namespace treegate::train
+
+#endif

@@ -1,0 +1,191 @@
+// treegate/train/optimizer.hpp — SGD with momentum and Adam, lazy per block, with depth-scaled decay.
+// Reads the param_list that a gradient container collects (train/gradients.hpp) and updates in place.
+#ifndef TREEGATE_TRAIN_OPTIMIZER_HPP
+#define TREEGATE_TRAIN_OPTIMIZER_HPP
+
+#include "../error.hpp"
+#include "gradients.hpp"
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+namespace treegate::train {
+
+/// Depth-scaled weight decay, the paper's remedy against overfitting of deep, rarely visited
+/// nodes. A weight block at tree level j decays with
+///
+///     lambda_j = lambda * scale^j
+///
+/// (level 0: the root, dense layers and the output bias; a leaf_only / leaf_mlp block sits at
+/// level D). With scale > 1 deeper, rarer nodes decay more. The decay is decoupled from the
+/// gradient (as AdamW): each step that updates the block first multiplies it by
+/// (1 - lr * lambda_j). Biases never decay, and a block no example visited is not decayed either.
+struct weight_decay {
+    double lambda = 0.0;
+    double scale = 1.0;
+
+    double at_level(int level) const noexcept { return lambda * std::pow(scale, static_cast<double>(level)); }
+};
+
+namespace detail {
+
+/// The layout the optimizer state was built for; a different parameter list is an error.
+template <class Scalar>
+class block_layout {
+public:
+    bool empty() const noexcept { return offsets_.empty(); }
+    index_t block_count() const noexcept { return static_cast<index_t>(sizes_.size()); }
+    index_t total() const noexcept { return total_; }
+    index_t offset(std::size_t k) const noexcept { return offsets_.data()[k]; }
+
+    /// Records the layout on first use; afterwards checks that `blocks` has the same shape.
+    void bind(const param_list<Scalar>& blocks, const char* who) {
+        if (offsets_.empty() && !blocks.empty()) {
+            for (const auto& b : blocks) {
+                offsets_.push_back(total_);
+                sizes_.push_back(b.size);
+                total_ += b.size;
+            }
+            return;
+        }
+        treegate::detail::check_config(blocks.size() == sizes_.size(), who, ": the parameter list has ", blocks.size(),
+                                       " blocks but the optimizer state was built for ", sizes_.size());
+        for (std::size_t k = 0; k < blocks.size(); ++k)
+            treegate::detail::check_config(blocks[k].size == sizes_.data()[k], who, ": parameter block ", k, " has ",
+                                           blocks[k].size, " entries but the optimizer state was built for ",
+                                           sizes_.data()[k]);
+    }
+
+private:
+    std::vector<index_t> offsets_, sizes_;
+    index_t total_ = 0;
+};
+
+}  // namespace detail
+
+/// SGD with (heavy-ball) momentum, lazy per block: for a visited block
+///     v <- momentum * v + g;   w <- w - lr * lambda_j * w - lr * v
+/// (the decay term uses the old w). An unvisited block keeps w and v untouched.
+template <class Scalar>
+class sgd {
+public:
+    struct options {
+        double lr = 0.01;
+        double momentum = 0.9;
+        weight_decay decay{};
+    };
+
+    explicit sgd(options opt) : opt_(opt) {}
+    sgd() : sgd(options{}) {}
+
+    const options& settings() const noexcept { return opt_; }
+    void set_learning_rate(double lr) noexcept { opt_.lr = lr; }
+
+    /// One update of every visited block. The first call fixes the parameter layout.
+    void step(const param_list<Scalar>& blocks) {
+        layout_.bind(blocks, "sgd");
+        velocity_.resize(static_cast<std::size_t>(layout_.total()), Scalar(0));
+        const Scalar lr = static_cast<Scalar>(opt_.lr), mu = static_cast<Scalar>(opt_.momentum);
+        for (std::size_t k = 0; k < blocks.size(); ++k) {
+            const param_block<Scalar>& b = blocks[k];
+            if (!b.visited) continue;
+            Scalar* v = velocity_.data() + layout_.offset(k);
+            const Scalar keep = b.decay ? static_cast<Scalar>(1.0 - opt_.lr * opt_.decay.at_level(b.level)) : Scalar(1);
+            for (index_t i = 0; i < b.size; ++i) {
+                v[i] = mu * v[i] + b.grad[i];
+                b.value[i] = keep * b.value[i] - lr * v[i];
+            }
+        }
+    }
+
+    /// Collects `grad`'s blocks of `layer` (a layer or a sequential model) and steps.
+    template <class Layer, class Grad>
+    void step(Layer& layer, const Grad& grad) {
+        scratch_.clear();
+        grad.collect(layer, scratch_);
+        step(scratch_);
+    }
+
+private:
+    options opt_;
+    detail::block_layout<Scalar> layout_;
+    std::vector<Scalar> velocity_;
+    param_list<Scalar> scratch_;
+};
+
+/// Adam with lazy, per-block moments. Each block keeps its own step count t; a step that no
+/// example of the batch reached leaves the block, its moments and its t untouched, so a rarely
+/// visited node is corrected as if its visits were consecutive steps. For a visited block:
+///     t <- t + 1;  m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2
+///     w <- w - lr * lambda_j * w - lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+template <class Scalar>
+class adam {
+public:
+    struct options {
+        double lr = 1e-3;
+        double beta1 = 0.9;
+        double beta2 = 0.999;
+        double eps = 1e-8;
+        weight_decay decay{};
+    };
+
+    explicit adam(options opt) : opt_(opt) {}
+    adam() : adam(options{}) {}
+
+    const options& settings() const noexcept { return opt_; }
+    void set_learning_rate(double lr) noexcept { opt_.lr = lr; }
+
+    /// Blocks in the bound layout (0 before the first step).
+    index_t block_count() const noexcept { return layout_.block_count(); }
+    /// Updates block k has received so far.
+    std::int64_t steps(index_t k) const noexcept { return steps_.data()[k]; }
+
+    /// One update of every visited block. The first call fixes the parameter layout.
+    void step(const param_list<Scalar>& blocks) {
+        layout_.bind(blocks, "adam");
+        m_.resize(static_cast<std::size_t>(layout_.total()), Scalar(0));
+        v_.resize(static_cast<std::size_t>(layout_.total()), Scalar(0));
+        steps_.resize(blocks.size(), 0);
+        const Scalar b1 = static_cast<Scalar>(opt_.beta1), b2 = static_cast<Scalar>(opt_.beta2);
+        const Scalar one_b1 = static_cast<Scalar>(1.0 - opt_.beta1), one_b2 = static_cast<Scalar>(1.0 - opt_.beta2);
+        const Scalar eps = static_cast<Scalar>(opt_.eps);
+        for (std::size_t k = 0; k < blocks.size(); ++k) {
+            const param_block<Scalar>& b = blocks[k];
+            if (!b.visited) continue;
+            const std::int64_t t = ++steps_.data()[k];
+            const double td = static_cast<double>(t);
+            const Scalar step_size = static_cast<Scalar>(opt_.lr / (1.0 - std::pow(opt_.beta1, td)));
+            const Scalar inv_c2 = static_cast<Scalar>(1.0 / (1.0 - std::pow(opt_.beta2, td)));
+            const Scalar keep = b.decay ? static_cast<Scalar>(1.0 - opt_.lr * opt_.decay.at_level(b.level)) : Scalar(1);
+            Scalar* m = m_.data() + layout_.offset(k);
+            Scalar* v = v_.data() + layout_.offset(k);
+            for (index_t i = 0; i < b.size; ++i) {
+                const Scalar g = b.grad[i];
+                m[i] = b1 * m[i] + one_b1 * g;
+                v[i] = b2 * v[i] + one_b2 * g * g;
+                b.value[i] = keep * b.value[i] - step_size * m[i] / (std::sqrt(v[i] * inv_c2) + eps);
+            }
+        }
+    }
+
+    /// Collects `grad`'s blocks of `layer` (a layer or a sequential model) and steps.
+    template <class Layer, class Grad>
+    void step(Layer& layer, const Grad& grad) {
+        scratch_.clear();
+        grad.collect(layer, scratch_);
+        step(scratch_);
+    }
+
+private:
+    options opt_;
+    detail::block_layout<Scalar> layout_;
+    std::vector<Scalar> m_, v_;
+    std::vector<std::int64_t> steps_;
+    param_list<Scalar> scratch_;
+};
+
+}  // namespace treegate::train
+
+#endif
