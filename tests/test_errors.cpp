@@ -190,11 +190,11 @@ TEST_CASE("errors: dense, activation_layer and tree_linear_blocked", "[errors]")
     using blocked = treegate::tree_linear_blocked<float>;
     TG_CHECK_THROWS_WITH(config_error, blocked(4, 3, 2, tree_mode::path_sum, treegate::block_combine::sum, {}),
                          "tree_linear_blocked", "at least one tree");
-    // A bad index list of one tree is reported by that tree.
+    // A bad index list of one tree names the blocked layer, the tree and the numbers.
     TG_CHECK_THROWS_WITH(config_error, blocked(4, 3, 2, tree_mode::path_sum, treegate::block_combine::sum, {{0, 1}, {0, 4}}),
-                         "gating index 4 (level 2) is outside the input [0, 4)");
+                         "tree_linear_blocked", "tree 1 of 2", "gating index 4 (level 2) is outside the input [0, 4)");
     TG_CHECK_THROWS_WITH(config_error, blocked(4, 3, 2, tree_mode::path_sum, treegate::block_combine::sum, {{0, 1}, {0}}),
-                         "depth 2 needs 2 gating indices, got 1");
+                         "tree_linear_blocked", "tree 1 of 2", "depth 2 needs 2 gating indices, got 1");
     blocked b(4, 3, 1, tree_mode::path_sum, treegate::block_combine::concat, {{0}, {3}});
     vec<float> x8 = vec<float>::Ones(8), x7(7), y6(6), y5(5);
     TG_CHECK_THROWS_WITH(shape_error, b.forward(x7, y6), "tree_linear_blocked", "input has 7 entries, expected 8");

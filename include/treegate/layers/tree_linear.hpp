@@ -113,7 +113,8 @@ public:
 
     /// Uniform(-b, b) weights and biases with b = 1/sqrt(in) for a leaf table and
     /// 1/sqrt(in * (D+1)) per node for a path sum, so the summed weight has a dense layer's scale.
-    /// Node i draws from its own stream: the same seed gives the same node i at any depth.
+    /// Block i draws from its own stream: for one seed, block i gets the same draws at any depth
+    /// (only the bound above changes with the depth).
     void initialize(std::uint64_t seed) noexcept {
         const double bound = 1.0 / std::sqrt(static_cast<double>(in_) * static_cast<double>(blocks_on_path()));
         for (index_t i = 0; i < blocks_; ++i) {

@@ -5,6 +5,7 @@
 
 #include "tree_linear.hpp"
 
+#include <string>
 #include <vector>
 
 namespace treegate {
@@ -33,7 +34,16 @@ public:
         : combine_(combine) {
         detail::check_config(!gate_indices.empty(), name, ": needs at least one tree (one list of gating indices)");
         trees_.reserve(gate_indices.size());
-        for (const auto& idx : gate_indices) trees_.emplace_back(slice_in, slice_out, depth, mode, gating::from_input(idx), bias);
+        for (std::size_t t = 0; t < gate_indices.size(); ++t) {
+            try {
+                trees_.emplace_back(slice_in, slice_out, depth, mode, gating::from_input(gate_indices[t]), bias);
+            } catch (const config_error& e) {
+                const std::string inner = e.what();
+                const std::string prefix = "treegate: ";
+                detail::raise<config_error>(name, ": tree ", t, " of ", gate_indices.size(), ": ",
+                                            inner.compare(0, prefix.size(), prefix) == 0 ? inner.substr(prefix.size()) : inner);
+            }
+        }
     }
 
     index_t tree_count() const noexcept { return static_cast<index_t>(trees_.size()); }
