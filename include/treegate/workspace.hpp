@@ -28,8 +28,17 @@ private:
     std::vector<Scalar> buffer_;
 };
 
+/// One piece of a level's work in a threaded batch: rows [row0, row0 + rows) of the block of
+/// the level's k-th node, over that node's group of examples.
+struct node_piece {
+    index_t node = 0;
+    index_t row0 = 0;
+    index_t rows = 0;
+};
+
 /// Scratch buffers that grow to the largest batch seen and are then reused without allocation.
-/// Not thread-safe: use one workspace per thread.
+/// Not thread-safe: use one workspace per thread. A batched forward that runs on an executor
+/// with several workers uses this workspace for worker 0 and `worker(w)` for the others.
 template <class Scalar>
 struct workspace {
     using matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
@@ -40,11 +49,25 @@ struct workspace {
     level_schedule levels;
     scratch_matrix<Scalar> a, b, c;  // gathered inputs, permuted outputs, hidden activations
     scratch_matrix<Scalar> d;        // per-part outputs of composite layers (blocked trees)
+    std::vector<node_piece> pieces;  // the current level's pieces in a threaded batch
+
+    /// Makes sure workers 1 .. count-1 have their own scratch (call before running them).
+    void reserve_workers(int count) {
+        if (count > 1 && others_.size() < static_cast<std::size_t>(count - 1)) others_.resize(static_cast<std::size_t>(count - 1));
+    }
+
+    /// Scratch of worker w: this workspace for w = 0, a separate one for the others.
+    workspace& worker(int w) noexcept {
+        return w == 0 ? *this : others_[static_cast<std::size_t>(w - 1)];
+    }
 
     /// Resizes `m` only if its shape changes, so a steady batch size reuses the same memory.
     static void ensure(matrix& m, index_t rows, index_t cols) {
         if (m.rows() != rows || m.cols() != cols) m.resize(rows, cols);
     }
+
+private:
+    std::vector<workspace> others_;  // std::vector allows the incomplete element type (C++17)
 };
 
 }  // namespace treegate

@@ -8,6 +8,7 @@
 #include "../detail/aligned_buffer.hpp"
 #include "../detail/random.hpp"
 #include "../kernels/policy.hpp"
+#include "../parallel/executor.hpp"
 #include "../schedule.hpp"
 #include "../tree.hpp"
 #include "../workspace.hpp"
@@ -199,14 +200,23 @@ public:
     // ---- batches: features x examples ----------------------------------------------------------
 
     void forward_batch(const Eigen::Ref<const batch>& X, Eigen::Ref<batch> Y, workspace<Scalar>& ws) const {
+        forward_batch(X, Y, ws, parallel::serial{});
+    }
+
+    /// The batched forward on an executor (parallel/thread_pool.hpp, or parallel::serial).
+    /// All levels run on one tile of 64 examples before the next tile starts, so the tile's
+    /// inputs and outputs stay in L2 instead of streaming the whole batch from memory once per
+    /// level; the node weights still serve every example of the tile that visits them. The
+    /// tiles are the pieces: each writes its own columns of Y with its worker's scratch, so the
+    /// output is bit-identical for any executor and thread count.
+    template <class Executor>
+    void forward_batch(const Eigen::Ref<const batch>& X, Eigen::Ref<batch> Y, workspace<Scalar>& ws, Executor&& ex) const {
         detail::check_batch(name, in_, X.rows(), X.cols(), out_, Y.rows(), Y.cols());
-        // All levels run on one tile of examples before the next tile starts, so the tile's
-        // inputs and outputs stay in L2 instead of streaming the whole batch from memory once
-        // per level; the node weights still serve every example of the tile that visits them.
-        for (index_t t0 = 0; t0 < X.cols(); t0 += batch_tile) {
-            const index_t m = std::min(batch_tile, X.cols() - t0);
-            forward_tile(X.middleCols(t0, m), Y.middleCols(t0, m), ws);
-        }
+        ws.reserve_workers(ex.size());
+        ex.run(parallel::chunk_count(X.cols(), batch_tile), [&](index_t p, int worker) {
+            const index_t t0 = p * batch_tile, m = std::min(batch_tile, X.cols() - t0);
+            forward_tile(X.middleCols(t0, m), Y.middleCols(t0, m), ws.worker(worker));
+        });
     }
 
     batch forward_batch(const Eigen::Ref<const batch>& X) const {

@@ -1,0 +1,153 @@
+// The thread pool, and the threaded batched forward: for every thread count the output must be
+// bit-identical to the serial batched forward (the pieces do not depend on the thread count),
+// for every policy, both tree modes, both gate sources and both feed-forward variants.
+#include "test_support.hpp"
+
+#include <treegate/kernels/avx2.hpp>
+#include <treegate/parallel/thread_pool.hpp>
+#include <treegate/treegate.hpp>
+
+#include <atomic>
+#include <random>
+#include <stdexcept>
+#include <thread>
+#include <vector>
+
+using namespace tg_test;
+using treegate::index_t;
+namespace parallel = treegate::parallel;
+
+namespace {
+
+const int thread_counts[] = {1, 2, 3, 8};
+
+// Serial output of a tree_linear, and the same call on pools of every size.
+template <class Policy>
+void check_tree_linear_threads(std::mt19937& g) {
+    using layer_t = treegate::tree_linear<float, treegate::dynamic, treegate::dynamic, treegate::dynamic, Policy>;
+    for (auto mode : {treegate::tree_mode::path_sum, treegate::tree_mode::leaf_only}) {
+        for (bool external : {false, true}) {
+            // Sizes large enough that the top levels are cut into row chunks (> 2^18 MACs).
+            const index_t in = uniform_index(g, 100, 160), out = uniform_index(g, 130, 260), n = uniform_index(g, 300, 700);
+            const int depth = static_cast<int>(uniform_index(g, 0, 6));
+            CAPTURE(mode == treegate::tree_mode::path_sum, external, in, out, n, depth);
+            const auto idx = random_gating_indices(depth, in, g);
+            layer_t layer(in, out, depth, mode, external ? treegate::gating::external() : treegate::gating::from_input(idx));
+            layer.initialize(static_cast<std::uint64_t>(g()));
+            const mat<float> X = random_matrix<float>(in, n, g), G = random_gates<float>(depth, n, g);
+            mat<float> expected(out, n), Y(out, n);
+            treegate::workspace<float> ws;
+            if (external)
+                layer.forward_batch(X, G, expected, ws);
+            else
+                layer.forward_batch(X, expected, ws);
+            for (int threads : thread_counts) {
+                CAPTURE(threads);
+                parallel::thread_pool pool(threads);
+                Y.setConstant(std::numeric_limits<float>::quiet_NaN());
+                if (external)
+                    layer.forward_batch(X, G, Y, ws, pool);
+                else
+                    layer.forward_batch(X, Y, ws, pool);
+                CHECK(Y == expected);
+            }
+        }
+    }
+}
+
+}  // namespace
+
+TEST_CASE("thread_pool runs every piece exactly once and reports its workers", "[parallel]") {
+    for (int threads : thread_counts) {
+        parallel::thread_pool pool(threads);
+        CHECK(pool.size() == threads);
+        for (index_t pieces : {index_t{0}, index_t{1}, index_t{7}, index_t{1000}}) {
+            std::vector<std::atomic<int>> runs(static_cast<std::size_t>(pieces));
+            std::atomic<int> bad_worker{0};
+            pool.run(pieces, [&](index_t p, int w) {
+                runs[static_cast<std::size_t>(p)].fetch_add(1);
+                if (w < 0 || w >= threads) bad_worker.fetch_add(1);
+            });
+            for (const auto& r : runs) CHECK(r.load() == 1);
+            CHECK(bad_worker.load() == 0);
+        }
+    }
+    CHECK(parallel::thread_pool::hardware_threads() >= 1);
+}
+
+TEST_CASE("thread_pool rethrows a piece's exception and stays usable", "[parallel][errors]") {
+    parallel::thread_pool pool(3);
+    std::atomic<int> ran{0};
+    CHECK_THROWS_AS(pool.run(100, [&](index_t p, int) {
+        ran.fetch_add(1);
+        if (p == 10) throw std::runtime_error("piece 10 failed");
+    }), std::runtime_error);
+    CHECK(ran.load() >= 1);
+    std::atomic<index_t> sum{0};
+    pool.run(50, [&](index_t p, int) { sum.fetch_add(p); });
+    CHECK(sum.load() == 50 * 49 / 2);
+    TG_CHECK_THROWS_WITH(treegate::config_error, parallel::thread_pool(0), "thread_pool", "[1, 1024]", "got 0");
+}
+
+TEST_CASE("thread_pool takes turns when two threads call run at once", "[parallel]") {
+    parallel::thread_pool pool(2);
+    std::atomic<index_t> total{0};
+    auto caller = [&] {
+        for (int rep = 0; rep < 50; ++rep) pool.run(20, [&](index_t, int) { total.fetch_add(1); });
+    };
+    std::thread other(caller);
+    caller();
+    other.join();
+    CHECK(total.load() == 2 * 50 * 20);
+}
+
+TEST_CASE("threaded tree_linear is bit-identical to the serial batch for any thread count", "[parallel]") {
+    std::mt19937 g(501);
+    check_tree_linear_threads<treegate::kernels::reference>(g);
+    check_tree_linear_threads<treegate::kernels::eigen>(g);
+    if (treegate::kernels::cpu_supports_avx2()) check_tree_linear_threads<treegate::kernels::avx2>(g);
+}
+
+TEST_CASE("threaded tree_linear is close to the reference oracle and handles empty batches", "[parallel]") {
+    std::mt19937 g(502);
+    treegate::tree_linear<float> layer(150, 200, 5, treegate::tree_mode::path_sum,
+                                       treegate::gating::from_input({0, 10, 20, 30, 40}));
+    layer.initialize(3);
+    const mat<float> X = random_matrix<float>(150, 400, g);
+    std::vector<std::uint64_t> codes;
+    for (index_t e = 0; e < X.cols(); ++e) codes.push_back(oracle_code_from_input(X.col(e), {0, 10, 20, 30, 40}));
+    const auto oracle = oracle_tree_linear(layer, X, codes);
+    parallel::thread_pool pool(2);
+    treegate::workspace<float> ws;
+    mat<float> Y(200, 400);
+    layer.forward_batch(X, Y, ws, pool);
+    // A computed sum of the path's 6 * (150 + 1) products and bias terms: the dot-product bound.
+    CHECK(close_report<float>(Y, oracle.y, oracle.scale, 6.0 * 151.0) == "");
+    mat<float> empty_x(150, 0), empty_y(200, 0);
+    layer.forward_batch(empty_x, empty_y, ws, pool);
+    TG_CHECK_THROWS_WITH(treegate::shape_error, layer.forward_batch(mat<float>(149, 3), Y, ws, pool), "tree_linear");
+}
+
+TEST_CASE("threaded tree_feedforward is bit-identical to the serial batch for any thread count", "[parallel]") {
+    std::mt19937 g(503);
+    for (auto variant : {treegate::ff_variant::node_sum, treegate::ff_variant::leaf_mlp}) {
+        for (index_t width : {index_t{1}, index_t{5}}) {
+            const index_t in = uniform_index(g, 20, 70), out = uniform_index(g, 10, 50), n = uniform_index(g, 100, 400);
+            const int depth = static_cast<int>(uniform_index(g, 0, 6));
+            CAPTURE(variant == treegate::ff_variant::node_sum, width, in, out, n, depth);
+            treegate::tree_feedforward<float> layer(in, out, width, depth, 2, treegate::activation::gelu, variant);
+            layer.initialize(static_cast<std::uint64_t>(g()));
+            const mat<float> X = random_matrix<float>(in, n, g);
+            mat<float> expected(out, n), Y(out, n);
+            treegate::workspace<float> ws;
+            layer.forward_batch(X, expected, ws);
+            for (int threads : thread_counts) {
+                CAPTURE(threads);
+                parallel::thread_pool pool(threads);
+                Y.setConstant(std::numeric_limits<float>::quiet_NaN());
+                layer.forward_batch(X, Y, ws, pool);
+                CHECK(Y == expected);
+            }
+        }
+    }
+}
