@@ -151,3 +151,31 @@ TEST_CASE("threaded tree_feedforward is bit-identical to the serial batch for an
         }
     }
 }
+
+TEST_CASE("threaded dense, activation, blocked trees and sequential models are bit-identical to serial", "[parallel]") {
+    std::mt19937 g(504);
+    using namespace treegate;
+    const index_t n = 700;
+    // Slices of 200 inputs, so the top levels of each tree are cut into row chunks.
+    tree_linear_blocked<float> blocked(200, 150, 3, tree_mode::path_sum, block_combine::sum,
+                                       {{0, 5, 9}, {1, 2, 3}, {7, 100, 199}});
+    for (index_t t = 0; t < blocked.tree_count(); ++t) blocked.tree(t).initialize(static_cast<std::uint64_t>(t + 1));
+    sequential<dense<float>, activation_layer<float>, tree_linear<float>> model(
+        dense<float>(120, 90), activation_layer<float>(activation::relu, 90),
+        tree_linear<float>(90, 10, 3, tree_mode::path_sum, gating::from_input({0, 1, 2})));
+    model.initialize(9);
+    const mat<float> Xb = random_matrix<float>(blocked.in_size(), n, g), Xm = random_matrix<float>(120, n, g);
+    workspace<float> ws;
+    decltype(model)::workspace_type mws;
+    mat<float> want_b(blocked.out_size(), n), want_m(10, n), Yb(blocked.out_size(), n), Ym(10, n);
+    blocked.forward_batch(Xb, want_b, ws);
+    model.forward_batch(Xm, want_m, mws);
+    for (int threads : thread_counts) {
+        CAPTURE(threads);
+        parallel::thread_pool pool(threads);
+        blocked.forward_batch(Xb, Yb, ws, pool);
+        model.forward_batch(Xm, Ym, mws, pool);
+        CHECK(Yb == want_b);
+        CHECK(Ym == want_m);
+    }
+}

@@ -13,6 +13,8 @@
 #include "layers/tree_feedforward.hpp"
 #include "layers/tree_linear.hpp"
 #include "layers/tree_linear_blocked.hpp"
+#include "parallel/executor.hpp"
+#include "parallel/thread_pool.hpp"
 #include "routing.hpp"
 #include "schedule.hpp"
 #include "tree.hpp"

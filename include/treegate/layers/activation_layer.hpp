@@ -4,9 +4,11 @@
 #define TREEGATE_LAYERS_ACTIVATION_LAYER_HPP
 
 #include "../activation.hpp"
+#include "../parallel/executor.hpp"
 #include "../workspace.hpp"
 #include "layer_common.hpp"
 
+#include <algorithm>
 #include <type_traits>
 
 namespace treegate {
@@ -39,12 +41,23 @@ public:
         apply_inplace(act_, y.data(), size_);
     }
 
-    void forward_batch(const Eigen::Ref<const batch>& X, Eigen::Ref<batch> Y, workspace<Scalar>& /*ws*/) const {
+    void forward_batch(const Eigen::Ref<const batch>& X, Eigen::Ref<batch> Y, workspace<Scalar>& ws) const {
+        forward_batch(X, Y, ws, parallel::serial{});
+    }
+
+    /// The batched forward on an executor (pieces of 256 examples; element-wise, so any split
+    /// gives the same bits).
+    template <class Executor>
+    void forward_batch(const Eigen::Ref<const batch>& X, Eigen::Ref<batch> Y, workspace<Scalar>& /*ws*/,
+                       Executor&& ex) const {
+        constexpr index_t chunk = 256;
         detail::check_batch(name, size_, X.rows(), X.cols(), size_, Y.rows(), Y.cols());
-        for (index_t e = 0; e < X.cols(); ++e) {
-            Y.col(e) = X.col(e);
-            apply_inplace(act_, Y.col(e).data(), size_);
-        }
+        ex.run(parallel::chunk_count(X.cols(), chunk), [&](index_t p, int) {
+            for (index_t e = p * chunk, end = std::min(X.cols(), e + chunk); e < end; ++e) {
+                Y.col(e) = X.col(e);
+                apply_inplace(act_, Y.col(e).data(), size_);
+            }
+        });
     }
 
     batch forward_batch(const Eigen::Ref<const batch>& X) const {

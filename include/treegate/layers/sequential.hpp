@@ -3,6 +3,7 @@
 #ifndef TREEGATE_LAYERS_SEQUENTIAL_HPP
 #define TREEGATE_LAYERS_SEQUENTIAL_HPP
 
+#include "../parallel/executor.hpp"
 #include "../workspace.hpp"
 #include "layer_common.hpp"
 
@@ -82,8 +83,15 @@ public:
     }
 
     void forward_batch(const Eigen::Ref<const batch>& X, Eigen::Ref<batch> Y, workspace_type& ws) const {
+        forward_batch(X, Y, ws, parallel::serial{});
+    }
+
+    /// The batched forward on an executor: layer after layer, each on the executor
+    /// (bit-identical for any thread count).
+    template <class Executor>
+    void forward_batch(const Eigen::Ref<const batch>& X, Eigen::Ref<batch> Y, workspace_type& ws, Executor&& ex) const {
         detail::check_batch(name, in_size(), X.rows(), X.cols(), out_size(), Y.rows(), Y.cols());
-        run<0>(X, Y, ws);
+        run<0>(X, Y, ws, ex);
     }
 
     batch forward_batch(const Eigen::Ref<const batch>& X) const {
@@ -118,16 +126,16 @@ private:
         }
     }
 
-    template <std::size_t I>
-    void run(const Eigen::Ref<const batch>& X, Eigen::Ref<batch> Y, workspace_type& ws) const {
+    template <std::size_t I, class Executor>
+    void run(const Eigen::Ref<const batch>& X, Eigen::Ref<batch> Y, workspace_type& ws, Executor& ex) const {
         const auto& l = std::get<I>(layers_);
         if constexpr (I + 1 == size) {
-            l.forward_batch(X, Y, ws.inner);
+            l.forward_batch(X, Y, ws.inner, ex);
         } else {
             batch& h = ws.acts[I];
             workspace<scalar_type>::ensure(h, l.out_size(), X.cols());
-            l.forward_batch(X, h, ws.inner);
-            run<I + 1>(h, Y, ws);
+            l.forward_batch(X, h, ws.inner, ex);
+            run<I + 1>(h, Y, ws, ex);
         }
     }
 

@@ -79,16 +79,24 @@ public:
     }
 
     void forward_batch(const Eigen::Ref<const batch>& X, Eigen::Ref<batch> Y, workspace<Scalar>& ws) const {
+        forward_batch(X, Y, ws, parallel::serial{});
+    }
+
+    /// The batched forward on an executor: the trees run one after another, each on the
+    /// executor (bit-identical for any thread count, see tree_linear).
+    template <class Executor>
+    void forward_batch(const Eigen::Ref<const batch>& X, Eigen::Ref<batch> Y, workspace<Scalar>& ws, Executor&& ex) const {
         detail::check_batch(name, in_size(), X.rows(), X.cols(), out_size(), Y.rows(), Y.cols());
         const index_t si = slice_in(), so = slice_out();
         if (combine_ == block_combine::concat) {
-            for (index_t t = 0; t < tree_count(); ++t) tree(t).forward_batch(X.middleRows(t * si, si), Y.middleRows(t * so, so), ws);
+            for (index_t t = 0; t < tree_count(); ++t)
+                tree(t).forward_batch(X.middleRows(t * si, si), Y.middleRows(t * so, so), ws, ex);
             return;
         }
         Y.setZero();
         auto part = ws.d.view(so, X.cols());  // the trees use ws.a/ws.b, never ws.d
         for (index_t t = 0; t < tree_count(); ++t) {
-            tree(t).forward_batch(X.middleRows(t * si, si), part, ws);
+            tree(t).forward_batch(X.middleRows(t * si, si), part, ws, ex);
             Y += part;
         }
     }
