@@ -10,8 +10,11 @@
 // cases alike in this thread's CPU time instead of wall-clock time (time spent descheduled by
 // other tenants is then not counted).
 // Every case is checked against the reference policy on a sample of examples before it is
-// timed; a disagreement aborts the run. Times are wall-clock medians after a warm-up. Only one
-// thread is implemented: --threads N > 1 is accepted and reported, and the run uses 1 thread.
+// timed; a disagreement aborts the run. Times are wall-clock medians after a warm-up.
+// --threads N runs the batched cases on a pool of N threads (PS-latency, one example per call,
+// stays on one thread) and holds them to limits measured with N threads: N GEMMs at once for
+// the peak, N readers of disjoint parts of the buffer for the bandwidth; the dense baselines
+// split their columns over the same pool.
 #include <treegate/kernels/avx2.hpp>
 #include <treegate/kernels/eigen.hpp>
 #include <treegate/kernels/native.hpp>
@@ -19,6 +22,7 @@
 #include <treegate/layers/flatten.hpp>
 #include <treegate/layers/tree_feedforward.hpp>
 #include <treegate/layers/tree_linear.hpp>
+#include <treegate/parallel/thread_pool.hpp>
 #include <treegate/routing.hpp>
 #include <treegate/tree.hpp>
 
@@ -35,9 +39,11 @@
 #include <ctime>
 #include <fstream>
 #include <functional>
+#include <memory>
 #include <numeric>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -76,6 +82,25 @@ struct machine {
 };
 
 volatile float g_sink = 0;
+
+// The pool of --threads N (null for one thread) and its size.
+treegate::parallel::thread_pool* g_pool = nullptr;
+int g_threads = 1;
+
+/// Runs f(part) for part = 0 .. g_threads-1, one per worker of the pool, and waits.
+template <class F>
+void on_all_threads(F&& f) {
+    if (g_pool == nullptr) {
+        f(index_t{0});
+        return;
+    }
+    g_pool->run(g_threads, [&](index_t part, int) { f(part); });
+}
+
+/// [begin, end) of part `part` of `n` items split into g_threads parts.
+std::pair<index_t, index_t> part_range(index_t n, index_t part) {
+    return {n * part / g_threads, n * (part + 1) / g_threads};
+}
 
 double seconds_since(clock_type::time_point t0) {
     return std::chrono::duration<double>(clock_type::now() - t0).count();
@@ -195,18 +220,30 @@ machine measure_machine(const options& o, bool verbose) {
         index_t rows, cols, n;
     };
     for (const shape sh : {shape{2048, 2048, 2048}, shape{512, 512, 2048}}) {
-        matf A = matf::Random(sh.rows, sh.cols), B = matf::Random(sh.cols, sh.n), C = matf::Zero(sh.rows, sh.n);
-        const double flops = 2.0 * static_cast<double>(sh.rows) * static_cast<double>(sh.cols) * static_cast<double>(sh.n);
-        const double t_eigen = best_time(reps, [&] { C.noalias() = A * B; });
-        g_sink = g_sink + C(1, 1);
+        // One GEMM per thread, all at once, each on its own matrices.
+        std::vector<matf> A, B, C;
+        for (int t = 0; t < g_threads; ++t) {
+            A.push_back(matf::Random(sh.rows, sh.cols));
+            B.push_back(matf::Random(sh.cols, sh.n));
+            C.push_back(matf::Zero(sh.rows, sh.n));
+        }
+        const double flops = 2.0 * static_cast<double>(g_threads) * static_cast<double>(sh.rows) *
+                             static_cast<double>(sh.cols) * static_cast<double>(sh.n);
+        const double t_eigen = best_time(reps, [&] {
+            on_all_threads([&](index_t t) { C[static_cast<std::size_t>(t)].noalias() = A[static_cast<std::size_t>(t)] * B[static_cast<std::size_t>(t)]; });
+        });
+        g_sink = g_sink + C[0](1, 1);
         double t_avx2 = 1e30;
         if (treegate::kernels::cpu_supports_avx2()) {
             t_avx2 = best_time(reps, [&] {
-                C.setZero();
-                treegate::kernels::avx2::gemm<float>(sh.rows, sh.cols, sh.n, A.data(), sh.rows, B.data(), sh.cols, C.data(),
-                                                     sh.rows);
+                on_all_threads([&](index_t t) {
+                    const auto i = static_cast<std::size_t>(t);
+                    C[i].setZero();
+                    treegate::kernels::avx2::gemm<float>(sh.rows, sh.cols, sh.n, A[i].data(), sh.rows, B[i].data(), sh.cols,
+                                                         C[i].data(), sh.rows);
+                });
             });
-            g_sink = g_sink + C(1, 1);
+            g_sink = g_sink + C[0](1, 1);
         }
         if (verbose)
             std::printf("peak gemm %ldx%ldx%ld float: eigen %.1f GFLOP/s, avx2 policy %.1f GFLOP/s\n",
@@ -231,23 +268,32 @@ machine measure_machine(const options& o, bool verbose) {
     float* p = buf.get();
     for (index_t i = 0; i < n; ++i) p[i] = static_cast<float>(i & 1023) * 1e-3f;
     const double bytes = static_cast<double>(n) * 4;
+    // Each probe reads [b, e) of the buffer; with N threads, N of them read disjoint parts at once.
     struct probe {
         const char* name;
-        std::function<float()> run;
+        std::function<float(const float*, index_t)> run;
     };
-    std::vector<probe> probes = {{"eigen_sum", [&] { return Eigen::Map<const vecf>(p, n).sum(); }}};
+    std::vector<probe> probes = {{"eigen_sum", [](const float* q, index_t m) { return Eigen::Map<const vecf>(q, m).sum(); }}};
 #if TG_BENCH_X86
     if (treegate::kernels::cpu_supports_avx2()) {
-        probes.push_back({"avx2_4acc", [&] { return sum_avx2(p, n); }});
-        probes.push_back({"avx2_4acc_prefetch_1KiB", [&] { return sum_avx2_prefetch<1024>(p, n); }});
-        probes.push_back({"avx2_4acc_prefetch_2KiB", [&] { return sum_avx2_prefetch<2048>(p, n); }});
-        probes.push_back({"avx2_4acc_prefetch_4KiB", [&] { return sum_avx2_prefetch<4096>(p, n); }});
+        probes.push_back({"avx2_4acc", [](const float* q, index_t m) { return sum_avx2(q, m); }});
+        probes.push_back({"avx2_4acc_prefetch_1KiB", [](const float* q, index_t m) { return sum_avx2_prefetch<1024>(q, m); }});
+        probes.push_back({"avx2_4acc_prefetch_2KiB", [](const float* q, index_t m) { return sum_avx2_prefetch<2048>(q, m); }});
+        probes.push_back({"avx2_4acc_prefetch_4KiB", [](const float* q, index_t m) { return sum_avx2_prefetch<4096>(q, m); }});
     }
 #endif
     const char* winner = "";
     if (verbose) std::printf("read bandwidth over %.0f MiB:", bytes / (1 << 20));
     for (auto& pr : probes) {
-        const double t = best_time(o.quick ? 2 : 4, [&] { g_sink = g_sink + pr.run(); });
+        std::vector<float> sums(static_cast<std::size_t>(g_threads));
+        const double t = best_time(o.quick ? 2 : 4, [&] {
+            on_all_threads([&](index_t part) {
+                // Parts start on 64-float boundaries so every reader stays aligned.
+                const auto [b, e] = part_range(n / 64, part);
+                sums[static_cast<std::size_t>(part)] = pr.run(p + b * 64, (e - b) * 64);
+            });
+        });
+        for (float v : sums) g_sink = g_sink + v;
         if (verbose) std::printf(" %s %.1f GB/s;", pr.name, bytes / t * 1e-9);
         if (bytes / t > m.peak_bw) {
             m.peak_bw = bytes / t;
@@ -331,10 +377,14 @@ double dense_ms(index_t in, index_t out, index_t batch, index_t cols, int reps) 
     // Constant data: a GEMM's time does not depend on the values (no denormals here).
     matf W = matf::Constant(out, in, 0.01f), X = matf::Constant(in, c, 0.5f), Y(out, c);
     const double t = median_time(reps, 1, [&] {
-        if (c == 1)
+        if (c == 1) {
             Y.col(0).noalias() = W * X.col(0);
-        else
-            Y.noalias() = W * X;
+        } else {
+            on_all_threads([&](index_t part) {
+                const auto [b, e] = part_range(c, part);
+                Y.middleCols(b, e - b).noalias() = W * X.middleCols(b, e - b);
+            });
+        }
         g_sink = g_sink + Y(0, 0);
     });
     return t * 1e3 * static_cast<double>(batch) / static_cast<double>(c);
@@ -422,7 +472,10 @@ double time_tl(const Layer& layer, const matf& X, index_t batch, const options& 
     treegate::workspace<float> ws;
     const int reps = o.quick ? 3 : 9;
     return median_time(reps, 1, [&] {
-               layer.forward_batch(X, Y, ws);
+               if (g_pool != nullptr)
+                   layer.forward_batch(X, Y, ws, *g_pool);
+               else
+                   layer.forward_batch(X, Y, ws);
                g_sink = g_sink + Y(0, 0);
            }) *
            1e3;
@@ -556,7 +609,10 @@ void fff_case(const options& o, const machine& m) {
     treegate::workspace<float> ws;
     const int reps = o.quick ? 3 : 7;
     const double ms = median_time(reps, 1, [&] {
-                          layer.forward_batch(X, Y, ws);
+                          if (g_pool != nullptr)
+                              layer.forward_batch(X, Y, ws, *g_pool);
+                          else
+                              layer.forward_batch(X, Y, ws);
                           g_sink = g_sink + Y(0, 0);
                       }) *
                       1e3;
@@ -575,10 +631,14 @@ void fff_case(const options& o, const machine& m) {
         const matf Xs = X.leftCols(cols);
         matf H(hidden, cols), Yd(out, cols);
         const double t = median_time(dreps, 1, [&] {
-            H.noalias() = W1 * Xs;
-            H.colwise() += b1;
-            H = (0.5f * H.array() * (1.0f + (H.array() * 0.70710678f).erf())).matrix();
-            Yd.noalias() = W2 * H;
+            on_all_threads([&](index_t part) {
+                const auto [b, e] = part_range(cols, part);
+                auto Hp = H.middleCols(b, e - b);
+                Hp.noalias() = W1 * Xs.middleCols(b, e - b);
+                Hp.colwise() += b1;
+                Hp = (0.5f * Hp.array() * (1.0f + (Hp.array() * 0.70710678f).erf())).matrix();
+                Yd.middleCols(b, e - b).noalias() = W2 * Hp;
+            });
             g_sink = g_sink + Yd(0, 0);
         });
         dense_ff = t * 1e3 * static_cast<double>(batch) / static_cast<double>(cols);
@@ -606,8 +666,11 @@ void fff_case(const options& o, const machine& m) {
 
 template <class P>
 void run_all(const options& o, const machine& m) {
-    std::printf("policy=%s threads=1 clock=%s\n", P::name(), g_cpu_time ? "thread-cpu-time" : "wall");
-    tree_linear_case<P>({"PS-latency", 512, 512, 8, tree_mode::path_sum, 1}, true, o, m);
+    std::printf("policy=%s threads=%d clock=%s\n", P::name(), g_threads, g_cpu_time ? "thread-cpu-time" : "wall");
+    if (g_threads == 1)
+        tree_linear_case<P>({"PS-latency", 512, 512, 8, tree_mode::path_sum, 1}, true, o, m);
+    else
+        std::printf("PS-latency skipped: one example per call runs on one thread\n");
     tree_linear_case<P>({"PS-batch", 512, 512, 6, tree_mode::path_sum, 1024}, true, o, m);
     tree_linear_case<P>({"PS-deep", 256, 256, 10, tree_mode::path_sum, 256}, true, o, m);
     fff_case<P>(o, m);
@@ -648,10 +711,15 @@ options parse(int argc, char** argv) {
 
 int main(int argc, char** argv) {
     const options o = parse(argc, argv);
-    if (o.threads > 1)
-        std::printf("note: --threads %d requested, but only the single-thread path is implemented; running 1 thread\n",
-                    o.threads);
     Eigen::setNbThreads(1);
+    std::unique_ptr<treegate::parallel::thread_pool> pool;
+    if (o.threads > 1) {
+        if (g_cpu_time) fail("--cpu-time measures one thread's CPU time; use it with --threads 1");
+        pool = std::make_unique<treegate::parallel::thread_pool>(o.threads);
+        g_pool = pool.get();
+        g_threads = o.threads;
+        std::printf("threads=%d: batched cases on a pool of %d threads\n", o.threads, o.threads);
+    }
     if (o.policy == "avx2" && !treegate::kernels::cpu_supports_avx2()) fail("--policy avx2: this CPU or build has no AVX2+FMA");
     const auto t0 = clock_type::now();
     const machine m = measure_machine(o, true);
