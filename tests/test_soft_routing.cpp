@@ -409,7 +409,7 @@ TEST_CASE("soft routing rejects bad shapes and options", "[soft_routing][errors]
     TG_CHECK_THROWS_WITH(treegate::shape_error, tt::soft_backward(f, X, M(2, 5), grad, dX, ws), "soft_backward", "2 x 5");
     TG_CHECK_THROWS_WITH(treegate::shape_error, tt::soft_backward(f, X, dY, grad, bad_dx, ws), "soft_backward", "4 x 6");
     TG_CHECK_THROWS_WITH(treegate::shape_error, tt::soft_backward(f, X, dY, wrong, dX, ws), "soft_backward",
-                         "does not match");
+                         "(1 trees of 2 units", "does not match the layer (1 trees of 4 units");
     TG_CHECK_THROWS_WITH(treegate::config_error, tt::soft_forward(f, X, Y, ws, {-1.0, 0.0}), "temperature", "-1");
     TG_CHECK_THROWS_WITH(treegate::config_error,
                          tt::soft_forward(f, X, Y, ws, {std::numeric_limits<double>::infinity(), 0.0}), "temperature");

@@ -130,7 +130,11 @@ void check_soft_gradient(const tree_feedforward<Scalar, In, Out, Width, Depth, P
                                       grad.width() == layer.width() && grad.tree_count() == layer.tree_count() &&
                                       grad.unit_count() == layer.unit_count() && grad.router_count() == layer.router_count() &&
                                       grad.variant() == layer.variant() && grad.has_output_bias() == layer.has_output_bias(),
-                                  "tree_feedforward soft_backward: the gradient container does not match the layer");
+                                  "tree_feedforward soft_backward: the gradient container (", grad.tree_count(), " trees of ",
+                                  grad.unit_count(), " units, ", grad.in_size(), " -> ", grad.width(), " -> ",
+                                  grad.out_size(), ") does not match the layer (", layer.tree_count(), " trees of ",
+                                  layer.unit_count(), " units, ", layer.in_size(), " -> ", layer.width(), " -> ",
+                                  layer.out_size(), ")");
 }
 
 // Tree t: ws.z(e, i) = z_i of example e for every internal node i, ws.reach(e, i) = P(i) for
