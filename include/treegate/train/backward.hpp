@@ -410,7 +410,8 @@ void backward(const tree_linear_blocked<Scalar, SliceIn, SliceOut, Depth, Policy
     detail::tree_linear_blocked_backward<Scalar>(layer, X, dY, grad, nullptr, ws);
 }
 
-/// Route bits (node pre-activations, leaf_mlp routers) are constants: routers get no gradient.
+/// Route bits (node pre-activations, leaf_mlp routers) are constants: routers get no gradient
+/// (their entries stay zero and unvisited; train/soft_routing.hpp trains them).
 template <class Scalar, int In, int Out, int Width, int Depth, class Policy>
 void backward(const tree_feedforward<Scalar, In, Out, Width, Depth, Policy>& layer,
               const detail::const_batch_ref<Scalar>& X, const detail::const_batch_ref<Scalar>& dY,

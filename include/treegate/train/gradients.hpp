@@ -212,8 +212,10 @@ private:
 };
 
 /// Gradients of a tree_feedforward: per tree t and unit i (node in node_sum, leaf in leaf_mlp)
-/// the hidden weight `width x in`, hidden bias `width` and output weight `out x width`, plus the
-/// output bias. Routers (leaf_mlp) have no entry: a hard route bit has zero gradient.
+/// the hidden weight `width x in`, hidden bias `width` and output weight `out x width`; per tree
+/// t and internal node i of a leaf_mlp the router weight `in` and router bias; the output bias.
+/// Hard-routing backward never reaches a router (a hard route bit has zero gradient), so router
+/// entries stay zero and unvisited there; soft routing (train/soft_routing.hpp) fills them.
 template <class Scalar>
 class tree_feedforward_gradient {
 public:
@@ -225,13 +227,17 @@ public:
           depth_(layer.depth()),
           trees_(layer.tree_count()),
           units_(layer.unit_count()),
+          routers_(layer.router_count()),
           variant_(layer.variant()),
           has_output_bias_(layer.has_output_bias()),
           U_(static_cast<std::size_t>(trees_ * units_ * width_ * in_), Scalar(0)),
           A_(static_cast<std::size_t>(trees_ * units_ * width_), Scalar(0)),
           V_(static_cast<std::size_t>(trees_ * units_ * out_ * width_), Scalar(0)),
+          R_(static_cast<std::size_t>(trees_ * routers_ * in_), Scalar(0)),
+          S_(static_cast<std::size_t>(trees_ * routers_), Scalar(0)),
           c_(static_cast<std::size_t>(has_output_bias_ ? out_ : 0), Scalar(0)),
-          visits_(trees_ * units_) {}
+          visits_(trees_ * units_),
+          router_visits_(trees_ * routers_) {}
 
     index_t in_size() const noexcept { return in_; }
     index_t out_size() const noexcept { return out_; }
@@ -239,6 +245,8 @@ public:
     int depth() const noexcept { return depth_; }
     index_t tree_count() const noexcept { return trees_; }
     index_t unit_count() const noexcept { return units_; }
+    /// Routers per tree: the internal nodes in leaf_mlp, none in node_sum.
+    index_t router_count() const noexcept { return routers_; }
     ff_variant variant() const noexcept { return variant_; }
     bool has_output_bias() const noexcept { return has_output_bias_; }
 
@@ -258,6 +266,12 @@ public:
     detail::const_matrix_map<Scalar> output_weight(index_t t, index_t i) const noexcept {
         return {V_.data() + unit(t, i) * out_ * width_, out_, width_};
     }
+    detail::vector_map<Scalar> router_weight(index_t t, index_t i) noexcept { return {R_.data() + router(t, i) * in_, in_}; }
+    detail::const_vector_map<Scalar> router_weight(index_t t, index_t i) const noexcept {
+        return {R_.data() + router(t, i) * in_, in_};
+    }
+    Scalar& router_bias(index_t t, index_t i) noexcept { return S_.data()[router(t, i)]; }
+    const Scalar& router_bias(index_t t, index_t i) const noexcept { return S_.data()[router(t, i)]; }
     detail::vector_map<Scalar> output_bias() noexcept { return {c_.data(), has_output_bias_ ? out_ : 0}; }
     detail::const_vector_map<Scalar> output_bias() const noexcept { return {c_.data(), has_output_bias_ ? out_ : 0}; }
 
@@ -268,6 +282,10 @@ public:
     /// Visited units as t * unit_count() + i, in first-visit order.
     const std::vector<index_t>& visited_units() const noexcept { return visits_.list(); }
     void mark(index_t t, index_t i) { visits_.mark(unit(t, i)); }
+    bool router_visited(index_t t, index_t i) const noexcept { return router_visits_.contains(router(t, i)); }
+    /// Visited routers as t * router_count() + i, in first-visit order.
+    const std::vector<index_t>& visited_routers() const noexcept { return router_visits_.list(); }
+    void mark_router(index_t t, index_t i) { router_visits_.mark(router(t, i)); }
     /// The output bias is reached by every non-empty batch.
     bool output_bias_visited() const noexcept { return bias_visited_; }
     void mark_output_bias() noexcept { bias_visited_ = true; }
@@ -280,16 +298,22 @@ public:
             output_weight(t, i).setZero();
         }
         visits_.clear();
+        for (index_t g : router_visits_.list()) {
+            router_weight(g / routers_, g % routers_).setZero();
+            router_bias(g / routers_, g % routers_) = Scalar(0);
+        }
+        router_visits_.clear();
         output_bias().setZero();
         bias_visited_ = false;
     }
 
-    /// Per tree, per unit: hidden weight, hidden bias, output weight; then the output bias.
+    /// Per tree, per unit: hidden weight, hidden bias, output weight; then per tree, per router
+    /// (leaf_mlp): router weight (decayed at the router's level), router bias; then the output bias.
     template <int In, int Out, int Width, int Depth, class Policy>
     void collect(tree_feedforward<Scalar, In, Out, Width, Depth, Policy>& layer, param_list<Scalar>& out) const {
         treegate::detail::check_shape(layer.in_size() == in_ && layer.out_size() == out_ && layer.width() == width_ &&
                                           layer.tree_count() == trees_ && layer.unit_count() == units_ &&
-                                          layer.has_output_bias() == has_output_bias_,
+                                          layer.router_count() == routers_ && layer.has_output_bias() == has_output_bias_,
                                       "tree_feedforward_gradient: does not match the layer (", layer.tree_count(),
                                       " trees of ", layer.unit_count(), " units, ", layer.in_size(), " -> ",
                                       layer.width(), " -> ", layer.out_size(), ")");
@@ -301,19 +325,30 @@ public:
                 out.push_back({layer.hidden_bias(t, i).data(), hidden_bias(t, i).data(), width_, lv, v, false});
                 out.push_back({layer.output_weight(t, i).data(), output_weight(t, i).data(), out_ * width_, lv, v, true});
             }
+        for (index_t t = 0; t < trees_; ++t)
+            for (index_t i = 0; i < routers_; ++i) {
+                const bool v = router_visited(t, i);
+                const int lv = tree::level_of(i);
+                out.push_back({layer.router_weight(t, i).data(), router_weight(t, i).data(), in_, lv, v, true});
+                out.push_back({&layer.router_bias(t, i), &router_bias(t, i), 1, lv, v, false});
+            }
         if (has_output_bias_) out.push_back({layer.output_bias().data(), c_.data(), out_, 0, bias_visited_, false});
     }
 
 private:
     index_t unit(index_t t, index_t i) const noexcept { return t * units_ + i; }
+    index_t router(index_t t, index_t i) const noexcept {
+        eigen_assert(t >= 0 && t < trees_ && i >= 0 && i < routers_);
+        return t * routers_ + i;
+    }
 
     index_t in_, out_, width_;
     int depth_;
-    index_t trees_, units_;
+    index_t trees_, units_, routers_;
     ff_variant variant_;
     bool has_output_bias_;
-    std::vector<Scalar> U_, A_, V_, c_;
-    detail::visit_set visits_;
+    std::vector<Scalar> U_, A_, V_, R_, S_, c_;
+    detail::visit_set visits_, router_visits_;
     bool bias_visited_ = false;
 };
 

@@ -1,0 +1,442 @@
+// treegate/train/soft_routing.hpp — soft-routing training mode of tree_feedforward: every route
+// is a probability, so routers learn by gradient; sits beside train/backward.hpp and fills the same gradients.
+#ifndef TREEGATE_TRAIN_SOFT_ROUTING_HPP
+#define TREEGATE_TRAIN_SOFT_ROUTING_HPP
+
+#include "../activation.hpp"
+#include "../error.hpp"
+#include "../layers/layer_common.hpp"
+#include "../layers/sequential.hpp"
+#include "../layers/tree_feedforward.hpp"
+#include "../tree.hpp"
+#include "../workspace.hpp"
+#include "backward.hpp"
+#include "batch_ref.hpp"
+#include "gradients.hpp"
+
+#include <cmath>
+#include <cstddef>
+#include <limits>
+#include <type_traits>
+
+namespace treegate::train {
+
+/// Soft routing of a tree_feedforward (training only; evaluate with the layer's hard forward).
+///
+/// Internal node i of a tree sends an example right with probability p_i = sigmoid(z_i / T) and
+/// left with q_i = 1 - p_i, where z_i is the router pre-activation r.x + s (leaf_mlp) or the
+/// node's first pre-activation (U x + a)_0 (node_sum): the quantities whose sign is the hard
+/// route bit. The probability P(i) of reaching a node is the product along its path (P(root) = 1)
+/// and the output mixes every path:
+///
+///     leaf_mlp:  y = c + sum_trees sum_leaves  P(leaf) V act(U x + a)
+///     node_sum:  y = c + sum_trees sum_nodes   P(node) V act(U x + a)
+///
+/// With decisive routers (|z| / T large) every P is 0 or 1 and y is the hard forward's output.
+///
+/// `temperature` T >= 0 (finite) sharpens the sigmoid; T = 0 is the hard limit: p = 1 exactly
+/// when z > 0 (the hard route bit, so NaN, -0 and +0 go left), no router gradient and no entropy.
+/// At T = 0 the output equals the hard forward's except where a z lies within rounding of 0
+/// (z is recomputed here with Eigen, the hard path uses the layer's policy).
+///
+/// `hardening` lambda >= 0 adds to the loss the penalty
+///
+///     lambda * (1 / (n K D)) sum_examples sum_trees sum_internal_nodes P(i) H(p_i),
+///     H(p) = -p log p - (1 - p) log(1 - p)  (nats),
+///
+/// the mean decision entropy along the examples' soft paths: the P(i) of one level sum to 1, so
+/// the bracket lies in [0, log 2]. Weighting by P(i) asks for decisiveness only where examples
+/// actually go (a node that no example reaches has no decision the hard model would take), and
+/// keeps the penalty's scale independent of the depth. D = 0 has no decision: the penalty is 0.
+///
+/// Cost: the soft forward and backward evaluate every node of every tree, 2^(D+1) - 1 MLPs
+/// (node_sum) or 2^D MLPs and 2^D - 1 routers (leaf_mlp) per example, against D + 1 for the hard
+/// forward. It is a training mode for modest depths (a few levels, or as a warm start before
+/// hard training), not a serving path.
+struct soft_routing_options {
+    double temperature = 1.0;
+    double hardening = 0.0;
+};
+
+/// Scratch of the soft passes: per tree, examples x nodes matrices of router pre-activations,
+/// reach probabilities and their gradients, and width x examples hidden buffers. Grows to the
+/// largest batch and depth seen, then is reused. One per thread.
+template <class Scalar>
+struct soft_workspace {
+    matrix<Scalar> z, reach, greach, dz;  // examples x internal nodes / examples x nodes
+    matrix<Scalar> pre, h, w;             // width x examples
+    /// Mean decision entropy (the bracket above, before lambda) of the most recent soft call,
+    /// a measure of how far from hard the routing is: log 2 = 0.693 undecided, 0 hard.
+    double mean_entropy = 0.0;
+};
+
+/// Scratch of soft passes through a sequential model: the hard stages' backward workspace and
+/// gradient buffers, and the soft workspace of its tree_feedforward stages.
+template <class Scalar>
+struct soft_sequential_workspace {
+    sequential_backward_workspace<Scalar> seq;
+    soft_workspace<Scalar> soft;
+};
+
+namespace detail {
+
+template <class L>
+struct is_tree_feedforward : std::false_type {};
+template <class Scalar, int In, int Out, int Width, int Depth, class Policy>
+struct is_tree_feedforward<tree_feedforward<Scalar, In, Out, Width, Depth, Policy>> : std::true_type {};
+
+inline void check_soft_options(const soft_routing_options& opt) {
+    treegate::detail::check_config(std::isfinite(opt.temperature) && opt.temperature >= 0.0,
+                                   "tree_feedforward soft routing: temperature must be finite and >= 0, got ",
+                                   opt.temperature);
+    treegate::detail::check_config(std::isfinite(opt.hardening) && opt.hardening >= 0.0,
+                                   "tree_feedforward soft routing: hardening weight must be finite and >= 0, got ",
+                                   opt.hardening);
+}
+
+/// One soft decision at pre-activation z: p, q = 1 - p, dp/dz, H(p) and dH/dz.
+template <class Scalar>
+struct soft_decision {
+    Scalar p, q, dp, entropy, dentropy;
+};
+
+template <class Scalar>
+soft_decision<Scalar> decide(Scalar z, Scalar T) noexcept {
+    using std::abs;
+    using std::exp;
+    using std::log1p;
+    if (T == Scalar(0)) {
+        const Scalar p = tree::gate_bit(z) ? Scalar(1) : Scalar(0);
+        return {p, Scalar(1) - p, Scalar(0), Scalar(0), Scalar(0)};
+    }
+    const Scalar u = z / T;
+    // p and q each from exp(-|u|) <= 1: neither overflows, and the smaller one keeps its
+    // relative accuracy instead of being 1 - (something close to 1).
+    const Scalar e = exp(-abs(u));
+    const Scalar big = Scalar(1) / (Scalar(1) + e), small = e / (Scalar(1) + e);
+    const Scalar p = u >= Scalar(0) ? big : small, q = u >= Scalar(0) ? small : big;
+    const Scalar pq = p * q;
+    if (!(pq > Scalar(0))) return {p, q, Scalar(0), Scalar(0), Scalar(0)};  // saturated (or NaN)
+    // log(1/p) = softplus(-u), log(1/q) = softplus(u); dH/dp = log(q/p) = -u.
+    const Scalar sp_abs = log1p(e);  // softplus(-|u|)
+    const Scalar sp_pos = u > Scalar(0) ? u + sp_abs : sp_abs, sp_neg = u > Scalar(0) ? sp_abs : sp_abs - u;
+    return {p, q, pq / T, p * sp_neg + q * sp_pos, -u * pq / T};
+}
+
+template <class Scalar, int In, int Out, int Width, int Depth, class Policy>
+void check_soft_gradient(const tree_feedforward<Scalar, In, Out, Width, Depth, Policy>& layer,
+                         const tree_feedforward_gradient<Scalar>& grad) {
+    treegate::detail::check_shape(grad.in_size() == layer.in_size() && grad.out_size() == layer.out_size() &&
+                                      grad.width() == layer.width() && grad.tree_count() == layer.tree_count() &&
+                                      grad.unit_count() == layer.unit_count() && grad.router_count() == layer.router_count() &&
+                                      grad.variant() == layer.variant() && grad.has_output_bias() == layer.has_output_bias(),
+                                  "tree_feedforward soft_backward: the gradient container (", grad.tree_count(), " trees of ",
+                                  grad.unit_count(), " units, ", grad.in_size(), " -> ", grad.width(), " -> ",
+                                  grad.out_size(), ") does not match the layer (", layer.tree_count(), " trees of ",
+                                  layer.unit_count(), " units, ", layer.in_size(), " -> ", layer.width(), " -> ",
+                                  layer.out_size(), ")");
+}
+
+// Tree t: ws.z(e, i) = z_i of example e for every internal node i, ws.reach(e, i) = P(i) for
+// every node. Returns sum over examples and internal nodes of P(i) H(p_i), in double.
+template <class Scalar, int In, int Out, int Width, int Depth, class Policy>
+double soft_route(const tree_feedforward<Scalar, In, Out, Width, Depth, Policy>& layer, index_t t,
+                  const const_batch_ref<Scalar>& X, Scalar T, soft_workspace<Scalar>& ws) {
+    const index_t n = X.cols(), internal = tree::internal_count(layer.depth());
+    workspace<Scalar>::ensure(ws.z, n, internal);
+    workspace<Scalar>::ensure(ws.reach, n, tree::node_count(layer.depth()));
+    ws.reach.col(0).setOnes();
+    const bool leaf_mlp = layer.variant() == ff_variant::leaf_mlp;
+    double entropy = 0;
+    for (index_t i = 0; i < internal; ++i) {  // heap order: a node's P is set before it is read
+        if (leaf_mlp) {
+            ws.z.col(i).noalias() = X.transpose() * layer.router_weight(t, i);
+            ws.z.col(i).array() += layer.router_bias(t, i);
+        } else {
+            ws.z.col(i).noalias() = X.transpose() * layer.hidden_weight(t, i).row(0).transpose();
+            ws.z.col(i).array() += layer.hidden_bias(t, i)(0);
+        }
+        for (index_t e = 0; e < n; ++e) {
+            const soft_decision<Scalar> d = decide(ws.z(e, i), T);
+            const Scalar r = ws.reach(e, i);
+            ws.reach(e, tree::child(i, 1)) = r * d.p;
+            ws.reach(e, tree::child(i, 0)) = r * d.q;
+            entropy += static_cast<double>(r) * static_cast<double>(d.entropy);
+        }
+    }
+    return entropy;
+}
+
+// ws.pre = U X + a, ws.h = act(ws.pre) for unit u of tree t.
+template <class Scalar, int In, int Out, int Width, int Depth, class Policy>
+void soft_unit_hidden(const tree_feedforward<Scalar, In, Out, Width, Depth, Policy>& layer, index_t t, index_t u,
+                      const const_batch_ref<Scalar>& X, soft_workspace<Scalar>& ws) {
+    const index_t n = X.cols(), width = layer.width();
+    workspace<Scalar>::ensure(ws.pre, width, n);
+    workspace<Scalar>::ensure(ws.h, width, n);
+    ws.pre.noalias() = layer.hidden_weight(t, u) * X;
+    ws.pre.colwise() += layer.hidden_bias(t, u);
+    const activation act = layer.activation_kind();
+    for (index_t e = 0; e < n; ++e)
+        for (index_t i = 0; i < width; ++i) ws.h(i, e) = apply(act, ws.pre(i, e));
+}
+
+template <class Layer>
+index_t soft_unit_node(const Layer& layer, index_t u) noexcept {
+    return layer.variant() == ff_variant::node_sum ? u : tree::level_begin(layer.depth()) + u;
+}
+
+// The mean over n K D decisions of `total` (0 without decisions).
+template <class Layer>
+double soft_mean(const Layer& layer, index_t n, double total) noexcept {
+    if (layer.depth() == 0 || n == 0) return 0.0;
+    return total / (static_cast<double>(n) * static_cast<double>(layer.tree_count()) * layer.depth());
+}
+
+template <class Scalar, int In, int Out, int Width, int Depth, class Policy>
+Scalar soft_forward_impl(const tree_feedforward<Scalar, In, Out, Width, Depth, Policy>& layer,
+                         const const_batch_ref<Scalar>& X, batch_ref<Scalar> Y, soft_workspace<Scalar>& ws,
+                         const soft_routing_options& opt) {
+    treegate::detail::check_batch("tree_feedforward soft_forward", layer.in_size(), X.rows(), X.cols(), layer.out_size(),
+                                  Y.rows(), Y.cols());
+    check_soft_options(opt);
+    const Scalar T = static_cast<Scalar>(opt.temperature);
+    if (layer.has_output_bias())
+        Y.colwise() = layer.output_bias();
+    else
+        Y.setZero();
+    double entropy = 0;
+    for (index_t t = 0; t < layer.tree_count(); ++t) {
+        entropy += soft_route(layer, t, X, T, ws);
+        for (index_t u = 0; u < layer.unit_count(); ++u) {
+            soft_unit_hidden(layer, t, u, X, ws);
+            const index_t node = soft_unit_node(layer, u);
+            for (index_t e = 0; e < X.cols(); ++e) ws.h.col(e) *= ws.reach(e, node);
+            Y.noalias() += layer.output_weight(t, u) * ws.h;
+        }
+    }
+    ws.mean_entropy = soft_mean(layer, X.cols(), entropy);
+    return static_cast<Scalar>(opt.hardening * ws.mean_entropy);
+}
+
+// Backward of the soft forward plus the penalty, in four passes per tree:
+//  1. z and P for every node (soft_route);
+//  2. every unit's MLP with upstream P dY, and G(i) = dL/dP(i) = dY . (V act(U x + a));
+//  3. leaves to root: G(i) += lambda' H(p_i) + p_i G(right) + q_i G(left), and
+//     dL/dz_i = P(i) [(G(right) - G(left)) dp/dz + lambda' dH/dz];
+//  4. dL/dz_i into the router row (r, s), or node_sum's first hidden row (U_0, a_0), and dX.
+template <class Scalar, int In, int Out, int Width, int Depth, class Policy>
+Scalar soft_backward_impl(const tree_feedforward<Scalar, In, Out, Width, Depth, Policy>& layer,
+                          const const_batch_ref<Scalar>& X, const const_batch_ref<Scalar>& dY,
+                          tree_feedforward_gradient<Scalar>& grad, batch_ref<Scalar>* dX, soft_workspace<Scalar>& ws,
+                          const soft_routing_options& opt) {
+    const char* name = "tree_feedforward soft_backward";
+    check_backward(name, layer.in_size(), layer.out_size(), X.rows(), X.cols(), dY.rows(), dY.cols());
+    check_dx(name, dX, layer.in_size(), X.cols());
+    check_soft_gradient(layer, grad);
+    check_soft_options(opt);
+    const index_t n = X.cols();
+    if (dX != nullptr) dX->setZero();
+    if (n == 0) {
+        ws.mean_entropy = 0.0;
+        return Scalar(0);
+    }
+    const Scalar T = static_cast<Scalar>(opt.temperature);
+    const int depth = layer.depth();
+    const index_t internal = tree::internal_count(depth), width = layer.width();
+    const bool leaf_mlp = layer.variant() == ff_variant::leaf_mlp;
+    const activation act = layer.activation_kind();
+    const Scalar lam = static_cast<Scalar>(soft_mean(layer, n, opt.hardening));  // lambda / (n K D)
+    if (layer.has_output_bias()) {
+        grad.output_bias() += dY.rowwise().sum();
+        grad.mark_output_bias();
+    }
+    double entropy = 0;
+    for (index_t t = 0; t < layer.tree_count(); ++t) {
+        entropy += soft_route(layer, t, X, T, ws);
+        workspace<Scalar>::ensure(ws.greach, n, tree::node_count(depth));
+        ws.greach.setZero();
+        for (index_t u = 0; u < layer.unit_count(); ++u) {
+            const index_t node = soft_unit_node(layer, u);
+            soft_unit_hidden(layer, t, u, X, ws);
+            const auto V = layer.output_weight(t, u);
+            workspace<Scalar>::ensure(ws.w, width, n);
+            ws.w.noalias() = V.transpose() * dY;
+            ws.greach.col(node) = (ws.w.array() * ws.h.array()).colwise().sum().transpose();
+            for (index_t e = 0; e < n; ++e) {
+                const Scalar r = ws.reach(e, node);
+                ws.h.col(e) *= r;
+                for (index_t i = 0; i < width; ++i) ws.w(i, e) *= r * activation_derivative(act, ws.pre(i, e));
+            }
+            grad.mark(t, u);
+            grad.output_weight(t, u).noalias() += dY * ws.h.transpose();
+            grad.hidden_weight(t, u).noalias() += ws.w * X.transpose();
+            grad.hidden_bias(t, u) += ws.w.rowwise().sum();
+            if (dX != nullptr) dX->noalias() += layer.hidden_weight(t, u).transpose() * ws.w;
+        }
+        workspace<Scalar>::ensure(ws.dz, n, internal);
+        for (index_t i = internal - 1; i >= 0; --i) {  // children before parents
+            const index_t left = tree::child(i, 0), right = tree::child(i, 1);
+            for (index_t e = 0; e < n; ++e) {
+                const soft_decision<Scalar> d = decide(ws.z(e, i), T);
+                const Scalar gl = ws.greach(e, left), gr = ws.greach(e, right);
+                ws.dz(e, i) = ws.reach(e, i) * ((gr - gl) * d.dp + lam * d.dentropy);
+                ws.greach(e, i) += d.p * gr + d.q * gl + lam * d.entropy;
+            }
+        }
+        for (index_t i = 0; i < internal; ++i) {
+            const auto dz = ws.dz.col(i);
+            if (leaf_mlp) {
+                grad.mark_router(t, i);
+                grad.router_weight(t, i).noalias() += X * dz;
+                grad.router_bias(t, i) += dz.sum();
+                if (dX != nullptr) dX->noalias() += layer.router_weight(t, i) * dz.transpose();
+            } else {
+                grad.hidden_weight(t, i).row(0).noalias() += (X * dz).transpose();
+                grad.hidden_bias(t, i)(0) += dz.sum();
+                if (dX != nullptr) dX->noalias() += layer.hidden_weight(t, i).row(0).transpose() * dz.transpose();
+            }
+        }
+    }
+    ws.mean_entropy = soft_mean(layer, n, entropy);
+    return static_cast<Scalar>(opt.hardening * ws.mean_entropy);
+}
+
+// ---- sequential: tree_feedforward stages soft, the others as usual -------------------------------
+
+template <class Layer, class Scalar>
+Scalar soft_stage_forward(const Layer& l, const const_batch_ref<Scalar>& X, batch_ref<Scalar> Y, workspace<Scalar>& inner,
+                          soft_workspace<Scalar>& ws, const soft_routing_options& opt) {
+    if constexpr (is_tree_feedforward<Layer>::value) {
+        return soft_forward_impl(l, X, Y, ws, opt);
+    } else {
+        l.forward_batch(X, Y, inner);
+        return Scalar(0);
+    }
+}
+
+template <std::size_t I, class Model, class Scalar>
+Scalar soft_sequential_forward(const Model& model, const const_batch_ref<Scalar>& X, batch_ref<Scalar> Y,
+                               typename Model::workspace_type& fws, soft_workspace<Scalar>& ws,
+                               const soft_routing_options& opt) {
+    const auto& l = model.template layer<I>();
+    if constexpr (I + 1 == Model::size) {
+        return soft_stage_forward(l, X, Y, fws.inner, ws, opt);
+    } else {
+        matrix<Scalar>& h = fws.acts[I];
+        workspace<Scalar>::ensure(h, l.out_size(), X.cols());
+        const Scalar penalty = soft_stage_forward(l, X, batch_ref<Scalar>(h), fws.inner, ws, opt);
+        return penalty + soft_sequential_forward<I + 1>(model, const_batch_ref<Scalar>(h), Y, fws, ws, opt);
+    }
+}
+
+template <class Layer, class Grad, class Scalar>
+Scalar soft_stage_backward(const Layer& l, const const_batch_ref<Scalar>& X, const const_batch_ref<Scalar>& dY, Grad& g,
+                           batch_ref<Scalar>* dX, soft_sequential_workspace<Scalar>& ws, const soft_routing_options& opt) {
+    if constexpr (is_tree_feedforward<Layer>::value) {
+        return soft_backward_impl(l, X, dY, g, dX, ws.soft, opt);
+    } else {
+        if (dX != nullptr)
+            backward(l, X, dY, g, *dX, ws.seq.inner);
+        else
+            backward(l, X, dY, g, ws.seq.inner);
+        return Scalar(0);
+    }
+}
+
+// As sequential_backward_from (backward.hpp), with soft tree_feedforward stages.
+template <std::size_t I, class Model, class Grad, class Scalar>
+Scalar soft_sequential_backward(const Model& model, const const_batch_ref<Scalar>& X,
+                                const typename Model::workspace_type& fws, const const_batch_ref<Scalar>& dY, Grad& grad,
+                                batch_ref<Scalar>* dX, soft_sequential_workspace<Scalar>& ws,
+                                const soft_routing_options& opt) {
+    const auto& l = model.template layer<I>();
+    auto& g = grad.template layer<I>();
+    const index_t n = X.cols();
+    const matrix<Scalar>* upstream = &ws.seq.delta[(I + 1) % 2];
+    if constexpr (I + 1 == Model::size) upstream = nullptr;
+    const const_batch_ref<Scalar> dOut = upstream != nullptr ? const_batch_ref<Scalar>(*upstream) : dY;
+    if constexpr (I == 0) {
+        return soft_stage_backward(l, X, dOut, g, dX, ws, opt);
+    } else {
+        const matrix<Scalar>& in = fws.acts[I - 1];
+        treegate::detail::check_shape(in.rows() == l.in_size() && in.cols() == n, Model::name, " soft_backward: layer ", I,
+                                      " input is ", in.rows(), " x ", in.cols(), ", expected ", l.in_size(), " x ", n,
+                                      " (run soft_forward with the same workspace first)");
+        matrix<Scalar>& down = ws.seq.delta[I % 2];
+        workspace<Scalar>::ensure(down, l.in_size(), n);
+        batch_ref<Scalar> down_ref(down);
+        const Scalar penalty = soft_stage_backward(l, const_batch_ref<Scalar>(in), dOut, g, &down_ref, ws, opt);
+        return penalty + soft_sequential_backward<I - 1>(model, X, fws, dY, grad, dX, ws, opt);
+    }
+}
+
+}  // namespace detail
+
+// ---- public entry points -------------------------------------------------------------------------
+//
+// soft_forward writes the soft output into Y and returns the hardening penalty (lambda times the
+// mean decision entropy; add it to the loss). soft_backward takes X, the batch soft_forward saw,
+// and dY = dL/dY of the data loss; it recomputes the routes, adds the gradients of the data loss
+// and of the penalty to `grad` for every parameter (routers included) and marks every unit and
+// router visited, writes dL/dX into dX when given (dX must not overlap X or dY), and returns the
+// penalty. Evaluate the trained model with the ordinary (hard) forward / forward_batch.
+
+template <class Scalar, int In, int Out, int Width, int Depth, class Policy>
+Scalar soft_forward(const tree_feedforward<Scalar, In, Out, Width, Depth, Policy>& layer,
+                    const detail::const_batch_ref<Scalar>& X, detail::batch_ref<Scalar> Y, soft_workspace<Scalar>& ws,
+                    const soft_routing_options& opt = {}) {
+    return detail::soft_forward_impl(layer, X, Y, ws, opt);
+}
+
+template <class Scalar, int In, int Out, int Width, int Depth, class Policy>
+Scalar soft_backward(const tree_feedforward<Scalar, In, Out, Width, Depth, Policy>& layer,
+                     const detail::const_batch_ref<Scalar>& X, const detail::const_batch_ref<Scalar>& dY,
+                     tree_feedforward_gradient<Scalar>& grad, detail::batch_ref<Scalar> dX, soft_workspace<Scalar>& ws,
+                     const soft_routing_options& opt = {}) {
+    return detail::soft_backward_impl(layer, X, dY, grad, &dX, ws, opt);
+}
+template <class Scalar, int In, int Out, int Width, int Depth, class Policy>
+Scalar soft_backward(const tree_feedforward<Scalar, In, Out, Width, Depth, Policy>& layer,
+                     const detail::const_batch_ref<Scalar>& X, const detail::const_batch_ref<Scalar>& dY,
+                     tree_feedforward_gradient<Scalar>& grad, soft_workspace<Scalar>& ws,
+                     const soft_routing_options& opt = {}) {
+    return detail::soft_backward_impl<Scalar>(layer, X, dY, grad, nullptr, ws, opt);
+}
+
+/// A sequential model with its tree_feedforward stages soft and every other stage as in
+/// model.forward_batch; the activations go to `fws` for soft_backward. Returns the sum of the
+/// stages' penalties (ws.soft.mean_entropy is the last tree_feedforward stage's).
+template <class Scalar, class... Layers>
+Scalar soft_forward(const sequential<Layers...>& model, const detail::const_batch_ref<Scalar>& X,
+                    detail::batch_ref<Scalar> Y, typename sequential<Layers...>::workspace_type& fws,
+                    soft_sequential_workspace<Scalar>& ws, const soft_routing_options& opt = {}) {
+    treegate::detail::check_batch("sequential soft_forward", model.in_size(), X.rows(), X.cols(), model.out_size(),
+                                  Y.rows(), Y.cols());
+    return detail::soft_sequential_forward<0, sequential<Layers...>, Scalar>(model, X, Y, fws, ws.soft, opt);
+}
+
+/// Backward of soft_forward(model, X, Y, fws, ws, opt): tree_feedforward stages as soft_backward,
+/// the others as train::backward. Returns the sum of the stages' penalties.
+template <class Scalar, class... Layers>
+Scalar soft_backward(const sequential<Layers...>& model, const detail::const_batch_ref<Scalar>& X,
+                     const typename sequential<Layers...>::workspace_type& fws, const detail::const_batch_ref<Scalar>& dY,
+                     sequential_gradient<Layers...>& grad, detail::batch_ref<Scalar> dX,
+                     soft_sequential_workspace<Scalar>& ws, const soft_routing_options& opt = {}) {
+    treegate::detail::check_shape(dX.rows() == model.in_size() && dX.cols() == X.cols(),
+                                  "sequential soft_backward: input gradient is ", dX.rows(), " x ", dX.cols(),
+                                  ", expected ", model.in_size(), " x ", X.cols());
+    return detail::soft_sequential_backward<sizeof...(Layers) - 1>(model, X, fws, dY, grad, &dX, ws, opt);
+}
+template <class Scalar, class... Layers>
+Scalar soft_backward(const sequential<Layers...>& model, const detail::const_batch_ref<Scalar>& X,
+                     const typename sequential<Layers...>::workspace_type& fws, const detail::const_batch_ref<Scalar>& dY,
+                     sequential_gradient<Layers...>& grad, soft_sequential_workspace<Scalar>& ws,
+                     const soft_routing_options& opt = {}) {
+    return detail::soft_sequential_backward<sizeof...(Layers) - 1, sequential<Layers...>, sequential_gradient<Layers...>,
+                                            Scalar>(model, X, fws, dY, grad, nullptr, ws, opt);
+}
+
+}  // namespace treegate::train
+
+#endif
