@@ -65,7 +65,8 @@ std::vector<unsigned char> read_gz(const std::string& path) {
             int code = 0;
             const std::string msg = gzerror(f, &code);
             gzclose(f);
-            throw data_error(path + ": gzip error: " + msg);
+            // zlib's message names the file already.
+            throw data_error("gzip: " + msg);
         }
         if (got == 0) break;
         bytes.insert(bytes.end(), buf, buf + got);
@@ -441,8 +442,8 @@ void draw_plot(const std::string& out, const std::vector<summary>& rows, bool qu
     }
     {
         std::ofstream f(gp);
-        f << "if (strstrt(GPVAL_TERMINALS, 'pngcairo') > 0) { set terminal pngcairo size 1100,700 } "
-             "else { set terminal png size 1100,700 }\n"
+        f << "if (strstrt(GPVAL_TERMINALS, 'pngcairo') > 0) { set terminal pngcairo noenhanced size 1100,700 } "
+             "else { set terminal png noenhanced size 1100,700 }\n"
           << "set output '" << out << "/fashion_mnist_accuracy_vs_macs.png'\n"
           << "set title 'Fashion-MNIST: test accuracy vs inference MACs per example (served form" << (quick ? ", QUICK run" : "")
           << ")'\n"
@@ -609,6 +610,8 @@ int main(int argc, char** argv) {
         specs.push_back(tree_first(16, 4, tree_mode::leaf_only, none, pixels, "tree first layer, leaf_only"));
         // (d) tree_feedforward blocks replacing the whole MLP.
         for (index_t w : {4, 8, 16}) specs.push_back(fff(w, 3, 1, treegate::ff_variant::node_sum, none));
+        specs.push_back(fff(16, 2, 1, treegate::ff_variant::node_sum, none));
+        specs.push_back(fff(8, 4, 1, treegate::ff_variant::node_sum, none));
         specs.push_back(fff(5, 5, 1, treegate::ff_variant::node_sum, none));  // >= the parameters of 784-256-10
         specs.push_back(fff(32, 3, 1, treegate::ff_variant::leaf_mlp, none));
         sweep_depths = {0, 2, 4, 6, 8};
