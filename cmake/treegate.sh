@@ -161,6 +161,8 @@ cmd_demo() {
   fi
   if [ -n "$mnist_missing" ]; then
     say "Debian packages ${mnist_missing% } are not installed: skipped the Fashion-MNIST example"
+  elif [ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+    say "no Fashion-MNIST data in /usr/share/datasets/fashion-mnist: skipped the Fashion-MNIST example"
   elif [ ! -x build/release/examples/fashion_mnist ]; then
     say "build/release/examples/fashion_mnist was not built (zlib not found by CMake?); skipped"
   else
