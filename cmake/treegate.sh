@@ -3,13 +3,15 @@
 #   bash cmake/treegate.sh test   build with the `dev` preset and run every test, then the same
 #                                 under ASan+UBSan (`asan` preset) unless TREEGATE_SANITIZE=0;
 #                                 TREEGATE_WERROR=1 turns warnings into errors.
-#   bash cmake/treegate.sh demo   build the `release` preset and run the showcase example and
-#                                 the roofline benchmark.
+#   bash cmake/treegate.sh demo   build the `release` preset and run the showcase example, the
+#                                 quick Fashion-MNIST training example and the roofline benchmark.
 set -euo pipefail
 
 # Debian packages: needed for every command, and wanted (not needed) by `demo`.
 REQUIRED_PACKAGES="cmake g++ libeigen3-dev catch2 libbenchmark-dev nlohmann-json3-dev"
 DEMO_OPTIONAL_PACKAGES="gnuplot-nox"
+# The Fashion-MNIST example needs its data and zlib; without them the demo skips that step.
+DEMO_MNIST_PACKAGES="dataset-fashion-mnist zlib1g-dev"
 # The safetensors interop test runs in a virtual environment with numpy and safetensors from PyPI.
 TEST_OPTIONAL_PACKAGES="python3 python3-venv"
 
@@ -143,6 +145,7 @@ run_if_built() {
 cmd_demo() {
   ensure_packages "$REQUIRED_PACKAGES"
   ensure_packages "$DEMO_OPTIONAL_PACKAGES" optional
+  ensure_packages "$DEMO_MNIST_PACKAGES" optional
   local start=$SECONDS
   say "configuring preset 'release'"
   cmake --preset release
@@ -151,6 +154,21 @@ cmd_demo() {
   say "built in $((SECONDS - start)) s"
   local status=0
   run_if_built build/release/examples/showcase "examples/showcase.cpp" || status=1
+  local mnist_missing=""
+  if command -v dpkg-query >/dev/null 2>&1; then
+    # shellcheck disable=SC2086  # word splitting of the package list is intended
+    mnist_missing=$(missing_packages $DEMO_MNIST_PACKAGES)
+  fi
+  if [ -n "$mnist_missing" ]; then
+    say "Debian packages ${mnist_missing% } are not installed: skipped the Fashion-MNIST example"
+  elif [ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+    say "no Fashion-MNIST data in /usr/share/datasets/fashion-mnist: skipped the Fashion-MNIST example"
+  elif [ ! -x build/release/examples/fashion_mnist ]; then
+    say "build/release/examples/fashion_mnist was not built (zlib not found by CMake?); skipped"
+  else
+    say "running build/release/examples/fashion_mnist --quick --out build/release/fashion_mnist"
+    build/release/examples/fashion_mnist --quick --out build/release/fashion_mnist || status=1
+  fi
   if [ -e build/release/bench/treegate_roofline ]; then
     run_if_built build/release/bench/treegate_roofline "bench/treegate_roofline.cpp"
   else
