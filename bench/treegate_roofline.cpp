@@ -2,7 +2,13 @@
 // standard cases of BENCHMARKS.md (plus the flattened path_sum cases) and prints each one's
 // time against its roofline and against dense baselines, one `case=...` line per case.
 //
-//   treegate_roofline [--policy eigen|avx2|native] [--quick] [--threads N] [--per-case-limits] [--cpu-time]
+//   treegate_roofline [--policy eigen|avx2|native] [--quick] [--threads N] [--per-case-limits] [--cpu-time] [--bf16]
+//
+// --bf16 also runs PS-latency, PS-deep and LO-batch (and their -flat variants) with the weights
+// stored as bf16 (tree_linear_bf16, float activations and accumulation): case names get a
+// `-bf16` suffix, the roofline counts 2 bytes per weight, and `speedup_vs_float` is the float
+// case's time from the same run divided by the bf16 time. This machine has AVX2 but no
+// AVX-512, so the bf16 kernels widen in registers (no AVX-512 BF16 dot products).
 //
 // The limits (GEMM peak, read bandwidth) are measured at start-up and, as a drift check, again
 // at the end. On a shared machine whose load changes during the run, --per-case-limits measures
@@ -19,6 +25,7 @@
 #include <treegate/layers/flatten.hpp>
 #include <treegate/layers/tree_feedforward.hpp>
 #include <treegate/layers/tree_linear.hpp>
+#include <treegate/layers/tree_linear_bf16.hpp>
 #include <treegate/routing.hpp>
 #include <treegate/tree.hpp>
 
@@ -61,6 +68,7 @@ struct options {
     std::string policy = "native";
     bool quick = false;
     bool per_case_limits = false;
+    bool bf16 = false;
     int threads = 1;
 };
 
@@ -292,11 +300,12 @@ struct routing_stats {
 };
 
 void print_line(const char* name, double ms, double flops, double bytes, const machine& m, double dense_ms,
-                double dense_ff_ms = -1) {
+                double dense_ff_ms = -1, double float_ms = -1) {
     const double roof_ms = std::max(flops / m.peak_flops, bytes / m.peak_bw) * 1e3;
     std::printf("case=%s ms=%.4g roofline_ms=%.4g ratio=%.3f vs_dense_equal_params=%.1f", name, ms, roof_ms, ms / roof_ms,
                 dense_ms / ms);
     if (dense_ff_ms > 0) std::printf(" vs_dense_ff=%.1f", dense_ff_ms / ms);
+    if (float_ms > 0) std::printf(" speedup_vs_float=%.2f", float_ms / ms);
     std::printf("\n");
     std::printf("  %s: flops=%.4g bytes=%.4g (compute %.4g ms, memory %.4g ms: %s-bound)\n", name, flops, bytes,
                 flops / m.peak_flops * 1e3, bytes / m.peak_bw * 1e3,
@@ -378,11 +387,13 @@ routing_stats route_stats(const Layer& layer, const matf& X) {
 }
 
 /// Bytes per forward pass: the uncached visited blocks (and biases) plus activations.
+/// `weight_size`: bytes per stored weight (4 for float, 2 for bf16; biases are float).
 template <class Layer>
-double tl_bytes(const Layer& layer, const matf& X, index_t batch, double llc) {
+double tl_bytes(const Layer& layer, const matf& X, index_t batch, double llc, double weight_size = 4.0) {
     const int D = layer.depth();
     const bool ps = layer.mode() == tree_mode::path_sum;
-    const double block = 4.0 * static_cast<double>(layer.in_size() * layer.out_size() + (layer.has_bias() ? layer.out_size() : 0));
+    const double block = weight_size * static_cast<double>(layer.in_size() * layer.out_size()) +
+                         4.0 * static_cast<double>(layer.has_bias() ? layer.out_size() : 0);
     std::vector<double> level_bytes(static_cast<std::size_t>(D + 1), 0.0);
     for (int j = 0; j <= D; ++j)
         if (ps || j == D) level_bytes[static_cast<std::size_t>(j)] = block * std::ldexp(1.0, j);
@@ -444,8 +455,30 @@ matf sample_output(const Layer& layer, const matf& X, index_t batch, index_t sam
     return Y.leftCols(sample);
 }
 
+/// The float case `lay` again with its weights stored as bf16 (--bf16): checked against the
+/// reference policy on the same bf16 weights, timed, printed with the float time for the ratio.
+template <class P, class Layer>
+void bf16_variant(const Layer& lay, const char* float_name, double float_ms, double dense, const tl_spec& s, const matf& X,
+                  index_t sample, const options& o, const machine& m) {
+    const std::string name = std::string(float_name) + "-bf16";
+    const treegate::tree_linear_bf16<P> half(lay);
+    {
+        const treegate::tree_linear_bf16<treegate::kernels::reference> ref(lay);
+        const matf Xs = X.leftCols(sample);
+        check_close(name.c_str(), sample_output(half, X, s.batch, sample), ref.forward_batch(Xs));
+    }
+    const double flops = 2.0 * static_cast<double>(half.macs_per_example()) * static_cast<double>(s.batch);
+    const double bytes = tl_bytes(half, X, s.batch, m.llc_bytes, 2.0);
+    const machine lm = case_limits(o, m);
+    const double ms = time_tl(half, X, s.batch, o);
+    print_line(name.c_str(), ms, flops, bytes, lm, dense, -1, float_ms);
+    std::printf("  %s: weight storage %.1f MiB (float layer %.1f MiB)\n", name.c_str(),
+                static_cast<double>(half.weight_bytes()) / (1 << 20),
+                4.0 * static_cast<double>(lay.block_count() * lay.in_size() * lay.out_size()) / (1 << 20));
+}
+
 template <class P>
-void tree_linear_case(const tl_spec& s, bool with_flat, const options& o, const machine& m) {
+void tree_linear_case(const tl_spec& s, bool with_flat, const options& o, const machine& m, bool with_bf16 = false) {
     const std::uint64_t seed = 42;
     const auto idx = gating_units(s.depth);
     tl<P> layer(s.in, s.out, s.depth, s.mode, treegate::gating::from_input(idx));
@@ -479,6 +512,7 @@ void tree_linear_case(const tl_spec& s, bool with_flat, const options& o, const 
         const double dense = dense_ms(s.in, eq_out, s.batch, dense_cols, dense_reps);
         print_line(name, ms, flops, bytes, lm, dense);
         print_routing(name, route_stats(lay, X));
+        if (with_bf16) bf16_variant<P>(lay, name, ms, dense, s, X, sample, o, m);
     };
     run(layer, s.name);
     if (with_flat) {
@@ -607,11 +641,11 @@ void fff_case(const options& o, const machine& m) {
 template <class P>
 void run_all(const options& o, const machine& m) {
     std::printf("policy=%s threads=1 clock=%s\n", P::name(), g_cpu_time ? "thread-cpu-time" : "wall");
-    tree_linear_case<P>({"PS-latency", 512, 512, 8, tree_mode::path_sum, 1}, true, o, m);
+    tree_linear_case<P>({"PS-latency", 512, 512, 8, tree_mode::path_sum, 1}, true, o, m, o.bf16);
     tree_linear_case<P>({"PS-batch", 512, 512, 6, tree_mode::path_sum, 1024}, true, o, m);
-    tree_linear_case<P>({"PS-deep", 256, 256, 10, tree_mode::path_sum, 256}, true, o, m);
+    tree_linear_case<P>({"PS-deep", 256, 256, 10, tree_mode::path_sum, 256}, true, o, m, o.bf16);
     fff_case<P>(o, m);
-    tree_linear_case<P>({"LO-batch", 512, 512, 8, tree_mode::leaf_only, 1024}, false, o, m);
+    tree_linear_case<P>({"LO-batch", 512, 512, 8, tree_mode::leaf_only, 1024}, false, o, m, o.bf16);
 }
 
 options parse(int argc, char** argv) {
@@ -624,6 +658,8 @@ options parse(int argc, char** argv) {
             o.per_case_limits = true;
         } else if (a == "--cpu-time") {
             g_cpu_time = true;
+        } else if (a == "--bf16") {
+            o.bf16 = true;
         } else if (a == "--policy" && i + 1 < argc) {
             o.policy = argv[++i];
         } else if (a.rfind("--policy=", 0) == 0) {
@@ -633,7 +669,7 @@ options parse(int argc, char** argv) {
         } else if (a.rfind("--threads=", 0) == 0) {
             o.threads = std::atoi(a.c_str() + 10);
         } else if (a == "--help" || a == "-h") {
-            std::printf("usage: treegate_roofline [--policy eigen|avx2|native] [--quick] [--threads N] [--per-case-limits] [--cpu-time]\n");
+            std::printf("usage: treegate_roofline [--policy eigen|avx2|native] [--quick] [--threads N] [--per-case-limits] [--cpu-time] [--bf16]\n");
             std::exit(0);
         } else {
             fail("unknown option '" + a + "' (try --help)");
