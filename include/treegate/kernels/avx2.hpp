@@ -1,4 +1,4 @@
-// treegate/kernels/avx2.hpp — the `avx2` kernel policy: AVX2 + FMA kernels for `float`.
+// treegate/kernels/avx2.hpp — the `avx2` kernel policy: AVX2 + FMA kernels for `float` (and bf16 weights).
 // Same interface as `reference`; other scalars, and non-x86-64 or non-GCC/Clang builds, use `eigen`.
 //
 // Why intrinsics inside `__attribute__((target("avx2,fma")))` functions rather than xsimd or
@@ -19,6 +19,13 @@
 // masked-out lanes), column tails are done one column at a time, so no kernel ever reads or
 // writes past the given sizes. Blocks start 64-byte aligned but ld * 4 bytes need not be a
 // multiple of 32, so every load is unaligned (as fast as an aligned one when it is aligned).
+//
+// bf16 weights (gemm, gemv, path_sum with `const bf16*`): the same kernels, templated on the
+// weight type, with each 8-weight load widened in registers (VPMOVZXWD + VPSLLD: the bf16 bits
+// become the high half of a float) and float FMAs; row tails copy the few remaining bf16 values
+// into a zeroed buffer, since AVX2 has no 16-bit masked load. Only AVX2 is needed: this code
+// does not use the AVX-512 BF16 instructions (VDPBF16PS), which the AVX2 machines it is tuned
+// for (AMD EPYC without AVX-512) cannot run, and which would round the inputs to bf16 as well.
 #ifndef TREEGATE_KERNELS_AVX2_HPP
 #define TREEGATE_KERNELS_AVX2_HPP
 
@@ -68,7 +75,10 @@ inline constexpr index_t gemm_mr = 16;
 inline constexpr index_t gemm_nr = 6;
 inline constexpr index_t gemm_kc = 256;
 // Groups up to this many examples take gemm_small (memory-bound), larger ones the packed GEMM.
+// With bf16 weights gemm_small widens every weight once per pair of examples while the packed
+// GEMM widens it once, so the packed kernel takes over earlier (measured crossover near 8-12).
 inline constexpr index_t gemm_small_max = 16;
+inline constexpr index_t gemm_small_max_bf16 = 8;
 
 TREEGATE_DETAIL_AVX2_TARGET inline __m256i tail_mask(index_t n) noexcept {
     return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(mask_table + 8 - n));
@@ -245,17 +255,20 @@ TREEGATE_DETAIL_AVX2_TARGET inline void axpy(index_t n, float alpha, const float
 // Y(:, 0:J) += W(:, c:c+4) X(c:c+4, 0:J) for J = 1 or 2 columns of the group, the 4 J inputs
 // broadcast once into registers (4 J + 4 weight + 2 J accumulator registers fit the 16).
 // With Prefetch, the four columns `ahead` columns further on are prefetched as this sweep
-// streams its own (one line per column every 16 rows): the sweeps of the other column pairs
-// then run from L1 while the memory pipeline stays busy with the next columns.
-template <int J, bool Prefetch = false>
-TREEGATE_DETAIL_AVX2_TARGET inline void sweep4(index_t rows, const float* w0, index_t ldw, const float* x, index_t ldx,
+// streams its own (one line per column every 64 bytes of it): the sweeps of the other column
+// pairs then run from L1 while the memory pipeline stays busy with the next columns.
+// T = float or bf16; bf16 weights are widened in registers on every sweep (two cheap integer
+// operations per 8 weights), which costs less than widening into a buffer and reading it back.
+template <int J, bool Prefetch = false, class T>
+TREEGATE_DETAIL_AVX2_TARGET inline void sweep4(index_t rows, const T* w0, index_t ldw, const float* x, index_t ldx,
                                                float* y, index_t ldy, index_t ahead = 0) noexcept {
     static_assert(J == 1 || J == 2, "sweep4 handles 1 or 2 columns");
-    const auto pf0 = reinterpret_cast<std::uintptr_t>(w0) + static_cast<std::uintptr_t>(ahead * ldw) * sizeof(float);
-    const auto pstep = static_cast<std::uintptr_t>(ldw) * sizeof(float);
-    const float* w1 = w0 + ldw;
-    const float* w2 = w1 + ldw;
-    const float* w3 = w2 + ldw;
+    constexpr index_t line_rows = static_cast<index_t>(64 / sizeof(T));
+    const auto pf0 = reinterpret_cast<std::uintptr_t>(w0) + static_cast<std::uintptr_t>(ahead * ldw) * sizeof(T);
+    const auto pstep = static_cast<std::uintptr_t>(ldw) * sizeof(T);
+    const T* w1 = w0 + ldw;
+    const T* w2 = w1 + ldw;
+    const T* w3 = w2 + ldw;
     const float* xb = x + (J > 1 ? ldx : 0);
     float* yb = y + (J > 1 ? ldy : 0);
     const __m256 p0 = _mm256_broadcast_ss(x), p1 = _mm256_broadcast_ss(x + 1);
@@ -265,16 +278,16 @@ TREEGATE_DETAIL_AVX2_TARGET inline void sweep4(index_t rows, const float* w0, in
     index_t r = 0;
     for (; r + 8 <= rows; r += 8) {
         if constexpr (Prefetch) {
-            if ((r & 15) == 0) {
-                const std::uintptr_t at = pf0 + static_cast<std::uintptr_t>(r) * sizeof(float);
+            if ((r & (line_rows - 1)) == 0) {
+                const std::uintptr_t at = pf0 + static_cast<std::uintptr_t>(r) * sizeof(T);
                 prefetch_line(at);
                 prefetch_line(at + pstep);
                 prefetch_line(at + 2 * pstep);
                 prefetch_line(at + 3 * pstep);
             }
         }
-        const __m256 a0 = _mm256_loadu_ps(w0 + r), a1 = _mm256_loadu_ps(w1 + r);
-        const __m256 a2 = _mm256_loadu_ps(w2 + r), a3 = _mm256_loadu_ps(w3 + r);
+        const __m256 a0 = load8(w0 + r), a1 = load8(w1 + r);
+        const __m256 a2 = load8(w2 + r), a3 = load8(w3 + r);
         __m256 s = _mm256_fmadd_ps(a0, p0, _mm256_loadu_ps(y + r));
         s = _mm256_fmadd_ps(a1, p1, s);
         s = _mm256_fmadd_ps(a2, p2, s);
@@ -287,9 +300,10 @@ TREEGATE_DETAIL_AVX2_TARGET inline void sweep4(index_t rows, const float* w0, in
         }
     }
     if (r < rows) {
-        const __m256i m = tail_mask(rows - r);
-        const __m256 a0 = _mm256_maskload_ps(w0 + r, m), a1 = _mm256_maskload_ps(w1 + r, m);
-        const __m256 a2 = _mm256_maskload_ps(w2 + r, m), a3 = _mm256_maskload_ps(w3 + r, m);
+        const index_t t = rows - r;
+        const __m256i m = tail_mask(t);
+        const __m256 a0 = load_part(w0 + r, t, m), a1 = load_part(w1 + r, t, m);
+        const __m256 a2 = load_part(w2 + r, t, m), a3 = load_part(w3 + r, t, m);
         __m256 s = _mm256_fmadd_ps(a0, p0, _mm256_maskload_ps(y + r, m));
         s = _mm256_fmadd_ps(a1, p1, s);
         s = _mm256_fmadd_ps(a2, p2, s);
@@ -308,12 +322,13 @@ TREEGATE_DETAIL_AVX2_TARGET inline void sweep4(index_t rows, const float* w0, in
 // 8 ahead), the others read them from L1 (4 columns of at most a few thousand rows), so the
 // weights cross the memory bus once for the whole group, as sequential column streams. A
 // packed panel would read them with a stride of ld instead, which costs half the bandwidth.
-TREEGATE_DETAIL_AVX2_TARGET inline void gemm_small(index_t rows, index_t cols, index_t n, const float* W, index_t ldw,
+template <class T>
+TREEGATE_DETAIL_AVX2_TARGET inline void gemm_small(index_t rows, index_t cols, index_t n, const T* W, index_t ldw,
                                                    const float* X, index_t ldx, float* Y, index_t ldy) noexcept {
     if (cols <= 0) return;
     const index_t full = cols - cols % 4;
     for (index_t c = 0; c < full; c += 4) {
-        const float* w = W + c * ldw;
+        const T* w = W + c * ldw;
         // Prefetch only while columns 8 ahead exist (a hint past the end would be harmless,
         // but the address arithmetic is kept inside the block).
         const index_t ahead = c + 12 <= cols ? 8 : 0;
@@ -324,50 +339,6 @@ TREEGATE_DETAIL_AVX2_TARGET inline void gemm_small(index_t rows, index_t cols, i
         }
         for (; j + 2 <= n; j += 2) sweep4<2>(rows, w, ldw, X + j * ldx + c, ldx, Y + j * ldy, ldy);
         if (j < n) sweep4<1>(rows, w, ldw, X + j * ldx + c, ldx, Y + j * ldy, ldy);
-    }
-    for (index_t c = full; c < cols; ++c)
-        for (index_t j = 0; j < n; ++j) panel1(rows, W + c * ldw, X[j * ldx + c], Y + j * ldy);
-}
-
-// Small groups with bf16 weights: each four-column strip is widened once into a float buffer
-// (at most gemm_widen_rows rows at a time, 16 KiB, so it stays in L1) and the float sweeps run
-// on it, so the conversion is paid once per weight rather than once per pair of examples.
-// While widening, the strip 8 columns ahead is prefetched, as gemm_small does for float.
-inline constexpr index_t gemm_widen_rows = 1024;
-
-TREEGATE_DETAIL_AVX2_TARGET inline void widen_strip(index_t mr, index_t nc, const bf16* w, index_t ldw, float* buf,
-                                                    index_t ahead) noexcept {
-    const auto pstep = static_cast<std::uintptr_t>(ahead * ldw) * sizeof(bf16);
-    for (index_t j = 0; j < nc; ++j) {
-        const bf16* wj = w + j * ldw;
-        float* bj = buf + j * mr;
-        const auto pf = reinterpret_cast<std::uintptr_t>(wj) + pstep;
-        index_t r = 0;
-        for (; r + 8 <= mr; r += 8) {
-            if (ahead > 0 && (r & 31) == 0) prefetch_line(pf + static_cast<std::uintptr_t>(r) * sizeof(bf16));
-            _mm256_storeu_ps(bj + r, load8(wj + r));
-        }
-        if (r < mr) {
-            const __m256i m = tail_mask(mr - r);
-            _mm256_maskstore_ps(bj + r, m, load_part(wj + r, mr - r, m));
-        }
-    }
-}
-
-TREEGATE_DETAIL_AVX2_TARGET inline void gemm_small(index_t rows, index_t cols, index_t n, const bf16* W, index_t ldw,
-                                                   const float* X, index_t ldx, float* Y, index_t ldy) noexcept {
-    if (cols <= 0) return;
-    alignas(64) float buf[4 * gemm_widen_rows];
-    const index_t full = cols - cols % 4;
-    for (index_t c = 0; c < full; c += 4) {
-        const index_t ahead = c + 12 <= cols ? 8 : 0;
-        for (index_t r0 = 0; r0 < rows; r0 += gemm_widen_rows) {
-            const index_t mr = rows - r0 < gemm_widen_rows ? rows - r0 : gemm_widen_rows;
-            widen_strip(mr, 4, W + r0 + c * ldw, ldw, buf, ahead);
-            index_t j = 0;
-            for (; j + 2 <= n; j += 2) sweep4<2>(mr, buf, mr, X + j * ldx + c, ldx, Y + r0 + j * ldy, ldy);
-            if (j < n) sweep4<1>(mr, buf, mr, X + j * ldx + c, ldx, Y + r0 + j * ldy, ldy);
-        }
     }
     for (index_t c = full; c < cols; ++c)
         for (index_t j = 0; j < n; ++j) panel1(rows, W + c * ldw, X[j * ldx + c], Y + j * ldy);
@@ -534,7 +505,8 @@ TREEGATE_DETAIL_AVX2_TARGET inline void gemm(index_t rows, index_t cols, index_t
                                              const float* X, index_t ldx, float* Y, index_t ldy) noexcept {
     if (rows <= 0 || n <= 0) return;
     if (n == 1) return gemv(rows, cols, W, ldw, X, Y);
-    if (n <= gemm_small_max) return gemm_small(rows, cols, n, W, ldw, X, ldx, Y, ldy);
+    if (n <= (std::is_same_v<T, bf16> ? gemm_small_max_bf16 : gemm_small_max))
+        return gemm_small(rows, cols, n, W, ldw, X, ldx, Y, ldy);
     gemm_packed(rows, cols, n, W, ldw, X, ldx, Y, ldy);
 }
 
