@@ -292,6 +292,16 @@ TEST_CASE("tree_linear_bf16 serves a flattened tree and checks its arguments", "
     const Eigen::MatrixXd bound = tree_exact.scale * (eps + bf16_u * (1 + eps) + (in + 1.0) * eps * grow);
     CHECK(bound_report(served.forward_batch(X), tree_exact.y, bound) == "");
 
+    // From a layer with compile-time sizes: the same layout, so the same oracle applies.
+    treegate::tree_linear<float, 5, 3, 2> fixed(treegate::tree_mode::leaf_only, treegate::gating::from_input({0, 4}));
+    fill_random(fixed, g);
+    const treegate::tree_linear_bf16<> fixed16(fixed);
+    const mat<float> Xf = random_matrix<float>(5, 8, g);
+    std::vector<std::uint64_t> fcodes;
+    for (index_t e = 0; e < Xf.cols(); ++e) fcodes.push_back(oracle_code_from_input(Xf.col(e), {0, 4}));
+    const auto fwant = oracle_tree_linear(fixed16, Xf, fcodes);
+    CHECK(close_report<float>(fixed16.forward_batch(Xf), fwant.y, fwant.scale, 6.0) == "");
+
     // Argument checks name the layer and the numbers.
     Eigen::VectorXf x(in + 1), y(out);
     TG_CHECK_THROWS_WITH(treegate::shape_error, served.forward(x, y), "tree_linear_bf16", "input has 38 entries, expected 37");
