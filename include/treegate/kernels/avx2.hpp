@@ -504,7 +504,15 @@ template <class T>
 TREEGATE_DETAIL_AVX2_TARGET inline void gemm(index_t rows, index_t cols, index_t n, const T* W, index_t ldw,
                                              const float* X, index_t ldx, float* Y, index_t ldy) noexcept {
     if (rows <= 0 || n <= 0) return;
-    if (n == 1) return gemv(rows, cols, W, ldw, X, Y);
+    if (n == 1) {
+        // A contiguous bf16 block (ldw == rows, as in the layers) takes the path-sum kernel,
+        // whose software prefetch runs ahead inside the block: a bf16 column of a few hundred
+        // rows is only a few cache lines, too short for the hardware prefetcher to ramp up
+        // (measured on 256 x 256 blocks from memory: 14 us instead of 23 us per block).
+        if constexpr (std::is_same_v<T, bf16>)
+            if (ldw == rows) return path_sum(rows, cols, &W, 1, X, Y);
+        return gemv(rows, cols, W, ldw, X, Y);
+    }
     if (n <= (std::is_same_v<T, bf16> ? gemm_small_max_bf16 : gemm_small_max))
         return gemm_small(rows, cols, n, W, ldw, X, ldx, Y, ldy);
     gemm_packed(rows, cols, n, W, ldw, X, ldx, Y, ldy);
