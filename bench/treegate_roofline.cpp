@@ -6,8 +6,10 @@
 //
 // --bf16 also runs PS-latency, PS-deep and LO-batch (and their -flat variants) with the weights
 // stored as bf16 (tree_linear_bf16, float activations and accumulation): case names get a
-// `-bf16` suffix, the roofline counts 2 bytes per weight, and `speedup_vs_float` is the float
-// case's time from the same run divided by the bf16 time. This machine has AVX2 but no
+// `-bf16` suffix, the roofline counts 2 bytes per weight, and `speedup_vs_float` is the median,
+// over alternating passes of the float and the bf16 layer on the same inputs, of the float
+// pass's time over the following bf16 pass's time (pairing cancels most of the drift of a
+// shared machine, which sequential medians of the two cases do not). This machine has AVX2 but no
 // AVX-512, so the bf16 kernels widen in registers (no AVX-512 BF16 dot products).
 //
 // The limits (GEMM peak, read bandwidth) are measured at start-up and, as a drift check, again
@@ -300,12 +302,12 @@ struct routing_stats {
 };
 
 void print_line(const char* name, double ms, double flops, double bytes, const machine& m, double dense_ms,
-                double dense_ff_ms = -1, double float_ms = -1) {
+                double dense_ff_ms = -1, double speedup_vs_float = -1) {
     const double roof_ms = std::max(flops / m.peak_flops, bytes / m.peak_bw) * 1e3;
     std::printf("case=%s ms=%.4g roofline_ms=%.4g ratio=%.3f vs_dense_equal_params=%.1f", name, ms, roof_ms, ms / roof_ms,
                 dense_ms / ms);
     if (dense_ff_ms > 0) std::printf(" vs_dense_ff=%.1f", dense_ff_ms / ms);
-    if (float_ms > 0) std::printf(" speedup_vs_float=%.2f", float_ms / ms);
+    if (speedup_vs_float > 0) std::printf(" speedup_vs_float=%.2f", speedup_vs_float);
     std::printf("\n");
     std::printf("  %s: flops=%.4g bytes=%.4g (compute %.4g ms, memory %.4g ms: %s-bound)\n", name, flops, bytes,
                 flops / m.peak_flops * 1e3, bytes / m.peak_bw * 1e3,
@@ -455,11 +457,32 @@ matf sample_output(const Layer& layer, const matf& X, index_t batch, index_t sam
     return Y.leftCols(sample);
 }
 
+/// One pass of a case: every input once (batch 1) or one forward_batch; returns seconds.
+template <class Layer>
+double tl_pass(const Layer& layer, const matf& X, index_t batch, vecf& y, matf& Y, treegate::workspace<float>& ws) {
+    const double t0 = now_seconds();
+    if (batch == 1) {
+        for (index_t e = 0; e < X.cols(); ++e) {
+            layer.forward(X.col(e), y);
+            g_sink = g_sink + y(0);
+        }
+    } else {
+        layer.forward_batch(X, Y, ws);
+        g_sink = g_sink + Y(0, 0);
+    }
+    return now_seconds() - t0;
+}
+
+double median_of(std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+}
+
 /// The float case `lay` again with its weights stored as bf16 (--bf16): checked against the
-/// reference policy on the same bf16 weights, timed, printed with the float time for the ratio.
+/// reference policy on the same bf16 weights, then timed in alternating passes with `lay`.
 template <class P, class Layer>
-void bf16_variant(const Layer& lay, const char* float_name, double float_ms, double dense, const tl_spec& s, const matf& X,
-                  index_t sample, const options& o, const machine& m) {
+void bf16_variant(const Layer& lay, const char* float_name, double dense, const tl_spec& s, const matf& X, index_t sample,
+                  const options& o, const machine& m) {
     const std::string name = std::string(float_name) + "-bf16";
     const treegate::tree_linear_bf16<P> half(lay);
     {
@@ -470,8 +493,24 @@ void bf16_variant(const Layer& lay, const char* float_name, double float_ms, dou
     const double flops = 2.0 * static_cast<double>(half.macs_per_example()) * static_cast<double>(s.batch);
     const double bytes = tl_bytes(half, X, s.batch, m.llc_bytes, 2.0);
     const machine lm = case_limits(o, m);
-    const double ms = time_tl(half, X, s.batch, o);
-    print_line(name.c_str(), ms, flops, bytes, lm, dense, -1, float_ms);
+    vecf y(lay.out_size());
+    matf Y(lay.out_size(), s.batch);
+    treegate::workspace<float> ws_f, ws_h;
+    tl_pass(lay, X, s.batch, y, Y, ws_f);  // warm-up (and workspace growth) for both
+    tl_pass(half, X, s.batch, y, Y, ws_h);
+    const int reps = s.batch == 1 ? (o.quick ? 5 : 21) : (o.quick ? 3 : 9);
+    std::vector<double> t_f, t_h, ratio;
+    for (int r = 0; r < reps; ++r) {
+        t_f.push_back(tl_pass(lay, X, s.batch, y, Y, ws_f));
+        t_h.push_back(tl_pass(half, X, s.batch, y, Y, ws_h));
+        ratio.push_back(t_f.back() / t_h.back());
+    }
+    const double per = s.batch == 1 ? 1e3 / static_cast<double>(X.cols()) : 1e3;
+    const double ms = median_of(t_h) * per;
+    print_line(name.c_str(), ms, flops, bytes, lm, dense, -1, median_of(ratio));
+    std::printf("  %s: %d alternating passes, median ms float %.4g, bf16 %.4g; pass ratios float/bf16 min %.2f max %.2f\n",
+                name.c_str(), reps, median_of(t_f) * per, ms, *std::min_element(ratio.begin(), ratio.end()),
+                *std::max_element(ratio.begin(), ratio.end()));
     std::printf("  %s: weight storage %.1f MiB (float layer %.1f MiB)\n", name.c_str(),
                 static_cast<double>(half.weight_bytes()) / (1 << 20),
                 4.0 * static_cast<double>(lay.block_count() * lay.in_size() * lay.out_size()) / (1 << 20));
@@ -512,7 +551,7 @@ void tree_linear_case(const tl_spec& s, bool with_flat, const options& o, const 
         const double dense = dense_ms(s.in, eq_out, s.batch, dense_cols, dense_reps);
         print_line(name, ms, flops, bytes, lm, dense);
         print_routing(name, route_stats(lay, X));
-        if (with_bf16) bf16_variant<P>(lay, name, ms, dense, s, X, sample, o, m);
+        if (with_bf16) bf16_variant<P>(lay, name, dense, s, X, sample, o, m);
     };
     run(layer, s.name);
     if (with_flat) {
