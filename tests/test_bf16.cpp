@@ -135,7 +135,8 @@ TEST_CASE("bf16 kernels of every policy match the exact product of the widened w
         using P = decltype(policy);
         CAPTURE(P::name());
         for (int trial = 0; trial < 40; ++trial) {
-            const index_t rows = trial < 17 ? trial + 1 : uniform_index(g, 1, trial < 36 ? 70 : 300);
+            // The last trial has more rows than the avx2 small-group kernel widens at a time (1024).
+            const index_t rows = trial < 17 ? trial + 1 : trial == 39 ? 1100 : uniform_index(g, 1, trial < 36 ? 70 : 300);
             const index_t cols = uniform_index(g, 1, trial < 36 ? 70 : 300);
             const index_t ldw = rows + (trial % 2 == 0 ? 0 : uniform_index(g, 1, 3)), ldx = cols + uniform_index(g, 0, 2), ldy = rows + 1;
             const index_t groups[] = {1, 2, 3, 4, 5, 17, 40};
