@@ -22,10 +22,13 @@
 //
 // bf16 weights (gemm, gemv, path_sum with `const bf16*`): the same kernels, templated on the
 // weight type, with each 8-weight load widened in registers (VPMOVZXWD + VPSLLD: the bf16 bits
-// become the high half of a float) and float FMAs; row tails copy the few remaining bf16 values
-// into a zeroed buffer, since AVX2 has no 16-bit masked load. Only AVX2 is needed: this code
-// does not use the AVX-512 BF16 instructions (VDPBF16PS), which the AVX2 machines it is tuned
-// for (AMD EPYC without AVX-512) cannot run, and which would round the inputs to bf16 as well.
+// become the high half of a float) and float FMAs; groups of 2-10 examples instead widen each
+// strip of four columns once into an L1 buffer (see the bf16 gemm_small). Row tails copy the
+// few remaining bf16 values into a zeroed buffer, since AVX2 has no 16-bit masked load; a
+// single example on a contiguous block takes the prefetching path-sum kernel. Only AVX2 is
+// needed: this code does not use the AVX-512 BF16 instructions (VDPBF16PS), which the AVX2
+// machines it is tuned for (AMD EPYC without AVX-512) cannot run, and which would round the
+// inputs to bf16 as well.
 #ifndef TREEGATE_KERNELS_AVX2_HPP
 #define TREEGATE_KERNELS_AVX2_HPP
 
