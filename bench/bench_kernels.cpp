@@ -5,7 +5,9 @@
 //
 // Kernel sizes are chosen on both sides of the caches: a 512 x 512 block (1 MiB, from L2/L3)
 // and a path of 9 such blocks spread over 512 MiB (from memory). avx2 benchmarks are
-// registered only when the CPU has AVX2 and FMA.
+// registered only when the CPU has AVX2 and FMA. The `*_bf16` kernels take bf16 weights (float
+// inputs, outputs and accumulation); their bytes/s counts 2 bytes per weight.
+#include <treegate/bf16.hpp>
 #include <treegate/kernels/avx2.hpp>
 #include <treegate/kernels/eigen.hpp>
 #include <treegate/kernels/reference.hpp>
@@ -82,6 +84,44 @@ void bm_gemm(benchmark::State& state) {
                  4.0 * static_cast<double>(rows * cols + cols * n + 2 * rows * n));
 }
 
+// bf16 weights: the same shapes as above with half the weight bytes.
+template <class P>
+void bm_path_sum_bf16(benchmark::State& state) {
+    const index_t n = state.range(0), count = state.range(1), pool = state.range(2);
+    const index_t stride = treegate::detail::padded<treegate::bf16>(n * n);
+    treegate::detail::aligned_buffer<treegate::bf16> store(stride * pool, "bench");
+    for (index_t i = 0; i < store.size(); i += 1024) store.data()[i] = treegate::to_bf16(1e-3f);
+    const vecf x = vecf::Random(n);
+    vecf y = vecf::Zero(n);
+    std::mt19937 g(1);
+    std::vector<const treegate::bf16*> blocks(static_cast<std::size_t>(count));
+    for (auto _ : state) {
+        state.PauseTiming();
+        for (auto& b : blocks) b = store.data() + static_cast<index_t>(g() % static_cast<std::uint32_t>(pool)) * stride;
+        state.ResumeTiming();
+        P::path_sum(n, n, blocks.data(), static_cast<int>(count), x.data(), y.data());
+        benchmark::DoNotOptimize(y.data());
+        benchmark::ClobberMemory();
+    }
+    set_counters(state, 2.0 * static_cast<double>(count * n * n), 2.0 * static_cast<double>(count * n * n) + 8.0 * static_cast<double>(n));
+}
+
+template <class P>
+void bm_gemm_bf16(benchmark::State& state) {
+    const index_t rows = state.range(0), cols = state.range(1), n = state.range(2);
+    const matf Wf = matf::Random(rows, cols), X = matf::Random(cols, n);
+    std::vector<treegate::bf16> W(static_cast<std::size_t>(rows * cols));
+    for (index_t i = 0; i < rows * cols; ++i) W[static_cast<std::size_t>(i)] = treegate::to_bf16(Wf.data()[i]);
+    matf Y = matf::Zero(rows, n);
+    for (auto _ : state) {
+        P::gemm(rows, cols, n, W.data(), rows, X.data(), cols, Y.data(), rows);
+        benchmark::DoNotOptimize(Y.data());
+        benchmark::ClobberMemory();
+    }
+    set_counters(state, 2.0 * static_cast<double>(rows * cols * n),
+                 2.0 * static_cast<double>(rows * cols) + 4.0 * static_cast<double>(cols * n + 2 * rows * n));
+}
+
 template <class P>
 void bm_dot_axpy(benchmark::State& state) {
     const index_t n = state.range(0);
@@ -144,6 +184,10 @@ void register_policy(bool with_reference_sizes_only) {
     auto* gemm = benchmark::RegisterBenchmark(("gemm/" + p).c_str(), bm_gemm<P>);
     for (index_t n : {2, 4, 16, 64}) gemm->Args({512, 512, n});
     if (!with_reference_sizes_only) gemm->Args({512, 512, 1024});
+    benchmark::RegisterBenchmark(("path_sum_bf16/" + p).c_str(), bm_path_sum_bf16<P>)->Args({512, 9, 16})->Args({512, 9, 1024});
+    auto* gemm16 = benchmark::RegisterBenchmark(("gemm_bf16/" + p).c_str(), bm_gemm_bf16<P>);
+    for (index_t n : {1, 2, 4, 16, 64}) gemm16->Args({512, 512, n});
+    if (!with_reference_sizes_only) gemm16->Args({512, 512, 1024});
     benchmark::RegisterBenchmark(("dot_axpy/" + p).c_str(), bm_dot_axpy<P>)->Arg(768);
     if (!with_reference_sizes_only) {
         benchmark::RegisterBenchmark(("tree_linear_batch/" + p).c_str(), bm_tree_linear_batch<P>)

@@ -2,7 +2,15 @@
 // standard cases of BENCHMARKS.md (plus the flattened path_sum cases) and prints each one's
 // time against its roofline and against dense baselines, one `case=...` line per case.
 //
-//   treegate_roofline [--policy eigen|avx2|native] [--quick] [--threads N] [--per-case-limits] [--cpu-time]
+//   treegate_roofline [--policy eigen|avx2|native] [--quick] [--threads N] [--per-case-limits] [--cpu-time] [--bf16]
+//
+// --bf16 also runs PS-latency, PS-deep and LO-batch (and their -flat variants) with the weights
+// stored as bf16 (tree_linear_bf16, float activations and accumulation): case names get a
+// `-bf16` suffix, the roofline counts 2 bytes per weight, and `speedup_vs_float` is the median,
+// over alternating passes of the float and the bf16 layer on the same inputs, of the float
+// pass's time over the following bf16 pass's time (pairing cancels most of the drift of a
+// shared machine, which sequential medians of the two cases do not). This machine has AVX2 but no
+// AVX-512, so the bf16 kernels widen in registers (no AVX-512 BF16 dot products).
 //
 // The limits (GEMM peak, read bandwidth) are measured at start-up and, as a drift check, again
 // at the end. On a shared machine whose load changes during the run, --per-case-limits measures
@@ -22,6 +30,7 @@
 #include <treegate/layers/flatten.hpp>
 #include <treegate/layers/tree_feedforward.hpp>
 #include <treegate/layers/tree_linear.hpp>
+#include <treegate/layers/tree_linear_bf16.hpp>
 #include <treegate/parallel/thread_pool.hpp>
 #include <treegate/routing.hpp>
 #include <treegate/tree.hpp>
@@ -67,6 +76,7 @@ struct options {
     std::string policy = "native";
     bool quick = false;
     bool per_case_limits = false;
+    bool bf16 = false;
     int threads = 1;
 };
 
@@ -338,11 +348,12 @@ struct routing_stats {
 };
 
 void print_line(const char* name, double ms, double flops, double bytes, const machine& m, double dense_ms,
-                double dense_ff_ms = -1) {
+                double dense_ff_ms = -1, double speedup_vs_float = -1) {
     const double roof_ms = std::max(flops / m.peak_flops, bytes / m.peak_bw) * 1e3;
     std::printf("case=%s ms=%.4g roofline_ms=%.4g ratio=%.3f vs_dense_equal_params=%.1f", name, ms, roof_ms, ms / roof_ms,
                 dense_ms / ms);
     if (dense_ff_ms > 0) std::printf(" vs_dense_ff=%.1f", dense_ff_ms / ms);
+    if (speedup_vs_float > 0) std::printf(" speedup_vs_float=%.2f", speedup_vs_float);
     std::printf("\n");
     std::printf("  %s: flops=%.4g bytes=%.4g (compute %.4g ms, memory %.4g ms: %s-bound)\n", name, flops, bytes,
                 flops / m.peak_flops * 1e3, bytes / m.peak_bw * 1e3,
@@ -428,11 +439,13 @@ routing_stats route_stats(const Layer& layer, const matf& X) {
 }
 
 /// Bytes per forward pass: the uncached visited blocks (and biases) plus activations.
+/// `weight_size`: bytes per stored weight (4 for float, 2 for bf16; biases are float).
 template <class Layer>
-double tl_bytes(const Layer& layer, const matf& X, index_t batch, double llc) {
+double tl_bytes(const Layer& layer, const matf& X, index_t batch, double llc, double weight_size = 4.0) {
     const int D = layer.depth();
     const bool ps = layer.mode() == tree_mode::path_sum;
-    const double block = 4.0 * static_cast<double>(layer.in_size() * layer.out_size() + (layer.has_bias() ? layer.out_size() : 0));
+    const double block = weight_size * static_cast<double>(layer.in_size() * layer.out_size()) +
+                         4.0 * static_cast<double>(layer.has_bias() ? layer.out_size() : 0);
     std::vector<double> level_bytes(static_cast<std::size_t>(D + 1), 0.0);
     for (int j = 0; j <= D; ++j)
         if (ps || j == D) level_bytes[static_cast<std::size_t>(j)] = block * std::ldexp(1.0, j);
@@ -497,8 +510,75 @@ matf sample_output(const Layer& layer, const matf& X, index_t batch, index_t sam
     return Y.leftCols(sample);
 }
 
+/// One pass of a case: every input once (batch 1) or one forward_batch; returns seconds.
+template <class Layer>
+double tl_pass(const Layer& layer, const matf& X, index_t batch, vecf& y, matf& Y, treegate::workspace<float>& ws) {
+    const double t0 = now_seconds();
+    if (batch == 1) {
+        for (index_t e = 0; e < X.cols(); ++e) {
+            layer.forward(X.col(e), y);
+            g_sink = g_sink + y(0);
+        }
+    } else {
+        if (g_pool != nullptr)
+            layer.forward_batch(X, Y, ws, *g_pool);
+        else
+            layer.forward_batch(X, Y, ws);
+        g_sink = g_sink + Y(0, 0);
+    }
+    return now_seconds() - t0;
+}
+
+double median_of(std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+}
+
+/// The float case `lay` again with its weights stored as bf16 (--bf16): checked against the
+/// reference policy on the same bf16 weights, then timed in alternating passes with `lay`.
+template <class P, class Layer>
+void bf16_variant(const Layer& lay, const char* float_name, double float_ms, double dense, const tl_spec& s, const matf& X,
+                  index_t sample, const options& o, const machine& m) {
+    const std::string name = std::string(float_name) + "-bf16";
+    const treegate::tree_linear_bf16<P> half(lay);
+    {
+        const treegate::tree_linear_bf16<treegate::kernels::reference> ref(lay);
+        const matf Xs = X.leftCols(sample);
+        check_close(name.c_str(), sample_output(half, X, s.batch, sample), ref.forward_batch(Xs));
+    }
+    const double flops = 2.0 * static_cast<double>(half.macs_per_example()) * static_cast<double>(s.batch);
+    const double bytes = tl_bytes(half, X, s.batch, m.llc_bytes, 2.0);
+    const machine lm = case_limits(o, m);
+    vecf y(lay.out_size());
+    matf Y(lay.out_size(), s.batch);
+    treegate::workspace<float> ws_f, ws_h;
+    tl_pass(lay, X, s.batch, y, Y, ws_f);  // warm-up (and workspace growth) for both
+    tl_pass(half, X, s.batch, y, Y, ws_h);
+    const int reps = s.batch == 1 ? (o.quick ? 5 : 21) : (o.quick ? 3 : 9);
+    std::vector<double> t_f, t_h, ratio;
+    for (int r = 0; r < reps; ++r) {
+        t_f.push_back(tl_pass(lay, X, s.batch, y, Y, ws_f));
+        t_h.push_back(tl_pass(half, X, s.batch, y, Y, ws_h));
+        ratio.push_back(t_f.back() / t_h.back());
+    }
+    const double per = s.batch == 1 ? 1e3 / static_cast<double>(X.cols()) : 1e3;
+    const double ms = median_of(t_h) * per;
+    print_line(name.c_str(), ms, flops, bytes, lm, dense, -1, median_of(ratio));
+    std::printf("  %s: %d alternating passes, median ms float %.4g, bf16 %.4g; pass ratios float/bf16 min %.2f max %.2f\n",
+                name.c_str(), reps, median_of(t_f) * per, ms, *std::min_element(ratio.begin(), ratio.end()),
+                *std::max_element(ratio.begin(), ratio.end()));
+    // Back-to-back passes of one layer (as the float case was timed) leave part of its weights
+    // in the LLC for the next pass, more of the smaller bf16 weights; shown for comparison.
+    const double ms_alone = time_tl(half, X, s.batch, o);
+    std::printf("  %s: back-to-back medians (as the float case above): float %.4g ms, bf16 %.4g ms, ratio %.2f\n",
+                name.c_str(), float_ms, ms_alone, float_ms / ms_alone);
+    std::printf("  %s: weight storage %.1f MiB (float layer %.1f MiB)\n", name.c_str(),
+                static_cast<double>(half.weight_bytes()) / (1 << 20),
+                4.0 * static_cast<double>(lay.block_count() * lay.in_size() * lay.out_size()) / (1 << 20));
+}
+
 template <class P>
-void tree_linear_case(const tl_spec& s, bool with_flat, const options& o, const machine& m) {
+void tree_linear_case(const tl_spec& s, bool with_flat, const options& o, const machine& m, bool with_bf16 = false) {
     const std::uint64_t seed = 42;
     const auto idx = gating_units(s.depth);
     tl<P> layer(s.in, s.out, s.depth, s.mode, treegate::gating::from_input(idx));
@@ -532,6 +612,7 @@ void tree_linear_case(const tl_spec& s, bool with_flat, const options& o, const 
         const double dense = dense_ms(s.in, eq_out, s.batch, dense_cols, dense_reps);
         print_line(name, ms, flops, bytes, lm, dense);
         print_routing(name, route_stats(lay, X));
+        if (with_bf16) bf16_variant<P>(lay, name, ms, dense, s, X, sample, o, m);
     };
     run(layer, s.name);
     if (with_flat) {
@@ -668,13 +749,13 @@ template <class P>
 void run_all(const options& o, const machine& m) {
     std::printf("policy=%s threads=%d clock=%s\n", P::name(), g_threads, g_cpu_time ? "thread-cpu-time" : "wall");
     if (g_threads == 1)
-        tree_linear_case<P>({"PS-latency", 512, 512, 8, tree_mode::path_sum, 1}, true, o, m);
+        tree_linear_case<P>({"PS-latency", 512, 512, 8, tree_mode::path_sum, 1}, true, o, m, o.bf16);
     else
         std::printf("PS-latency skipped: one example per call runs on one thread\n");
     tree_linear_case<P>({"PS-batch", 512, 512, 6, tree_mode::path_sum, 1024}, true, o, m);
-    tree_linear_case<P>({"PS-deep", 256, 256, 10, tree_mode::path_sum, 256}, true, o, m);
+    tree_linear_case<P>({"PS-deep", 256, 256, 10, tree_mode::path_sum, 256}, true, o, m, o.bf16);
     fff_case<P>(o, m);
-    tree_linear_case<P>({"LO-batch", 512, 512, 8, tree_mode::leaf_only, 1024}, false, o, m);
+    tree_linear_case<P>({"LO-batch", 512, 512, 8, tree_mode::leaf_only, 1024}, false, o, m, o.bf16);
 }
 
 options parse(int argc, char** argv) {
@@ -687,6 +768,8 @@ options parse(int argc, char** argv) {
             o.per_case_limits = true;
         } else if (a == "--cpu-time") {
             g_cpu_time = true;
+        } else if (a == "--bf16") {
+            o.bf16 = true;
         } else if (a == "--policy" && i + 1 < argc) {
             o.policy = argv[++i];
         } else if (a.rfind("--policy=", 0) == 0) {
@@ -696,7 +779,7 @@ options parse(int argc, char** argv) {
         } else if (a.rfind("--threads=", 0) == 0) {
             o.threads = std::atoi(a.c_str() + 10);
         } else if (a == "--help" || a == "-h") {
-            std::printf("usage: treegate_roofline [--policy eigen|avx2|native] [--quick] [--threads N] [--per-case-limits] [--cpu-time]\n");
+            std::printf("usage: treegate_roofline [--policy eigen|avx2|native] [--quick] [--threads N] [--per-case-limits] [--cpu-time] [--bf16]\n");
             std::exit(0);
         } else {
             fail("unknown option '" + a + "' (try --help)");

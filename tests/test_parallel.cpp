@@ -4,6 +4,7 @@
 #include "test_support.hpp"
 
 #include <treegate/kernels/avx2.hpp>
+#include <treegate/layers/tree_linear_bf16.hpp>
 #include <treegate/parallel/thread_pool.hpp>
 #include <treegate/treegate.hpp>
 
@@ -35,12 +36,16 @@ void check_tree_linear_threads(std::mt19937& g) {
             layer_t layer(in, out, depth, mode, external ? treegate::gating::external() : treegate::gating::from_input(idx));
             layer.initialize(static_cast<std::uint64_t>(g()));
             const mat<float> X = random_matrix<float>(in, n, g), G = random_gates<float>(depth, n, g);
-            mat<float> expected(out, n), Y(out, n);
+            const treegate::tree_linear_bf16<Policy> half(layer);  // the bf16 serving copy runs the same pieces
+            mat<float> expected(out, n), expected_half(out, n), Y(out, n);
             treegate::workspace<float> ws;
-            if (external)
+            if (external) {
                 layer.forward_batch(X, G, expected, ws);
-            else
+                half.forward_batch(X, G, expected_half, ws);
+            } else {
                 layer.forward_batch(X, expected, ws);
+                half.forward_batch(X, expected_half, ws);
+            }
             for (int threads : thread_counts) {
                 CAPTURE(threads);
                 parallel::thread_pool pool(threads);
@@ -50,6 +55,12 @@ void check_tree_linear_threads(std::mt19937& g) {
                 else
                     layer.forward_batch(X, Y, ws, pool);
                 CHECK(Y == expected);
+                Y.setConstant(std::numeric_limits<float>::quiet_NaN());
+                if (external)
+                    half.forward_batch(X, G, Y, ws, pool);
+                else
+                    half.forward_batch(X, Y, ws, pool);
+                CHECK(Y == expected_half);
             }
         }
     }

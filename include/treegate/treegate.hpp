@@ -12,6 +12,7 @@
 #include "layers/sequential.hpp"
 #include "layers/tree_feedforward.hpp"
 #include "layers/tree_linear.hpp"
+#include "layers/tree_linear_bf16.hpp"
 #include "layers/tree_linear_blocked.hpp"
 #include "parallel/executor.hpp"
 #include "parallel/thread_pool.hpp"

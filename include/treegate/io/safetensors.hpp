@@ -4,6 +4,7 @@
 #define TREEGATE_IO_SAFETENSORS_HPP
 
 #include "../activation.hpp"
+#include "../bf16.hpp"
 #include "../config.hpp"
 #include "../error.hpp"
 #include "../layers/activation_layer.hpp"
@@ -138,12 +139,7 @@ inline std::uint64_t double_to_bits(double d) noexcept {
 }
 
 /// float -> bfloat16, round to nearest even; NaN stays a (quiet) NaN.
-inline std::uint16_t float_to_bf16(float f) noexcept {
-    const std::uint32_t u = float_to_bits(f);
-    if (std::isnan(f)) return static_cast<std::uint16_t>((u >> 16) | 0x0040u);
-    const std::uint32_t rounding = 0x7fffu + ((u >> 16) & 1u);
-    return static_cast<std::uint16_t>((u + rounding) >> 16);
-}
+inline std::uint16_t float_to_bf16(float f) noexcept { return treegate::detail::float_to_bf16_bits(f); }
 
 /// A double narrowed to float without the undefined behaviour of an out-of-range conversion.
 inline bool fits_float(double d) noexcept {

@@ -3,6 +3,7 @@
 #ifndef TREEGATE_KERNELS_EIGEN_HPP
 #define TREEGATE_KERNELS_EIGEN_HPP
 
+#include "../bf16.hpp"
 #include "../config.hpp"
 
 namespace treegate::kernels {
@@ -36,6 +37,39 @@ struct eigen {
     template <class Scalar>
     static void path_sum(index_t rows, index_t cols, const Scalar* const* blocks, int count, const Scalar* x,
                          Scalar* y) noexcept {
+        for (int k = 0; k < count; ++k) gemv(rows, cols, blocks[k], rows, x, y);
+    }
+
+    // bf16 weights (see kernels/reference.hpp): widened tile by tile into a 16 KiB stack buffer
+    // (at most 256 rows, as many columns as fit), each tile multiplied by Eigen in float. The
+    // tile stays in L1/L2 for the product, so the weights cross the memory bus once, as bf16.
+    static void gemm(index_t rows, index_t cols, index_t n, const bf16* W, index_t ldw, const float* X, index_t ldx,
+                     float* Y, index_t ldy) noexcept {
+        constexpr index_t tile = 4096;
+        alignas(64) float buf[tile];
+        for (index_t r0 = 0; r0 < rows; r0 += 256) {
+            const index_t mr = rows - r0 < 256 ? rows - r0 : 256;
+            const index_t kc_max = tile / mr;
+            for (index_t c0 = 0; c0 < cols; c0 += kc_max) {
+                const index_t kc = cols - c0 < kc_max ? cols - c0 : kc_max;
+                for (index_t c = 0; c < kc; ++c)
+                    for (index_t r = 0; r < mr; ++r) buf[r + c * mr] = to_float(W[r0 + r + (c0 + c) * ldw]);
+                const Eigen::Map<const Eigen::MatrixXf> T(buf, mr, kc);
+                if (n == 1)
+                    mvec<float>(Y + r0, mr).noalias() += T * cvec<float>(X + c0, kc);
+                else
+                    mmat<float>(Y + r0, mr, n, Eigen::OuterStride<>(ldy)).noalias() +=
+                        T * cmat<float>(X + c0, kc, n, Eigen::OuterStride<>(ldx));
+            }
+        }
+    }
+
+    static void gemv(index_t rows, index_t cols, const bf16* W, index_t ldw, const float* x, float* y) noexcept {
+        gemm(rows, cols, 1, W, ldw, x, cols, y, rows);
+    }
+
+    static void path_sum(index_t rows, index_t cols, const bf16* const* blocks, int count, const float* x,
+                         float* y) noexcept {
         for (int k = 0; k < count; ++k) gemv(rows, cols, blocks[k], rows, x, y);
     }
 

@@ -3,6 +3,7 @@
 #ifndef TREEGATE_KERNELS_REFERENCE_HPP
 #define TREEGATE_KERNELS_REFERENCE_HPP
 
+#include "../bf16.hpp"
 #include "../config.hpp"
 
 namespace treegate::kernels {
@@ -16,6 +17,10 @@ namespace treegate::kernels {
 ///   path_sum(rows, cols, blocks, count, x, y)     y += sum_k blocks[k] * x   (each ld = rows)
 ///   dot(n, a, b) -> Scalar                        sum_i a[i] * b[i]
 ///   axpy(n, alpha, x, y)                          y += alpha * x
+///
+/// Reduced-precision storage: gemm, gemv and path_sum also take `const bf16*` weights with
+/// `float` inputs and outputs. The weights are widened to float exactly and every product and
+/// sum is done in float, so such a call computes the float kernel on the bf16-rounded weights.
 struct reference {
     static constexpr const char* name() noexcept { return "reference"; }
 
@@ -37,6 +42,24 @@ struct reference {
     template <class Scalar>
     static void path_sum(index_t rows, index_t cols, const Scalar* const* blocks, int count, const Scalar* x,
                          Scalar* y) noexcept {
+        for (int k = 0; k < count; ++k) gemv(rows, cols, blocks[k], rows, x, y);
+    }
+
+    static void gemm(index_t rows, index_t cols, index_t n, const bf16* W, index_t ldw, const float* X, index_t ldx,
+                     float* Y, index_t ldy) noexcept {
+        for (index_t e = 0; e < n; ++e) gemv(rows, cols, W, ldw, X + e * ldx, Y + e * ldy);
+    }
+
+    static void gemv(index_t rows, index_t cols, const bf16* W, index_t ldw, const float* x, float* y) noexcept {
+        for (index_t r = 0; r < rows; ++r) {
+            float s = 0;
+            for (index_t c = 0; c < cols; ++c) s += to_float(W[r + c * ldw]) * x[c];
+            y[r] += s;
+        }
+    }
+
+    static void path_sum(index_t rows, index_t cols, const bf16* const* blocks, int count, const float* x,
+                         float* y) noexcept {
         for (int k = 0; k < count; ++k) gemv(rows, cols, blocks[k], rows, x, y);
     }
 

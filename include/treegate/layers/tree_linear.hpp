@@ -11,6 +11,7 @@
 #include "../schedule.hpp"
 #include "../tree.hpp"
 #include "../workspace.hpp"
+#include "grouped_forward.hpp"
 #include "layer_common.hpp"
 
 #include <algorithm>
@@ -183,7 +184,7 @@ public:
         ws.codes.resize(static_cast<std::size_t>(X.cols()));
         for (index_t e = 0; e < X.cols(); ++e)
             ws.codes.data()[e] = route_by_indices(X.data() + e * X.outerStride(), gates_.indices().data(), depth_);
-        forward_grouped(X, Y, ws, ex);
+        detail::grouped_forward<Policy>(table(), X, Y, ws, ex);
     }
 
     template <class Executor>
@@ -195,7 +196,7 @@ public:
                             G.cols(), ", expected ", depth_, " x ", X.cols());
         ws.codes.resize(static_cast<std::size_t>(X.cols()));
         for (index_t e = 0; e < X.cols(); ++e) ws.codes.data()[e] = route_by_gates(G.data() + e * G.outerStride(), 1, depth_);
-        forward_grouped(X, Y, ws, ex);
+        detail::grouped_forward<Policy>(table(), X, Y, ws, ex);
     }
 
     batch forward_batch(const Eigen::Ref<const batch>& X) const {
@@ -238,62 +239,9 @@ private:
         Policy::path_sum(out_, in_, blocks.data(), count, x, y);
     }
 
-    // Rows of a block per piece for a group of `m` examples: whole blocks for small groups,
-    // else chunks of a multiple of 16 rows (the SIMD kernels' row panel, so a chunk computes
-    // exactly what the whole block would) worth at least ~2^18 multiply-adds each.
-    index_t piece_rows(index_t m) const noexcept {
-        constexpr index_t piece_macs = index_t{1} << 18, min_rows = 64;
-        const index_t macs = m * in_ * out_;
-        if (macs <= piece_macs || out_ <= min_rows) return out_;
-        index_t parts = std::min((macs + piece_macs - 1) / piece_macs, (out_ + min_rows - 1) / min_rows);
-        const index_t rows = (out_ + parts - 1) / parts;
-        return (rows + 15) / 16 * 16;
-    }
-
-    // Sort by leaf once: every node at every level then owns one contiguous range of the sorted
-    // order, so the batch is gathered once, each visited block multiplies its whole range, and
-    // the result is scattered back once. Each level runs as (node, row-chunk) pieces on `ex`:
-    // the pieces of one level write disjoint parts of B, and levels run in order.
-    template <class Executor>
-    void forward_grouped(const Eigen::Ref<const batch>& X, Eigen::Ref<batch> Y, workspace<Scalar>& ws, Executor& ex) const {
-        constexpr index_t copy_chunk = 256;  // examples per gather / scatter piece
-        const index_t n = X.cols();
-        if (n == 0) return;
-        ws.leaves.build(ws.codes.data(), n, depth_);
-        const index_t* order = ws.leaves.order();
-        auto A = ws.a.view(in_, n);
-        auto B = ws.b.view(out_, n);
-        const index_t copies = parallel::chunk_count(n, copy_chunk);
-        ex.run(copies, [&](index_t p, int) {
-            for (index_t k = p * copy_chunk, end = std::min(n, k + copy_chunk); k < end; ++k) {
-                A.col(k) = X.col(order[k]);
-                B.col(k).setZero();
-            }
-        });
-        for (int level = first_level(); level <= depth_; ++level) {
-            const index_t nodes = index_t{1} << level;
-            ws.pieces.clear();
-            for (index_t k = 0; k < nodes; ++k) {
-                const group_range r = ws.leaves.node_range(level, k);
-                if (r.empty()) continue;
-                const index_t rows = piece_rows(r.size());
-                for (index_t row0 = 0; row0 < out_; row0 += rows) ws.pieces.push_back({k, row0, std::min(rows, out_ - row0)});
-            }
-            const index_t first_block = mode_ == tree_mode::path_sum ? tree::level_begin(level) : 0;
-            ex.run(static_cast<index_t>(ws.pieces.size()), [&](index_t p, int) {
-                const node_piece q = ws.pieces[static_cast<std::size_t>(p)];
-                const group_range r = ws.leaves.node_range(level, q.node);
-                const index_t blk = first_block + q.node;
-                Policy::gemm(q.rows, in_, r.size(), weights_.data() + blk * stride_ + q.row0, out_,
-                             A.data() + r.begin * in_, in_, B.data() + r.begin * out_ + q.row0, out_);
-                if (has_bias_)
-                    B.block(q.row0, r.begin, q.rows, r.size()).colwise() +=
-                        const_bias_map(biases_.data() + blk * bias_stride_, out_).segment(q.row0, q.rows);
-            });
-        }
-        ex.run(copies, [&](index_t p, int) {
-            for (index_t k = p * copy_chunk, end = std::min(n, k + copy_chunk); k < end; ++k) Y.col(order[k]) = B.col(k);
-        });
+    detail::block_table<Scalar, Scalar> table() const noexcept {
+        return {in_, out_, depth_, mode_ == tree_mode::path_sum, weights_.data(), stride_,
+                has_bias_ ? biases_.data() : nullptr, bias_stride_};
     }
 
     index_t in_, out_;
