@@ -553,12 +553,11 @@ TREEGATE_DETAIL_AVX2_TARGET inline void gemm(index_t rows, index_t cols, index_t
                                              const float* X, index_t ldx, float* Y, index_t ldy) noexcept {
     if (rows <= 0 || n <= 0) return;
     if (n == 1) {
-        // A contiguous bf16 block (ldw == rows, as in the layers) takes the path-sum kernel,
-        // whose software prefetch runs ahead inside the block: a bf16 column of a few hundred
-        // rows is only a few cache lines, too short for the hardware prefetcher to ramp up
-        // (measured on 256 x 256 blocks from memory: 14 us instead of 23 us per block).
-        if constexpr (std::is_same_v<T, bf16>)
-            if (ldw == rows) return path_sum(rows, cols, &W, 1, X, Y);
+        // A contiguous block (ldw == rows, as in the layers) takes the path-sum kernel, whose
+        // software prefetch runs ahead inside the block: a column of a few hundred rows is only
+        // a few cache lines, too short for the hardware prefetcher to ramp up (measured on
+        // 256 x 256 blocks from memory: bf16 14 us instead of 23 us, float 26 us instead of 32 us).
+        if (ldw == rows) return path_sum(rows, cols, &W, 1, X, Y);
         return gemv(rows, cols, W, ldw, X, Y);
     }
     if (n <= (std::is_same_v<T, bf16> ? gemm_small_max_bf16 : gemm_small_max))
