@@ -5,6 +5,7 @@
 #define TREEGATE_LAYERS_GROUPED_FORWARD_HPP
 
 #include "../parallel/executor.hpp"
+#include "../routing.hpp"
 #include "../tree.hpp"
 #include "../workspace.hpp"
 #include "layer_common.hpp"
@@ -36,6 +37,30 @@ inline index_t piece_rows(index_t m, index_t in, index_t out) noexcept {
     const index_t parts = std::min((macs + piece_macs - 1) / piece_macs, (out + min_rows - 1) / min_rows);
     const index_t rows = (out + parts - 1) / parts;
     return (rows + 15) / 16 * 16;
+}
+
+/// Checks a batch and its gating for a layer gated by its input, and writes the leaf codes to ws.codes.
+template <class Scalar>
+void route_batch(const char* layer, const gating& gates, int depth, index_t in, index_t out,
+                 const Eigen::Ref<const matrix<Scalar>>& X, const Eigen::Ref<matrix<Scalar>>& Y, workspace<Scalar>& ws) {
+    check_batch(layer, in, X.rows(), X.cols(), out, Y.rows(), Y.cols());
+    check_config(!gates.is_external() || depth == 0, layer, ": this layer is gated externally; pass the gate matrix");
+    ws.codes.resize(static_cast<std::size_t>(X.cols()));
+    for (index_t e = 0; e < X.cols(); ++e)
+        ws.codes.data()[e] = route_by_indices(X.data() + e * X.outerStride(), gates.indices().data(), depth);
+}
+
+/// The same for an externally gated layer: one column of D gate values per example.
+template <class Scalar>
+void route_batch(const char* layer, const gating& gates, int depth, index_t in, index_t out,
+                 const Eigen::Ref<const matrix<Scalar>>& X, const Eigen::Ref<const matrix<Scalar>>& G,
+                 const Eigen::Ref<matrix<Scalar>>& Y, workspace<Scalar>& ws) {
+    check_batch(layer, in, X.rows(), X.cols(), out, Y.rows(), Y.cols());
+    check_config(gates.is_external(), layer, ": this layer is gated by its input; call forward_batch(X, Y, ws)");
+    check_shape(G.rows() == depth && G.cols() == X.cols(), layer, ": gate matrix is ", G.rows(), " x ", G.cols(),
+                ", expected ", depth, " x ", X.cols());
+    ws.codes.resize(static_cast<std::size_t>(X.cols()));
+    for (index_t e = 0; e < X.cols(); ++e) ws.codes.data()[e] = route_by_gates(G.data() + e * G.outerStride(), 1, depth);
 }
 
 /// Y = table(X) for the leaf codes in ws.codes. Sorting by leaf once gives every node at every

@@ -178,24 +178,14 @@ public:
     /// count, so the output is bit-identical for any executor, and equal to the calls above.
     template <class Executor>
     void forward_batch(const Eigen::Ref<const batch>& X, Eigen::Ref<batch> Y, workspace<Scalar>& ws, Executor&& ex) const {
-        detail::check_batch(name, in_, X.rows(), X.cols(), out_, Y.rows(), Y.cols());
-        detail::check_config(!gates_.is_external() || depth_ == 0, name,
-                             ": this layer is gated externally; pass the gate matrix");
-        ws.codes.resize(static_cast<std::size_t>(X.cols()));
-        for (index_t e = 0; e < X.cols(); ++e)
-            ws.codes.data()[e] = route_by_indices(X.data() + e * X.outerStride(), gates_.indices().data(), depth_);
+        detail::route_batch(name, gates_, depth_, in_, out_, X, Y, ws);
         detail::grouped_forward<Policy>(table(), X, Y, ws, ex);
     }
 
     template <class Executor>
     void forward_batch(const Eigen::Ref<const batch>& X, const Eigen::Ref<const batch>& G, Eigen::Ref<batch> Y,
                        workspace<Scalar>& ws, Executor&& ex) const {
-        detail::check_batch(name, in_, X.rows(), X.cols(), out_, Y.rows(), Y.cols());
-        detail::check_config(gates_.is_external(), name, ": this layer is gated by its input; call forward_batch(X, Y, ws)");
-        detail::check_shape(G.rows() == depth_ && G.cols() == X.cols(), name, ": gate matrix is ", G.rows(), " x ",
-                            G.cols(), ", expected ", depth_, " x ", X.cols());
-        ws.codes.resize(static_cast<std::size_t>(X.cols()));
-        for (index_t e = 0; e < X.cols(); ++e) ws.codes.data()[e] = route_by_gates(G.data() + e * G.outerStride(), 1, depth_);
+        detail::route_batch(name, gates_, depth_, in_, out_, X, G, Y, ws);
         detail::grouped_forward<Policy>(table(), X, Y, ws, ex);
     }
 
