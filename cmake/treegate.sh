@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # treegate's build driver behind the README's two commands:
-#   bash cmake/treegate.sh test   build with the `dev` preset and run every test, then the same
-#                                 under ASan+UBSan (`asan` preset) unless TREEGATE_SANITIZE=0;
-#                                 TREEGATE_WERROR=1 turns warnings into errors.
+#   bash cmake/treegate.sh test   build with the `dev` preset and run every test, then the unit
+#                                 tests under ASan+UBSan (`asan` preset) and the threaded tests
+#                                 under ThreadSanitizer (`tsan` preset), then fuzz the safetensors
+#                                 loader (`fuzz` preset, clang++-14) for TREEGATE_FUZZ_SECONDS
+#                                 (default 60; 0 skips it). TREEGATE_SANITIZE=0 skips the
+#                                 sanitizers and fuzz; TREEGATE_WERROR=1 turns warnings into errors.
 #   bash cmake/treegate.sh demo   build the `release` preset and run the showcase example, the
 #                                 quick Fashion-MNIST training example and the roofline benchmark.
 set -euo pipefail
@@ -14,6 +17,14 @@ DEMO_OPTIONAL_PACKAGES="gnuplot-nox"
 DEMO_MNIST_PACKAGES="dataset-fashion-mnist zlib1g-dev"
 # The safetensors interop test runs in a virtual environment with numpy and safetensors from PyPI.
 TEST_OPTIONAL_PACKAGES="python3 python3-venv"
+# The fuzz step needs clang++ with libFuzzer; without them it is skipped.
+FUZZ_OPTIONAL_PACKAGES="clang-14 libclang-rt-14-dev"
+FUZZ_COMPILER=clang++-14
+
+# The sanitizer presets of `test`, run in this order after `dev` (TREEGATE_SANITIZE=0 skips them).
+# Each needs a configure, build and test preset of that name in CMakePresets.json; to add one
+# (e.g. tsan), add it there and append its name here.
+SANITIZER_PRESETS="asan tsan"
 
 usage() {
   echo "usage: bash cmake/treegate.sh {test|demo}" >&2
@@ -97,35 +108,119 @@ ctest_summary() {
   grep -E 'tests passed, [0-9]+ tests? failed out of [0-9]+' "$1" | tail -n 1 || true
 }
 
-# Configures, builds and tests one preset; appends "preset: summary" to $summaries.
+# One line per preset for the closing summary.
 summaries=""
-build_and_test() {
-  local preset=$1 werror=OFF log build_start build_seconds
+add_summary() { summaries="$summaries  $*"$'\n'; }
+
+# Configures and builds one preset; "$@" after the name go to the configure step. Sets
+# configure_seconds and build_seconds.
+configure_seconds=0
+build_seconds=0
+configure_and_build() {
+  local preset=$1 werror=OFF t
+  shift
   [ "${TREEGATE_WERROR:-0}" = 1 ] && werror=ON
   say "configuring preset '$preset' (warnings as errors: $werror)"
-  cmake --preset "$preset" -DCMAKE_COMPILE_WARNING_AS_ERROR="$werror"
+  t=$SECONDS
+  cmake --preset "$preset" -DCMAKE_COMPILE_WARNING_AS_ERROR="$werror" "$@"
+  configure_seconds=$((SECONDS - t))
   say "building preset '$preset' with $jobs jobs"
-  build_start=$SECONDS
+  t=$SECONDS
   cmake --build --preset "$preset" --parallel "$jobs"
-  build_seconds=$((SECONDS - build_start))
-  if [ "$preset" = dev ]; then
-    bash cmake/python_env.sh "build/$preset"
-  fi
+  build_seconds=$((SECONDS - t))
+}
+
+# Runs ctest for one preset, its output also in build/<preset>/ctest.log; sets test_seconds.
+test_seconds=0
+run_ctest() {
+  local preset=$1 t
   say "testing preset '$preset'"
-  log="build/$preset/ctest.log"
-  ctest --preset "$preset" -j "$jobs" --output-on-failure 2>&1 | tee "$log"
-  summaries="$summaries  $preset: built in ${build_seconds} s; $(ctest_summary "$log")"$'\n'
+  t=$SECONDS
+  ctest --preset "$preset" -j "$jobs" --output-on-failure 2>&1 | tee "build/$preset/ctest.log"
+  test_seconds=$((SECONDS - t))
+}
+
+# Configures, builds and tests one preset and adds its line to the summary.
+build_and_test() {
+  local preset=$1
+  configure_and_build "$preset"
+  run_ctest "$preset"
+  add_summary "$preset: configure ${configure_seconds} s, build ${build_seconds} s," \
+              "test ${test_seconds} s; $(ctest_summary "build/$preset/ctest.log")"
+}
+
+# The dev preset: every test. The interop test's Python environment is mostly downloads, so it is
+# made while the build compiles.
+test_dev() {
+  local preset=dev pyenv_log=build/dev/python_env.log pyenv_pid t
+  mkdir -p build/dev
+  say "making the interop test's Python environment in the background (log: $pyenv_log)"
+  t=$SECONDS
+  bash cmake/python_env.sh build/dev >"$pyenv_log" 2>&1 &
+  pyenv_pid=$!
+  configure_and_build "$preset"
+  wait "$pyenv_pid" || true
+  cat "$pyenv_log"
+  say "Python environment ready after $((SECONDS - t)) s (made during the build)"
+  run_ctest "$preset"
+  add_summary "$preset: configure ${configure_seconds} s, build ${build_seconds} s," \
+              "test ${test_seconds} s; $(ctest_summary "build/$preset/ctest.log")"
+}
+
+# The fuzz preset: builds fuzz_safetensors with clang++-14 and runs it as a ctest for
+# TREEGATE_FUZZ_SECONDS (libFuzzer -max_total_time) from the seed corpus; reports the number of
+# executions and crashes. Skipped, with a message, when clang++-14 or libFuzzer is missing.
+test_fuzz() {
+  local seconds=${TREEGATE_FUZZ_SECONDS:-60} log=build/fuzz/ctest.log status=0
+  case "$seconds" in
+    0) say "TREEGATE_FUZZ_SECONDS=0: skipping the fuzz step"
+       add_summary "fuzz: skipped (TREEGATE_FUZZ_SECONDS=0)"
+       return 0 ;;
+    *[!0-9]*|'') die "TREEGATE_FUZZ_SECONDS must be a whole number of seconds, not '$seconds'" ;;
+  esac
+  ensure_packages "$FUZZ_OPTIONAL_PACKAGES" optional
+  local missing=""
+  # shellcheck disable=SC2086  # word splitting of the package list is intended
+  command -v dpkg-query >/dev/null 2>&1 && missing=$(missing_packages $FUZZ_OPTIONAL_PACKAGES)
+  if ! command -v "$FUZZ_COMPILER" >/dev/null 2>&1 || [ -n "$missing" ]; then
+    say "SKIPPING the fuzz step: it needs $FUZZ_COMPILER with libFuzzer" \
+        "(Debian: $FUZZ_OPTIONAL_PACKAGES), which could not be installed"
+    add_summary "fuzz: SKIPPED (no $FUZZ_COMPILER with libFuzzer)"
+    return 0
+  fi
+  configure_and_build fuzz -DTREEGATE_FUZZ_SECONDS="$seconds"
+  # -V for libFuzzer's closing statistics; its per-input lines stay in the log only.
+  say "fuzzing the safetensors loader for $seconds s (full output: $log)"
+  find build/fuzz -maxdepth 1 -type f -name 'fuzz_safetensors_*-*' -delete  # a previous run's
+  local t=$SECONDS
+  ctest --preset fuzz -V >"$log" 2>&1 || status=$?
+  test_seconds=$((SECONDS - t))
+  grep -E 'INFO: (Seed|Loaded|seed corpus)|INITED|DONE|Done [0-9]+ runs|stat::|ERROR|SUMMARY|Test unit written|tests passed|Passed|Failed' \
+    "$log" || true
+  local executions crashes
+  executions=$(grep -Eo 'stat::number_of_executed_units: [0-9]+' "$log" | tail -n 1 | grep -Eo '[0-9]+$' || true)
+  crashes=$(find build/fuzz -maxdepth 1 -name 'fuzz_safetensors_*-*' -type f | wc -l)
+  add_summary "fuzz: configure ${configure_seconds} s, build ${build_seconds} s, test ${test_seconds} s;" \
+              "${executions:-?} executions in $seconds s, $crashes crash(es); $(ctest_summary "$log")"
+  if [ "$status" -ne 0 ]; then
+    tail -n 80 "$log"
+    printf '%s' "$summaries"
+    die "the fuzz step failed (crashing inputs, if any: build/fuzz/fuzz_safetensors_*-*)"
+  fi
 }
 
 cmd_test() {
   ensure_packages "$REQUIRED_PACKAGES"
   ensure_packages "$TEST_OPTIONAL_PACKAGES" optional
-  local start=$SECONDS
-  build_and_test dev
+  local start=$SECONDS preset
+  test_dev
   if [ "${TREEGATE_SANITIZE:-1}" != 0 ]; then
-    build_and_test asan
+    for preset in $SANITIZER_PRESETS; do
+      build_and_test "$preset"
+    done
+    test_fuzz
   else
-    say "TREEGATE_SANITIZE=0: skipping the asan preset"
+    say "TREEGATE_SANITIZE=0: skipping the sanitizer presets ($SANITIZER_PRESETS) and the fuzz step"
   fi
   say "all tests passed; $((SECONDS - start)) s in total"
   printf '%s' "$summaries"

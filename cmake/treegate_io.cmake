@@ -6,8 +6,11 @@
 # needs targets made in tests/ runs deferred, at the end of the including directory.
 #
 # Gives:  treegate::io  INTERFACE target = treegate::treegate + nlohmann_json (when found)
-#         TREEGATE_BUILD_FUZZERS (OFF)   fuzz_safetensors, clang only, plus a bounded ctest
-#         ctest `safetensors_interop`  (label interop; skipped unless numpy + safetensors import)
+#         TREEGATE_BUILD_FUZZERS (OFF)   fuzz_safetensors, clang only, plus a bounded ctest (label
+#                                        fuzz), registered even without TREEGATE_BUILD_TESTS
+#         TREEGATE_FUZZ_SECONDS (60)     how long that ctest fuzzes (libFuzzer -max_total_time)
+#         ctest `safetensors_interop`  (label interop; skipped unless numpy + safetensors import;
+#                                        TREEGATE_INTEROP_TEST=OFF leaves it and interop_main out)
 include_guard(GLOBAL)
 
 set(treegate_io_root ${CMAKE_CURRENT_LIST_DIR}/..)
@@ -26,6 +29,7 @@ else()
 endif()
 
 option(TREEGATE_BUILD_FUZZERS "Build the libFuzzer targets (clang only) and a bounded ctest for each" OFF)
+set(TREEGATE_FUZZ_SECONDS 60 CACHE STRING "Seconds each fuzzer ctest runs for (libFuzzer -max_total_time)")
 
 # The unit tests (tests/test_io_safetensors.cpp, compiled only where <nlohmann/json.hpp> is
 # found) and the header check get nlohmann_json's include path from treegate::io.
@@ -39,6 +43,12 @@ endfunction()
 
 if(TARGET treegate_io AND TREEGATE_BUILD_TESTS)
   cmake_language(DEFER CALL treegate_io_link_test_targets)
+endif()
+
+# The `asan` preset turns it off: it would build interop_main (the largest test program) for a
+# test that has no Python environment there; the dev preset runs it.
+option(TREEGATE_INTEROP_TEST "Build and run the safetensors interop test against Python's safetensors" ON)
+if(TARGET treegate_io AND TREEGATE_BUILD_TESTS AND TREEGATE_INTEROP_TEST)
   include(${treegate_io_root}/cmake/treegateWarnings.cmake)
 
   # --- Interop with the Python `safetensors` package (tests/python/) ------------------------
@@ -90,21 +100,31 @@ if(TREEGATE_BUILD_FUZZERS)
     treegate_own_target(treegate_make_corpus)
     target_link_libraries(treegate_make_corpus PRIVATE treegate::io)
 
-    if(TREEGATE_BUILD_TESTS)
-      # libFuzzer adds what it finds to the first directory: keep that in the build tree.
-      set(treegate_fuzz_work ${CMAKE_CURRENT_BINARY_DIR}/fuzz_safetensors_corpus)
-      add_test(NAME fuzz_safetensors_seed COMMAND treegate_make_corpus ${treegate_fuzz_work})
-      add_test(NAME fuzz_safetensors_mkdir COMMAND ${CMAKE_COMMAND} -E make_directory ${treegate_fuzz_work})
-      add_test(NAME fuzz_safetensors
-               COMMAND fuzz_safetensors -max_total_time=20 -runs=1000000 -rss_limit_mb=2048
-                       -dict=${treegate_io_root}/tests/fuzz/safetensors.dict
-                       -artifact_prefix=${CMAKE_CURRENT_BINARY_DIR}/fuzz_safetensors_
-                       ${treegate_fuzz_work} ${treegate_io_root}/tests/fuzz/corpus)
-      set_tests_properties(fuzz_safetensors_mkdir PROPERTIES FIXTURES_SETUP treegate_fuzz_corpus LABELS fuzz)
-      set_tests_properties(fuzz_safetensors_seed PROPERTIES FIXTURES_SETUP treegate_fuzz_corpus
-                           DEPENDS fuzz_safetensors_mkdir LABELS fuzz)
-      set_tests_properties(fuzz_safetensors PROPERTIES FIXTURES_REQUIRED treegate_fuzz_corpus
-                           LABELS fuzz TIMEOUT 120)
+    # The bounded fuzz run is a ctest whenever fuzzers are built: the `fuzz` preset builds
+    # nothing else (no TREEGATE_BUILD_TESTS), so it enables testing itself.
+    enable_testing()
+    if(NOT TREEGATE_FUZZ_SECONDS MATCHES "^[1-9][0-9]*$")
+      message(FATAL_ERROR "treegate: TREEGATE_FUZZ_SECONDS must be a positive whole number of seconds, "
+                          "not '${TREEGATE_FUZZ_SECONDS}'")
     endif()
+    # libFuzzer adds what it finds to the first directory: keep that in the build tree.
+    set(treegate_fuzz_work ${CMAKE_CURRENT_BINARY_DIR}/fuzz_safetensors_corpus)
+    add_test(NAME fuzz_safetensors_seed COMMAND treegate_make_corpus ${treegate_fuzz_work})
+    add_test(NAME fuzz_safetensors_mkdir COMMAND ${CMAKE_COMMAND} -E make_directory ${treegate_fuzz_work})
+    # -print_final_stats makes libFuzzer end with stat::number_of_executed_units, which
+    # `bash cmake/treegate.sh test` reports; a crash leaves fuzz_safetensors_crash-* beside it.
+    add_test(NAME fuzz_safetensors
+             COMMAND fuzz_safetensors -max_total_time=${TREEGATE_FUZZ_SECONDS} -rss_limit_mb=2048
+                     -print_final_stats=1
+                     -dict=${treegate_io_root}/tests/fuzz/safetensors.dict
+                     -artifact_prefix=${CMAKE_CURRENT_BINARY_DIR}/fuzz_safetensors_
+                     ${treegate_fuzz_work} ${treegate_io_root}/tests/fuzz/corpus)
+    # The timeout leaves room for loading the corpus and for a loaded machine.
+    math(EXPR treegate_fuzz_timeout "${TREEGATE_FUZZ_SECONDS} * 2 + 120")
+    set_tests_properties(fuzz_safetensors_mkdir PROPERTIES FIXTURES_SETUP treegate_fuzz_corpus LABELS fuzz)
+    set_tests_properties(fuzz_safetensors_seed PROPERTIES FIXTURES_SETUP treegate_fuzz_corpus
+                         DEPENDS fuzz_safetensors_mkdir LABELS fuzz)
+    set_tests_properties(fuzz_safetensors PROPERTIES FIXTURES_REQUIRED treegate_fuzz_corpus
+                         LABELS fuzz TIMEOUT ${treegate_fuzz_timeout})
   endif()
 endif()

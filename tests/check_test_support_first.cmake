@@ -1,0 +1,31 @@
+# ctest `test_support_first`: the first preprocessor directive of every tests/test_*.cpp must be
+# #include "test_support.hpp", which sets EIGEN_RUNTIME_NO_MALLOC and eigen_assert before Eigen
+# is seen (one definition of every inline Eigen function across the test executable). The
+# precompiled header satisfies this in the CMake build even when a file forgets it, so check
+# the sources themselves.   usage: cmake -DSOURCES=<tests dir> -P check_test_support_first.cmake
+if(NOT IS_DIRECTORY "${SOURCES}")
+  message(FATAL_ERROR "check_test_support_first: SOURCES='${SOURCES}' is not a directory")
+endif()
+file(GLOB sources "${SOURCES}/test_*.cpp")
+if(NOT sources)
+  message(FATAL_ERROR "check_test_support_first: no test_*.cpp in ${SOURCES}")
+endif()
+set(bad "")
+foreach(source IN LISTS sources)
+  file(STRINGS "${source}" directives REGEX "^[ \t]*#")
+  list(LENGTH directives n)
+  set(first "")
+  if(n GREATER 0)
+    list(GET directives 0 first)
+  endif()
+  if(NOT first MATCHES "^[ \t]*#[ \t]*include[ \t]*\"test_support\\.hpp\"")
+    get_filename_component(name "${source}" NAME)
+    list(APPEND bad "${name} (first directive: '${first}')")
+  endif()
+endforeach()
+list(LENGTH sources total)
+if(bad)
+  list(JOIN bad "\n  " bad_text)
+  message(FATAL_ERROR "these test files must start with #include \"test_support.hpp\":\n  ${bad_text}")
+endif()
+message(STATUS "all ${total} test files include test_support.hpp first")
