@@ -488,9 +488,12 @@ void draw_plot(const std::string& out, const std::vector<summary>& rows, bool qu
           << "set logscale x 2\nset xlabel 'MACs per example (log scale)'\nset ylabel 'test accuracy (%)'\n"
           << "set grid\nset key bottom right\n"
           << "plot ";
+        // gnuplot's default colours repeat after 8 curves: one colour per family from a longer list.
+        const char* colours[] = {"#000000", "#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00",
+                                 "#a65628", "#f781bf", "#17becf", "#999999", "#bcbd22", "#1f3a93"};
         for (std::size_t i = 0; i < families.size(); ++i)
             f << (i ? ", " : "") << "'" << dat << "' index " << i << " using 1:2 with linespoints lw 2 pt " << (5 + i)
-              << " title '" << families[i] << "'";
+              << " lc rgb '" << colours[i % (sizeof colours / sizeof colours[0])] << "' title '" << families[i] << "'";
         f << "\n";
     }
     const std::string cmd = "gnuplot '" + gp + "'";
