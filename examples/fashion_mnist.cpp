@@ -7,6 +7,7 @@
 #include <treegate/train/gradients.hpp>
 #include <treegate/train/loss.hpp>
 #include <treegate/train/optimizer.hpp>
+#include <treegate/train/soft_routing.hpp>
 #include <treegate/treegate.hpp>
 
 #include <zlib.h>
@@ -189,6 +190,17 @@ struct train_config {
     index_t train_limit = 0;  // 0: the whole training set
 };
 
+/// Soft routing of the model's tree_feedforward stages (train/soft_routing.hpp) during the first
+/// `soft_fraction` of the steps: the temperature falls geometrically from t_start to t_end and
+/// the hardening weight rises linearly from 0 to `hardening`; the remaining steps train hard
+/// (the ordinary forward and backward), so the leaves adapt to the routes the served model takes.
+/// soft_fraction = 0: hard training throughout.
+struct soft_schedule {
+    double soft_fraction = 0.0;
+    double t_start = 1.0, t_end = 0.1;
+    double hardening = 0.0;
+};
+
 /// Work shared by every job and read by the progress display.
 struct progress {
     std::atomic<long long> done{0};  // weighted work units finished
@@ -244,8 +256,8 @@ double inference_us(const Model& model, const split& test) {
 /// Adam with a linear warm-down of the learning rate over the last half of training; the
 /// permutation of every epoch comes from (seed, epoch), so a job is bit-identical for its seed.
 template <class Model>
-double train(Model& model, const dataset& d, const train_config& cfg, tt::weight_decay decay, std::uint64_t seed,
-             progress* prog, long long unit_per_batch, double* first_epoch_seconds, double* touched_per_step) {
+double train(Model& model, const dataset& d, const train_config& cfg, tt::weight_decay decay, const soft_schedule& soft,
+             std::uint64_t seed, progress* prog, long long unit_per_batch, double* first_epoch_seconds, double* touched_per_step) {
     const index_t n = cfg.train_limit > 0 ? std::min(cfg.train_limit, d.train.size()) : d.train.size();
     const index_t batch = cfg.batch;
     auto grad = tt::make_gradient(model);
@@ -255,6 +267,7 @@ double train(Model& model, const dataset& d, const train_config& cfg, tt::weight
     tt::adam<float> opt(o);
     typename Model::workspace_type fws;
     tt::sequential_backward_workspace<float> bws;
+    tt::soft_sequential_workspace<float> sws;
     mat Xb(784, batch), Yb(10, batch), dY(10, batch);
     std::vector<std::uint8_t> lb(static_cast<std::size_t>(batch));
     const long long steps_per_epoch = n / batch;
@@ -272,10 +285,18 @@ double train(Model& model, const dataset& d, const train_config& cfg, tt::weight
             tt::gather_columns(d.train.X, order.data() + b, batch, Xb);
             for (index_t k = 0; k < batch; ++k)
                 lb[static_cast<std::size_t>(k)] = d.train.labels[static_cast<std::size_t>(order[static_cast<std::size_t>(b + k)])];
-            model.forward_batch(Xb, Yb, fws);
-            tt::softmax_cross_entropy(Yb, lb.data(), dY);
             grad.zero();
-            tt::backward(model, Xb, fws, dY, grad, bws);
+            if (frac < soft.soft_fraction) {
+                const double s = frac / soft.soft_fraction;  // 0 -> 1 over the soft phase
+                const tt::soft_routing_options so{soft.t_start * std::pow(soft.t_end / soft.t_start, s), soft.hardening * s};
+                tt::soft_forward(model, Xb, Yb, fws, sws, so);
+                tt::softmax_cross_entropy(Yb, lb.data(), dY);
+                tt::soft_backward(model, Xb, fws, dY, grad, sws, so);
+            } else {
+                model.forward_batch(Xb, Yb, fws);
+                tt::softmax_cross_entropy(Yb, lb.data(), dY);
+                tt::backward(model, Xb, fws, dY, grad, bws);
+            }
             blocks.clear();
             grad.collect(model, blocks);
             for (const auto& blk : blocks) touched += blk.visited ? static_cast<double>(blk.size) : 0.0;
@@ -301,12 +322,13 @@ struct model_spec {
 /// Builds a spec from a factory of the trained model, a function turning it into the served
 /// model (identity, or flattening a path_sum tree) and the weight decay.
 template <class Make, class Serve>
-model_spec make_spec(std::string name, std::string family, Make make, Serve serve, tt::weight_decay decay = {}) {
+model_spec make_spec(std::string name, std::string family, Make make, Serve serve, tt::weight_decay decay = {},
+                     soft_schedule soft = {}, double cost_factor = 1.0) {
     model_spec s;
     s.name = std::move(name);
     s.family = std::move(family);
-    s.cost = make().macs_per_example();
-    s.run = [make, serve, decay, name = s.name, family = s.family](const dataset& d, const train_config& cfg,
+    s.cost = static_cast<index_t>(static_cast<double>(make().macs_per_example()) * cost_factor);
+    s.run = [make, serve, decay, soft, name = s.name, family = s.family](const dataset& d, const train_config& cfg,
                                                                    std::uint64_t seed, progress* prog, long long unit) {
         auto model = make();
         model.initialize(seed * 1000 + 17);
@@ -316,7 +338,7 @@ model_spec make_spec(std::string name, std::string family, Make make, Serve serv
         r.seed = seed;
         r.train_params = model.parameter_count();
         r.train_macs = model.macs_per_example();
-        r.train_seconds = train(model, d, cfg, decay, seed, prog, unit, &r.epoch_seconds, &r.touched_per_step);
+        r.train_seconds = train(model, d, cfg, decay, soft, seed, prog, unit, &r.epoch_seconds, &r.touched_per_step);
         auto served = std::make_shared<decltype(serve(model))>(serve(model));
         r.params = served->parameter_count();
         r.macs = served->macs_per_example();
@@ -402,6 +424,22 @@ model_spec fff(index_t width, int depth, index_t trees, treegate::ff_variant var
     }, identity_serve{}, decay);
 }
 
+/// (d) trained with soft routing for the first part of training, then hard; served hard. Soft
+/// steps evaluate every node: 2^(D+1) - 1 node MLPs (node_sum) or 2^D leaf MLPs (leaf_mlp) per
+/// example instead of D + 1 or 1, which `cost_factor` tells the progress display.
+model_spec fff_soft(index_t width, int depth, index_t trees, treegate::ff_variant variant, const soft_schedule& soft) {
+    const std::string v = treegate::to_string(variant);
+    const std::string name = "fff " + v + " K" + std::to_string(trees) + " D" + std::to_string(depth) + " w" +
+                             std::to_string(width) + " soft";
+    const double nodes = variant == treegate::ff_variant::node_sum ? std::ldexp(1.0, depth + 1) - 1.0 : std::ldexp(1.0, depth);
+    const double hard = variant == treegate::ff_variant::node_sum ? depth + 1.0 : 1.0;
+    const double factor = 1.0 + soft.soft_fraction * (nodes / hard - 1.0);
+    return make_spec(name, "tree_feedforward " + v + ", soft-routed", [=] {
+        return treegate::sequential(
+            treegate::tree_feedforward<float>(784, 10, width, depth, trees, activation::relu, variant));
+    }, identity_serve{}, tt::weight_decay{}, soft, factor);
+}
+
 // ---- output ------------------------------------------------------------------------------------
 
 struct summary {
@@ -450,9 +488,12 @@ void draw_plot(const std::string& out, const std::vector<summary>& rows, bool qu
           << "set logscale x 2\nset xlabel 'MACs per example (log scale)'\nset ylabel 'test accuracy (%)'\n"
           << "set grid\nset key bottom right\n"
           << "plot ";
+        // gnuplot's default colours repeat after 8 curves: one colour per family from a longer list.
+        const char* colours[] = {"#000000", "#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00",
+                                 "#a65628", "#f781bf", "#17becf", "#999999", "#bcbd22", "#1f3a93"};
         for (std::size_t i = 0; i < families.size(); ++i)
             f << (i ? ", " : "") << "'" << dat << "' index " << i << " using 1:2 with linespoints lw 2 pt " << (5 + i)
-              << " title '" << families[i] << "'";
+              << " lc rgb '" << colours[i % (sizeof colours / sizeof colours[0])] << "' title '" << families[i] << "'";
         f << "\n";
     }
     const std::string cmd = "gnuplot '" + gp + "'";
@@ -585,6 +626,13 @@ int main(int argc, char** argv) {
 
     // The rows of the comparison. A new model family is one more entry here.
     const tt::weight_decay none{}, depth_decay{0.01, 2.0};
+    // Soft rows: soft routing for the first 3/4 of the steps (T from 1 to 0.1, hardening weight
+    // from 0 to 0.1), then hard; one schedule for every soft row, set before any soft run.
+    soft_schedule soft;
+    soft.soft_fraction = 0.75;
+    soft.t_start = 1.0;
+    soft.t_end = 0.1;
+    soft.hardening = 0.1;
     const std::string head_family = "tree head, path_sum (flat)", first_family = "tree first layer, path_sum (flat)";
     std::vector<model_spec> specs;
     std::vector<model_spec> depth_sweep;  // epoch time against depth at a fixed width
@@ -594,9 +642,11 @@ int main(int argc, char** argv) {
         specs.push_back(tree_head(16, 6, tree_mode::path_sum, none, head_family));
         specs.push_back(tree_first(16, 4, tree_mode::path_sum, none, pixels, first_family));
         specs.push_back(fff(8, 3, 1, treegate::ff_variant::node_sum, none));
+        specs.push_back(fff_soft(4, 3, 1, treegate::ff_variant::node_sum, soft));
         sweep_depths = {0, 4, 8};
     } else {
-        for (index_t h : {8, 16, 32, 64, 128, 256}) specs.push_back(dense_mlp(h));
+        // 784-11-10 (8734 MACs) sits next to the soft leaf_mlp w8 row (8704 MACs).
+        for (index_t h : {8, 11, 16, 32, 64, 128, 256}) specs.push_back(dense_mlp(h));
         // (a) the paper's layer as the output layer, gated by 6 hidden units, served flat.
         for (index_t h : {8, 16, 32}) specs.push_back(tree_head(h, 6, tree_mode::path_sum, none, head_family));
         // (b) the same as a flat table from the start: what the path sum's sharing buys.
@@ -606,14 +656,13 @@ int main(int argc, char** argv) {
             specs.push_back(tree_head(h, 6, tree_mode::path_sum, depth_decay, "tree head, path_sum + depth decay (flat)"));
         // (e) where the tree sits: the first layer, gated by 4 pixels.
         specs.push_back(tree_first(16, 4, tree_mode::path_sum, none, pixels, first_family));
-        specs.push_back(tree_first(32, 4, tree_mode::path_sum, none, pixels, first_family));
         specs.push_back(tree_first(16, 4, tree_mode::leaf_only, none, pixels, "tree first layer, leaf_only"));
         // (d) tree_feedforward blocks replacing the whole MLP.
-        for (index_t w : {4, 8, 16}) specs.push_back(fff(w, 3, 1, treegate::ff_variant::node_sum, none));
-        specs.push_back(fff(16, 2, 1, treegate::ff_variant::node_sum, none));
-        specs.push_back(fff(8, 4, 1, treegate::ff_variant::node_sum, none));
-        specs.push_back(fff(5, 5, 1, treegate::ff_variant::node_sum, none));  // >= the parameters of 784-256-10
+        for (index_t w : {4, 8}) specs.push_back(fff(w, 3, 1, treegate::ff_variant::node_sum, none));
         specs.push_back(fff(32, 3, 1, treegate::ff_variant::leaf_mlp, none));
+        // (f) the same tree_feedforward shapes trained with soft routing, served hard.
+        for (index_t w : {2, 4, 8}) specs.push_back(fff_soft(w, 3, 1, treegate::ff_variant::node_sum, soft));
+        for (index_t w : {8, 32}) specs.push_back(fff_soft(w, 3, 1, treegate::ff_variant::leaf_mlp, soft));
         sweep_depths = {0, 2, 4, 6, 8};
     }
     for (int D : sweep_depths) depth_sweep.push_back(tree_first(32, D, tree_mode::path_sum, none, pixels, "depth sweep"));
@@ -726,7 +775,8 @@ int main(int argc, char** argv) {
         std::printf("%-52s %10lld %10lld %8.1f %8.2f +-%4.2f %9.2f\n", r.model.c_str(), static_cast<long long>(r.params),
                     static_cast<long long>(r.macs), r.train_seconds, 100 * r.accuracy, 100 * r.accuracy_sd, r.infer_us);
     std::printf("(mean +- sample sd over %d seed(s); '(flat)': trained as a path_sum tree, served as its flattened "
-                "leaf_only table; train s: one job's wall time while %d jobs ran at once)\n",
+                "leaf_only table; 'soft': trained with soft routing, served hard; train s: one job's wall time while %d jobs ran at "
+                "once)\n",
                 seeds, threads);
 
     {
