@@ -27,13 +27,15 @@ struct block_table {
     index_t bias_stride;
 };
 
-/// Rows of a block per piece for a group of `m` examples: whole blocks for small groups, else
-/// chunks of a multiple of 16 rows (the SIMD kernels' row panel) worth at least ~2^18
+/// Rows of a block per piece for a group of `m` examples: whole blocks for groups of fewer than
+/// 16 examples (memory-bound: a whole block is one sequential stream, while a row chunk of a
+/// column-major block is a strided one, which measured up to 1.5x slower) and for small work,
+/// else chunks of a multiple of 16 rows (the SIMD kernels' row panel) worth at least ~2^18
 /// multiply-adds each. Depends on the sizes only, never on the thread count.
 inline index_t piece_rows(index_t m, index_t in, index_t out) noexcept {
-    constexpr index_t piece_macs = index_t{1} << 18, min_rows = 64;
+    constexpr index_t piece_macs = index_t{1} << 18, min_rows = 64, min_group = 16;
     const index_t macs = m * in * out;
-    if (macs <= piece_macs || out <= min_rows) return out;
+    if (m < min_group || macs <= piece_macs || out <= min_rows) return out;
     const index_t parts = std::min((macs + piece_macs - 1) / piece_macs, (out + min_rows - 1) / min_rows);
     const index_t rows = (out + parts - 1) / parts;
     return (rows + 15) / 16 * 16;
