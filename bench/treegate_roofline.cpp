@@ -2,7 +2,7 @@
 // standard cases of BENCHMARKS.md (plus the flattened path_sum cases) and prints each one's
 // time against its roofline and against dense baselines, one `case=...` line per case.
 //
-//   treegate_roofline [--policy eigen|avx2|native] [--quick] [--threads N] [--per-case-limits] [--cpu-time] [--bf16]
+//   treegate_roofline [--policy auto|eigen|avx2|native] [--quick] [--threads N] [--per-case-limits] [--cpu-time] [--bf16]
 //
 // --bf16 also runs PS-latency, PS-deep and LO-batch (and their -flat variants) with the weights
 // stored as bf16 (tree_linear_bf16, float activations and accumulation): case names get a
@@ -73,7 +73,7 @@ using vecf = Eigen::VectorXf;
 using clock_type = std::chrono::steady_clock;
 
 struct options {
-    std::string policy = "native";
+    std::string policy = "auto";  // avx2 where the CPU has it, else eigen
     bool quick = false;
     bool per_case_limits = false;
     bool bf16 = false;
@@ -779,13 +779,15 @@ options parse(int argc, char** argv) {
         } else if (a.rfind("--threads=", 0) == 0) {
             o.threads = std::atoi(a.c_str() + 10);
         } else if (a == "--help" || a == "-h") {
-            std::printf("usage: treegate_roofline [--policy eigen|avx2|native] [--quick] [--threads N] [--per-case-limits] [--cpu-time] [--bf16]\n");
+            std::printf("usage: treegate_roofline [--policy auto|eigen|avx2|native] [--quick] [--threads N] [--per-case-limits] [--cpu-time] [--bf16]\n");
             std::exit(0);
         } else {
             fail("unknown option '" + a + "' (try --help)");
         }
     }
-    if (o.policy != "eigen" && o.policy != "avx2" && o.policy != "native") fail("--policy must be eigen, avx2 or native");
+    if (o.policy != "auto" && o.policy != "eigen" && o.policy != "avx2" && o.policy != "native")
+        fail("--policy must be auto, eigen, avx2 or native");
+    if (o.policy == "auto") o.policy = treegate::kernels::cpu_supports_avx2() ? "avx2" : "eigen";
     if (o.threads < 1) fail("--threads must be at least 1");
     return o;
 }
