@@ -467,33 +467,6 @@ double tl_bytes(const Layer& layer, const matf& X, index_t batch, double llc, do
     return blocks * block + 4.0 * static_cast<double>(batch * (layer.in_size() + layer.out_size()));
 }
 
-/// Times one tree_linear layer on its case; returns the median ms per forward pass.
-template <class Layer>
-double time_tl(const Layer& layer, const matf& X, index_t batch, const options& o) {
-    if (batch == 1) {
-        vecf y(layer.out_size());
-        const int reps = o.quick ? 5 : 21;
-        const double t = median_time(reps, 1, [&] {
-            for (index_t e = 0; e < X.cols(); ++e) {
-                layer.forward(X.col(e), y);
-                g_sink = g_sink + y(0);
-            }
-        });
-        return t * 1e3 / static_cast<double>(X.cols());
-    }
-    matf Y(layer.out_size(), batch);
-    treegate::workspace<float> ws;
-    const int reps = o.quick ? 3 : 9;
-    return median_time(reps, 1, [&] {
-               if (g_pool != nullptr)
-                   layer.forward_batch(X, Y, ws, *g_pool);
-               else
-                   layer.forward_batch(X, Y, ws);
-               g_sink = g_sink + Y(0, 0);
-           }) *
-           1e3;
-}
-
 /// Output of `layer` on the first `sample` examples of X (single-example path for batch 1).
 template <class Layer>
 matf sample_output(const Layer& layer, const matf& X, index_t batch, index_t sample) {
@@ -532,6 +505,20 @@ double tl_pass(const Layer& layer, const matf& X, index_t batch, vecf& y, matf& 
 double median_of(std::vector<double> v) {
     std::sort(v.begin(), v.end());
     return v[v.size() / 2];
+}
+
+/// Times one tree_linear layer on its case; returns the median ms per forward pass (per input
+/// for batch 1, where one pass runs every input once).
+template <class Layer>
+double time_tl(const Layer& layer, const matf& X, index_t batch, const options& o) {
+    vecf y(layer.out_size());
+    matf Y(layer.out_size(), batch);
+    treegate::workspace<float> ws;
+    tl_pass(layer, X, batch, y, Y, ws);  // warm-up (and workspace growth)
+    const int reps = batch == 1 ? (o.quick ? 5 : 21) : (o.quick ? 3 : 9);
+    std::vector<double> t;
+    for (int r = 0; r < reps; ++r) t.push_back(tl_pass(layer, X, batch, y, Y, ws));
+    return median_of(t) * 1e3 / (batch == 1 ? static_cast<double>(X.cols()) : 1.0);
 }
 
 /// The float case `lay` again with its weights stored as bf16 (--bf16): checked against the

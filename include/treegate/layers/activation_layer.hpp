@@ -52,8 +52,8 @@ public:
                        Executor&& ex) const {
         constexpr index_t chunk = 256;
         detail::check_batch(name, size_, X.rows(), X.cols(), size_, Y.rows(), Y.cols());
-        ex.run(parallel::chunk_count(X.cols(), chunk), [&](index_t p, int) {
-            for (index_t e = p * chunk, end = std::min(X.cols(), e + chunk); e < end; ++e) {
+        parallel::for_each_chunk(ex, X.cols(), chunk, [&](index_t begin, index_t end, int) {
+            for (index_t e = begin; e < end; ++e) {
                 Y.col(e) = X.col(e);
                 apply_inplace(act_, Y.col(e).data(), size_);
             }

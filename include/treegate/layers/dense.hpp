@@ -90,8 +90,8 @@ public:
                        Executor&& ex) const {
         constexpr index_t chunk = 256;
         detail::check_batch(name, in_, X.rows(), X.cols(), out_, Y.rows(), Y.cols());
-        ex.run(parallel::chunk_count(X.cols(), chunk), [&](index_t p, int) {
-            const index_t e0 = p * chunk, m = std::min(chunk, X.cols() - e0);
+        parallel::for_each_chunk(ex, X.cols(), chunk, [&](index_t e0, index_t end, int) {
+            const index_t m = end - e0;
             auto Yc = Y.middleCols(e0, m);
             if (has_bias_)
                 Yc.colwise() = bias();

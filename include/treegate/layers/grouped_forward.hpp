@@ -80,9 +80,8 @@ void grouped_forward(const block_table<W, Scalar>& t, const Eigen::Ref<const mat
     const index_t* order = ws.leaves.order();
     auto A = ws.a.view(t.in, n);
     auto B = ws.b.view(t.out, n);
-    const index_t copies = parallel::chunk_count(n, copy_chunk);
-    ex.run(copies, [&](index_t p, int) {
-        for (index_t k = p * copy_chunk, end = std::min(n, k + copy_chunk); k < end; ++k) {
+    parallel::for_each_chunk(ex, n, copy_chunk, [&](index_t begin, index_t end, int) {
+        for (index_t k = begin; k < end; ++k) {
             A.col(k) = X.col(order[k]);
             B.col(k).setZero();
         }
@@ -108,8 +107,8 @@ void grouped_forward(const block_table<W, Scalar>& t, const Eigen::Ref<const mat
                     Eigen::Map<const Eigen::Matrix<Scalar, Eigen::Dynamic, 1>>(t.biases + blk * t.bias_stride + q.row0, q.rows);
         });
     }
-    ex.run(copies, [&](index_t p, int) {
-        for (index_t k = p * copy_chunk, end = std::min(n, k + copy_chunk); k < end; ++k) Y.col(order[k]) = B.col(k);
+    parallel::for_each_chunk(ex, n, copy_chunk, [&](index_t begin, index_t end, int) {
+        for (index_t k = begin; k < end; ++k) Y.col(order[k]) = B.col(k);
     });
 }
 

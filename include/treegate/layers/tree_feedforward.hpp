@@ -213,9 +213,8 @@ public:
     void forward_batch(const Eigen::Ref<const batch>& X, Eigen::Ref<batch> Y, workspace<Scalar>& ws, Executor&& ex) const {
         detail::check_batch(name, in_, X.rows(), X.cols(), out_, Y.rows(), Y.cols());
         ws.reserve_workers(ex.size());
-        ex.run(parallel::chunk_count(X.cols(), batch_tile), [&](index_t p, int worker) {
-            const index_t t0 = p * batch_tile, m = std::min(batch_tile, X.cols() - t0);
-            forward_tile(X.middleCols(t0, m), Y.middleCols(t0, m), ws.worker(worker));
+        parallel::for_each_chunk(ex, X.cols(), batch_tile, [&](index_t t0, index_t end, int worker) {
+            forward_tile(X.middleCols(t0, end - t0), Y.middleCols(t0, end - t0), ws.worker(worker));
         });
     }
 

@@ -13,6 +13,8 @@
 
 #include "../config.hpp"
 
+#include <algorithm>
+
 namespace treegate::parallel {
 
 /// Runs every piece on the calling thread, in order.
@@ -27,6 +29,16 @@ struct serial {
 
 /// Pieces of `total` items cut into chunks of `chunk`: piece p covers [p*chunk, min(total, (p+1)*chunk)).
 inline index_t chunk_count(index_t total, index_t chunk) noexcept { return total <= 0 ? 0 : (total + chunk - 1) / chunk; }
+
+/// Runs fn(begin, end, worker) on `ex` for each chunk [begin, end) of [0, total), one piece per
+/// chunk: the split depends on `total` and `chunk` only.
+template <class Executor, class F>
+void for_each_chunk(Executor& ex, index_t total, index_t chunk, F&& fn) {
+    ex.run(chunk_count(total, chunk), [&](index_t p, int worker) {
+        const index_t begin = p * chunk;
+        fn(begin, std::min(total, begin + chunk), worker);
+    });
+}
 
 }  // namespace treegate::parallel
 
