@@ -1,5 +1,5 @@
 // treegate_roofline — measures this machine's GEMM peak and read bandwidth, then runs the
-// standard cases of BENCHMARKS.md (plus the flattened path_sum cases) and prints each one's
+// standard cases of the README's "Benchmarks" section (plus the flattened path_sum cases) and prints each one's
 // time against its roofline and against dense baselines, one `case=...` line per case.
 //
 //   treegate_roofline [--policy auto|eigen|avx2|native] [--quick] [--threads N] [--per-case-limits] [--cpu-time] [--bf16]
@@ -80,7 +80,7 @@ struct options {
     int threads = 1;
 };
 
-// Wall-clock time by default (BENCHMARKS.md). With --cpu-time, this thread's CPU time instead:
+// Wall-clock time by default (README, "Benchmarks"). With --cpu-time, this thread's CPU time instead:
 // on an oversubscribed machine the wall clock also counts the time the thread was not running,
 // which no roofline describes; CPU time keeps that out of limits and cases alike.
 bool g_cpu_time = false;

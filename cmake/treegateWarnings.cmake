@@ -2,7 +2,7 @@
 # Never applied to the treegate target itself, so consumers keep full control of their flags.
 include_guard(GLOBAL)
 
-# Warnings the headers must be clean of (STYLE.md). CMAKE_COMPILE_WARNING_AS_ERROR turns
+# Warnings the headers must be clean of (the README's Developing section). CMAKE_COMPILE_WARNING_AS_ERROR turns
 # them into errors; we do not add -Werror here so as not to fight that switch.
 function(treegate_strict_warnings target)
   if(CMAKE_CXX_COMPILER_ID MATCHES "^(GNU|Clang|AppleClang)$")

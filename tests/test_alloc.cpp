@@ -1,4 +1,4 @@
-// The single-example forward never allocates after construction (DESIGN.md section 4).
+// The single-example forward never allocates after construction (README, "Data conventions").
 // This is the ONE translation unit of treegate_tests that replaces the global operator new and
 // delete (every overload); the replacement counts calls and applies to the whole executable.
 // Eigen's own heap use goes to std::malloc, so it is caught separately through

@@ -1,4 +1,4 @@
-// Errors (DESIGN.md section 5): bad shapes and bad configurations raise treegate::shape_error or
+// Errors (README, "Errors"): bad shapes and bad configurations raise treegate::shape_error or
 // treegate::config_error (both treegate::error) whose message names the layer and the numbers;
 // absurd sizes are refused without crashing and without a successful huge allocation.
 #include "test_support.hpp"

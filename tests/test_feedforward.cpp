@@ -1,5 +1,5 @@
 // tree_feedforward (the FFF / UltraFastBERT family) against a naive per-example oracle
-// transcribed from DESIGN.md, and UltraFastBERT's layer against a transcription of its formula.
+// transcribed from the README's formula section, and UltraFastBERT's layer against a transcription of its formula.
 #include "test_support.hpp"
 
 #include <treegate/layers/tree_feedforward.hpp>

@@ -137,7 +137,7 @@ M random_away(index_t rows, index_t cols, std::mt19937& g) {
     return m;
 }
 
-// ---- tree_feedforward oracle (DESIGN.md section 2): routes, margins, units reached ---------------
+// ---- tree_feedforward oracle (the README's formula section): routes, margins, units reached ---------------
 
 /// Smallest |value| among the route decisions of column x (and among every hidden
 /// pre-activation when the activation is ReLU); appends the units reached as t * units + i.

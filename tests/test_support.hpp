@@ -1,5 +1,5 @@
 // Shared helpers of treegate's unit tests: seeded random data, the naive oracles written from
-// DESIGN.md section 2 (never from the library's own index helpers), tolerances and error checks.
+// the README's formula section (never from the library's own index helpers), tolerances and error checks.
 #ifndef TREEGATE_TESTS_TEST_SUPPORT_HPP
 #define TREEGATE_TESTS_TEST_SUPPORT_HPP
 
@@ -77,7 +77,7 @@ mat<Scalar> random_gates(index_t rows, index_t cols, std::mt19937& g) {
     return m;
 }
 
-/// D gating indices into an input of size `in` (repeats allowed: DESIGN.md does not forbid them).
+/// D gating indices into an input of size `in` (repeats allowed: the README does not forbid them).
 inline std::vector<index_t> random_gating_indices(int depth, index_t in, std::mt19937& g) {
     std::vector<index_t> idx(static_cast<std::size_t>(depth));
     for (auto& i : idx) i = uniform_index(g, 0, in - 1);
@@ -119,7 +119,7 @@ void copy_weights(To& to, const From& from) {
     }
 }
 
-// ---- topology, written from DESIGN.md section 2 ------------------------------------------------
+// ---- topology, written from the README's formula section ------------------------------------------------
 
 /// Gate value to bit: 1 iff g > 0 (NaN, -0, +0 give 0).
 template <class Scalar>
@@ -188,7 +188,7 @@ oracle_result oracle_tree_linear(const Layer& layer, const mat<Scalar>& X, const
     return r;
 }
 
-// ---- the tree_feedforward oracle, transcribed from DESIGN.md section 2 -----------------------
+// ---- the tree_feedforward oracle, transcribed from the README's formula section -----------------------
 
 /// act(v) in double: GELU is the exact erf form, gelu_tanh the usual tanh approximation.
 inline double oracle_act(treegate::activation a, double v) {

@@ -1,4 +1,4 @@
-// Topology (tree.hpp) and routing (routing.hpp) against DESIGN.md section 2, written independently.
+// Topology (tree.hpp) and routing (routing.hpp) against the README's formula section, written independently.
 #include "test_support.hpp"
 
 #include <treegate/routing.hpp>

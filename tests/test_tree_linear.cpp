@@ -292,7 +292,7 @@ TEST_CASE("tree_linear on an empty batch gives an empty result", "[tree_linear][
     CHECK(Ye.cols() == 0);
 }
 
-TEST_CASE("tree_linear parameter_count, macs_per_example and block_count follow DESIGN.md", "[tree_linear]") {
+TEST_CASE("tree_linear parameter_count, macs_per_example and block_count follow the README formulas", "[tree_linear]") {
     for (int depth : {0, 1, 4, 9}) {
         for (auto io : {std::pair<index_t, index_t>{1, 1}, {17, 3}, {5, 70}}) {
             const index_t in = io.first, out = io.second;

@@ -5,7 +5,7 @@ Usage: interop.py <interop_main executable> <work directory> [--venv <virtual en
 
 (a) Python -> C++: weights written with the reference `safetensors` package (save_file with
     metadata), inputs and expected outputs from treegate_ref.py (a NumPy transcription of
-    DESIGN.md section 2); interop_main loads the weights with treegate, runs them, and writes
+    the README's formula section); interop_main loads the weights with treegate, runs them, and writes
     the outputs and the re-saved model, which are read back here with `safetensors` and checked.
 (b) C++ -> Python: interop_main builds layers, saves them with their inputs and outputs; here
     `safetensors` reads them and treegate_ref.py recomputes the outputs.

@@ -1,4 +1,4 @@
-"""NumPy transcription of treegate's layers, written from DESIGN.md section 2 (not from the C++).
+"""NumPy transcription of treegate's layers, written from the README's formula section (not from the C++).
 
 Shapes follow the safetensors file format (PyTorch conventions): a batch is [batch, features];
 a dense weight is [out, in]; tree_linear stores weight [blocks, out, in] and bias [blocks, out];
