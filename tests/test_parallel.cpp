@@ -1,11 +1,13 @@
-// The thread pool, and the threaded batched forward: for every thread count the output must be
-// bit-identical to the serial batched forward (the pieces do not depend on the thread count),
-// for every policy, both tree modes, both gate sources and both feed-forward variants.
+// The thread pool, the threaded batched forward and the threaded soft-routing passes: for every
+// thread count the output must be bit-identical to the serial call (the pieces do not depend on
+// the thread count), for every policy, both tree modes, both gate sources and both feed-forward variants.
 #include "test_support.hpp"
 
 #include <treegate/kernels/avx2.hpp>
 #include <treegate/layers/tree_linear_bf16.hpp>
 #include <treegate/parallel/thread_pool.hpp>
+#include <treegate/train/gradients.hpp>
+#include <treegate/train/soft_routing.hpp>
 #include <treegate/treegate.hpp>
 
 #include <atomic>
@@ -188,5 +190,90 @@ TEST_CASE("threaded dense, activation, blocked trees and sequential models are b
         model.forward_batch(Xm, Ym, mws, pool);
         CHECK(Yb == want_b);
         CHECK(Ym == want_m);
+    }
+}
+
+// Soft-routed training on a pool: the soft forward's output and penalty, and the soft backward's
+// every gradient block and dX, are bit-identical to the serial call for every thread count
+// (pieces are nodes, units and fixed tiles of examples, none depends on the worker). Batches of
+// 150 examples cross several 64-example tiles; both variants, several trees, with and without dX,
+// and a sequential model whose other stages run their own forward on the pool.
+TEST_CASE("soft forward and backward are bit-identical on any thread count", "[parallel][soft_routing]") {
+    namespace tt = treegate::train;
+    using ff = treegate::tree_feedforward<float>;
+    std::mt19937 g(97);
+    for (auto variant : {treegate::ff_variant::node_sum, treegate::ff_variant::leaf_mlp}) {
+        const index_t in = uniform_index(g, 9, 17), out = uniform_index(g, 3, 7), width = uniform_index(g, 1, 5);
+        const int depth = static_cast<int>(uniform_index(g, 0, 4));
+        const index_t trees = uniform_index(g, 1, 3), n = 150;
+        CAPTURE(treegate::to_string(variant), in, out, width, depth, trees);
+        ff f(in, out, width, depth, trees, treegate::activation::gelu, variant, true);
+        f.initialize(static_cast<std::uint64_t>(g()));
+        const mat<float> X = random_matrix<float>(in, n, g), R = random_matrix<float>(out, n, g);
+        const tt::soft_routing_options opt{0.7, 0.3};
+        tt::soft_workspace<float> ws;
+        mat<float> Y0(out, n), dX0(in, n);
+        const float pen0 = tt::soft_forward(f, X, Y0, ws, opt);
+        auto grad0 = tt::make_gradient(f);
+        CHECK(tt::soft_backward(f, X, R, grad0, dX0, ws, opt) == pen0);
+        tt::param_list<float> blocks0;
+        grad0.collect(f, blocks0);
+        for (int threads : thread_counts) {
+            CAPTURE(threads);
+            parallel::thread_pool pool(threads);
+            tt::soft_workspace<float> pws;
+            mat<float> Y(out, n), dX(in, n);
+            Y.setConstant(std::numeric_limits<float>::quiet_NaN());
+            CHECK(tt::soft_forward(f, X, Y, pws, opt, pool) == pen0);
+            CHECK(Y == Y0);
+            for (bool with_dx : {true, false}) {
+                auto grad = tt::make_gradient(f);
+                dX.setConstant(std::numeric_limits<float>::quiet_NaN());
+                const float pen = with_dx ? tt::soft_backward(f, X, R, grad, dX, pws, opt, pool)
+                                          : tt::soft_backward(f, X, R, grad, pws, opt, pool);
+                CHECK(pen == pen0);
+                if (with_dx) CHECK(dX == dX0);
+                tt::param_list<float> blocks;
+                grad.collect(f, blocks);
+                REQUIRE(blocks.size() == blocks0.size());
+                for (std::size_t k = 0; k < blocks.size(); ++k) {
+                    CHECK(blocks[k].visited == blocks0[k].visited);
+                    for (index_t i = 0; i < blocks[k].size; ++i) CHECK(blocks[k].grad[i] == blocks0[k].grad[i]);
+                }
+                CHECK(grad.visited_units() == grad0.visited_units());
+                CHECK(grad.visited_routers() == grad0.visited_routers());
+            }
+        }
+    }
+    // A dense stage in front of a soft tree: the dense forward and the tree both take the pool.
+    auto model = treegate::sequential(treegate::dense<float>(11, 8), treegate::activation_layer<float>(treegate::activation::relu, 8),
+                                      ff(8, 4, 3, 2, 2, treegate::activation::relu, treegate::ff_variant::leaf_mlp));
+    model.initialize(5);
+    const mat<float> X = random_matrix<float>(11, 150, g), R = random_matrix<float>(4, 150, g);
+    const tt::soft_routing_options opt{0.5, 0.1};
+    decltype(model)::workspace_type fws0;
+    tt::soft_sequential_workspace<float> sws0;
+    mat<float> Y0(4, 150), dX0(11, 150);
+    const float pen0 = tt::soft_forward(model, X, Y0, fws0, sws0, opt);
+    auto grad0 = tt::make_gradient(model);
+    tt::soft_backward(model, X, fws0, R, grad0, dX0, sws0, opt);
+    tt::param_list<float> blocks0;
+    grad0.collect(model, blocks0);
+    for (int threads : thread_counts) {
+        CAPTURE(threads);
+        parallel::thread_pool pool(threads);
+        decltype(model)::workspace_type fws;
+        tt::soft_sequential_workspace<float> sws;
+        mat<float> Y(4, 150), dX(11, 150);
+        CHECK(tt::soft_forward(model, X, Y, fws, sws, opt, pool) == pen0);
+        CHECK(Y == Y0);
+        auto grad = tt::make_gradient(model);
+        tt::soft_backward(model, X, fws, R, grad, dX, sws, opt, pool);
+        CHECK(dX == dX0);
+        tt::param_list<float> blocks;
+        grad.collect(model, blocks);
+        REQUIRE(blocks.size() == blocks0.size());
+        for (std::size_t k = 0; k < blocks.size(); ++k)
+            for (index_t i = 0; i < blocks[k].size; ++i) CHECK(blocks[k].grad[i] == blocks0[k].grad[i]);
     }
 }
