@@ -255,6 +255,74 @@ TREEGATE_DETAIL_AVX2_TARGET inline void axpy(index_t n, float alpha, const float
     }
 }
 
+// K (1..4) dots at once: K independent FMA chains per 8 lanes, so K loads of each input are in
+// flight together and the FMA latency of one chain hides behind the others.
+template <int K>
+TREEGATE_DETAIL_AVX2_TARGET inline void dot_group(index_t n, const float* const* a, const float* const* b,
+                                                  float* out) noexcept {
+    static_assert(K >= 1 && K <= 4, "dot_group handles 1 to 4 dots");
+    __m256 s[K], t[K];
+    for (int k = 0; k < K; ++k) s[k] = t[k] = _mm256_setzero_ps();
+    index_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int k = 0; k < K; ++k) {
+            s[k] = _mm256_fmadd_ps(_mm256_loadu_ps(a[k] + i), _mm256_loadu_ps(b[k] + i), s[k]);
+            t[k] = _mm256_fmadd_ps(_mm256_loadu_ps(a[k] + i + 8), _mm256_loadu_ps(b[k] + i + 8), t[k]);
+        }
+    if (i + 8 <= n) {
+        for (int k = 0; k < K; ++k) s[k] = _mm256_fmadd_ps(_mm256_loadu_ps(a[k] + i), _mm256_loadu_ps(b[k] + i), s[k]);
+        i += 8;
+    }
+    if (i < n) {
+        const __m256i m = tail_mask(n - i);
+        for (int k = 0; k < K; ++k)
+            t[k] = _mm256_fmadd_ps(_mm256_maskload_ps(a[k] + i, m), _mm256_maskload_ps(b[k] + i, m), t[k]);
+    }
+    for (int k = 0; k < K; ++k) out[k] = hsum(_mm256_add_ps(s[k], t[k]));
+}
+
+TREEGATE_DETAIL_AVX2_TARGET inline void dot_many(index_t n, int count, const float* const* a, const float* const* b,
+                                                 float* out) noexcept {
+    int k = 0;
+    for (; k + 4 <= count; k += 4) dot_group<4>(n, a + k, b + k, out + k);
+    switch (count - k) {
+        case 1: dot_group<1>(n, a + k, b + k, out + k); break;
+        case 2: dot_group<2>(n, a + k, b + k, out + k); break;
+        case 3: dot_group<3>(n, a + k, b + k, out + k); break;
+        default: break;
+    }
+}
+
+// y(i0 : i0 + 8 R) += sum_k alpha[k] x[k](i0 : ...): R registers of y held across every k (R
+// FMA chains, each one step per k), then stored once.
+template <int R>
+TREEGATE_DETAIL_AVX2_TARGET inline void axpy_chunk(index_t i0, int count, const float* alpha, const float* const* x,
+                                                   float* y) noexcept {
+    __m256 acc[R];
+    for (int r = 0; r < R; ++r) acc[r] = _mm256_loadu_ps(y + i0 + 8 * r);
+    for (int k = 0; k < count; ++k) {
+        const __m256 a = _mm256_broadcast_ss(alpha + k);
+        const float* xk = x[k] + i0;
+        for (int r = 0; r < R; ++r) acc[r] = _mm256_fmadd_ps(_mm256_loadu_ps(xk + 8 * r), a, acc[r]);
+    }
+    for (int r = 0; r < R; ++r) _mm256_storeu_ps(y + i0 + 8 * r, acc[r]);
+}
+
+TREEGATE_DETAIL_AVX2_TARGET inline void axpy_many(index_t n, int count, const float* alpha, const float* const* x,
+                                                  float* y) noexcept {
+    if (count <= 0) return;
+    index_t i = 0;
+    for (; i + 64 <= n; i += 64) axpy_chunk<8>(i, count, alpha, x, y);
+    for (; i + 8 <= n; i += 8) axpy_chunk<1>(i, count, alpha, x, y);
+    if (i < n) {
+        const __m256i m = tail_mask(n - i);
+        __m256 acc = _mm256_maskload_ps(y + i, m);
+        for (int k = 0; k < count; ++k)
+            acc = _mm256_fmadd_ps(_mm256_maskload_ps(x[k] + i, m), _mm256_broadcast_ss(alpha + k), acc);
+        _mm256_maskstore_ps(y + i, m, acc);
+    }
+}
+
 // Y(:, 0:J) += W(:, c:c+4) X(c:c+4, 0:J) for J = 1 or 2 columns of the group, the 4 J inputs
 // broadcast once into registers (4 J + 4 weight + 2 J accumulator registers fit the 16).
 // With Prefetch, the four columns `ahead` columns further on are prefetched as this sweep
@@ -655,6 +723,25 @@ struct avx2 {
         else
 #endif
             eigen::axpy(n, alpha, x, y);
+    }
+    template <class Scalar>
+    static void dot_many(index_t n, int count, const Scalar* const* a, const Scalar* const* b, Scalar* out) noexcept {
+#if TREEGATE_DETAIL_AVX2_KERNELS
+        if constexpr (std::is_same_v<Scalar, float>)
+            detail::avx2_kernels::dot_many(n, count, a, b, out);
+        else
+#endif
+            eigen::dot_many(n, count, a, b, out);
+    }
+
+    template <class Scalar>
+    static void axpy_many(index_t n, int count, const Scalar* alpha, const Scalar* const* x, Scalar* y) noexcept {
+#if TREEGATE_DETAIL_AVX2_KERNELS
+        if constexpr (std::is_same_v<Scalar, float>)
+            detail::avx2_kernels::axpy_many(n, count, alpha, x, y);
+        else
+#endif
+            eigen::axpy_many(n, count, alpha, x, y);
     }
 };
 
