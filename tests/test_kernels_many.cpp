@@ -6,6 +6,7 @@
 
 #include <treegate/kernels/avx2.hpp>
 #include <treegate/kernels/avx512.hpp>
+#include <treegate/kernels/dispatch.hpp>
 #include <treegate/kernels/eigen.hpp>
 #include <treegate/kernels/reference.hpp>
 
@@ -112,4 +113,5 @@ TEMPLATE_TEST_CASE("dot_many and axpy_many match plain loops", "[kernels][many]"
         check_many<treegate::kernels::avx512, TestType>(g);
     else
         WARN("this CPU (or build) lacks AVX-512 F/BW/VL/DQ: the avx512 dot_many / axpy_many are not tested");
+    check_many<treegate::kernels::dispatch, TestType>(g);
 }

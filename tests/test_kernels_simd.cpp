@@ -1,4 +1,4 @@
-// The SIMD kernel policies (avx2, avx512) against the `reference` policy run in double (the exact
+// The SIMD kernel policies (avx2, avx512, and dispatch on its bound level) against the `reference` policy run in double (the exact
 // result to the tests' accuracy), over random and odd sizes, with every input placed flush against
 // an unreadable guard page so that a read past the end crashes; then the layers with each policy.
 #include "test_support.hpp"
@@ -7,6 +7,7 @@
 
 #include <treegate/kernels/avx2.hpp>
 #include <treegate/kernels/avx512.hpp>
+#include <treegate/kernels/dispatch.hpp>
 #include <treegate/kernels/native.hpp>
 #include <treegate/layers/tree_feedforward.hpp>
 #include <treegate/layers/tree_linear.hpp>
@@ -23,6 +24,7 @@
 using treegate::index_t;
 using treegate::kernels::avx2;
 using treegate::kernels::avx512;
+using treegate::kernels::dispatch;
 using treegate::kernels::reference;
 using namespace tg_test;
 
@@ -43,7 +45,9 @@ std::vector<index_t> test_sizes(std::mt19937& g) {
 /// True (after saying so) when this CPU or build cannot run policy P's kernels.
 template <class P>
 bool skip_without() {
-    if constexpr (std::is_same_v<P, avx512>) {
+    if constexpr (std::is_same_v<P, dispatch>) {
+        return false;  // runs everywhere, on the level it is bound to
+    } else if constexpr (std::is_same_v<P, avx512>) {
         if (treegate::kernels::cpu_supports_avx512()) return false;
         WARN("this CPU (or build) lacks AVX-512 F/BW/VL/DQ: the avx512 kernel tests are skipped");
         return true;
@@ -108,7 +112,7 @@ void check_gemm_bf16(index_t rows, index_t cols, index_t n, index_t ldw, index_t
 
 }  // namespace
 
-TEMPLATE_TEST_CASE("simd gemv matches the reference policy over odd sizes and strides", "[kernels][simd]", avx2, avx512) {
+TEMPLATE_TEST_CASE("simd gemv matches the reference policy over odd sizes and strides", "[kernels][simd]", avx2, avx512, dispatch) {
     if (skip_without<TestType>()) return;
     std::mt19937 g(101);
     const auto sizes = test_sizes(g);
@@ -130,7 +134,7 @@ TEMPLATE_TEST_CASE("simd gemv matches the reference policy over odd sizes and st
         }
 }
 
-TEMPLATE_TEST_CASE("simd gemm matches the reference policy for small and large groups", "[kernels][simd]", avx2, avx512) {
+TEMPLATE_TEST_CASE("simd gemm matches the reference policy for small and large groups", "[kernels][simd]", avx2, avx512, dispatch) {
     if (skip_without<TestType>()) return;
     std::mt19937 g(202);
     // Every small-group width (2..16), the packed kernels' column tails (6-wide avx2, 12-wide
@@ -154,7 +158,7 @@ TEMPLATE_TEST_CASE("simd gemm matches the reference policy for small and large g
     check_gemm<TestType>(300, 290, 20, 300, 290, 300, g);  // more than one k-block
 }
 
-TEMPLATE_TEST_CASE("simd path_sum matches the reference policy", "[kernels][simd]", avx2, avx512) {
+TEMPLATE_TEST_CASE("simd path_sum matches the reference policy", "[kernels][simd]", avx2, avx512, dispatch) {
     if (skip_without<TestType>()) return;
     std::mt19937 g(303);
     const auto sizes = test_sizes(g);
@@ -187,7 +191,7 @@ TEMPLATE_TEST_CASE("simd path_sum matches the reference policy", "[kernels][simd
         }
 }
 
-TEMPLATE_TEST_CASE("simd dot and axpy match the reference policy", "[kernels][simd]", avx2, avx512) {
+TEMPLATE_TEST_CASE("simd dot and axpy match the reference policy", "[kernels][simd]", avx2, avx512, dispatch) {
     if (skip_without<TestType>()) return;
     std::mt19937 g(404);
     std::vector<index_t> ns;
@@ -216,7 +220,7 @@ TEMPLATE_TEST_CASE("simd dot and axpy match the reference policy", "[kernels][si
     }
 }
 
-TEMPLATE_TEST_CASE("simd policies forward double to eigen and native is a known policy", "[kernels][simd]", avx2, avx512) {
+TEMPLATE_TEST_CASE("simd policies forward double to eigen and native is a known policy", "[kernels][simd]", avx2, avx512, dispatch) {
     STATIC_REQUIRE(std::is_same_v<treegate::kernels::native, treegate::kernels::avx2> ||
                    std::is_same_v<treegate::kernels::native, treegate::kernels::eigen>);
     // double never reaches the intrinsics, so it runs on any CPU.
@@ -228,7 +232,7 @@ TEMPLATE_TEST_CASE("simd policies forward double to eigen and native is a known 
     CHECK(TestType::template dot<double>(11, X.data(), X.data() + 11) == Catch::Approx(X.col(0).dot(X.col(1))));
 }
 
-TEMPLATE_TEST_CASE("tree_linear with a simd policy matches the oracle", "[kernels][simd][tree_linear]", avx2, avx512) {
+TEMPLATE_TEST_CASE("tree_linear with a simd policy matches the oracle", "[kernels][simd][tree_linear]", avx2, avx512, dispatch) {
     if (skip_without<TestType>()) return;
     using layer_t = treegate::tree_linear<float, treegate::dynamic, treegate::dynamic, treegate::dynamic, TestType>;
     const treegate::tree_mode mode = GENERATE(treegate::tree_mode::path_sum, treegate::tree_mode::leaf_only);
@@ -274,7 +278,7 @@ TEMPLATE_TEST_CASE("tree_linear with a simd policy matches the oracle", "[kernel
     }
 }
 
-TEMPLATE_TEST_CASE("tree_feedforward with a simd policy matches the reference policy", "[kernels][simd][tree_feedforward]", avx2, avx512) {
+TEMPLATE_TEST_CASE("tree_feedforward with a simd policy matches the reference policy", "[kernels][simd][tree_feedforward]", avx2, avx512, dispatch) {
     if (skip_without<TestType>()) return;
     using avx_t = treegate::tree_feedforward<float, treegate::dynamic, treegate::dynamic, treegate::dynamic,
                                              treegate::dynamic, TestType>;
@@ -317,7 +321,7 @@ TEMPLATE_TEST_CASE("tree_feedforward with a simd policy matches the reference po
 }
 
 TEMPLATE_TEST_CASE("simd bf16-weight gemm, gemv and path_sum match the widened product", "[kernels][simd][bf16]", avx2,
-                   avx512) {
+                   avx512, dispatch) {
     if (skip_without<TestType>()) return;
     std::mt19937 g(909);
     const index_t ns[] = {1, 2, 3, 4, 5, 7, 9, 10, 11, 12, 13, 16, 17, 20, 29, 37};
