@@ -136,13 +136,8 @@ void write_tensors(const tensor_map<Scalar>& tensors, const std::string& path, d
                    const std::map<std::string, std::string>& metadata = {}) {
     std::vector<detail::tensor_values<Scalar>> list;
     for (const auto& t : tensors) {
-        std::uint64_t n = 1;
-        bool overflow = false;
-        for (const std::uint64_t d : t.second.shape) {
-            overflow = overflow || (d != 0 && n > std::numeric_limits<std::uint64_t>::max() / d);
-            n *= d;
-        }
-        if (overflow || n != static_cast<std::uint64_t>(t.second.values.size()))
+        std::uint64_t n = 0;
+        if (!detail::element_count(t.second.shape, n) || n != static_cast<std::uint64_t>(t.second.values.size()))
             detail::fail(path, "tensor '", t.first, "' has ", t.second.values.size(), " values for shape ",
                          detail::shape_string(t.second.shape));
         list.push_back({t.first, t.second.shape, t.second.values});

@@ -73,15 +73,14 @@ struct layer_io<tree_feedforward<Scalar, In, Out, Width, Depth, Policy>> {
                 m.flag("has_bias")};
     }
     static void compare(const meta_reader& m, const config& f, const config& l) {
-        check_same(m, f.in == l.in, "in is ", f.in, " in the file, ", l.in, " in the layer");
-        check_same(m, f.out == l.out, "out is ", f.out, " in the file, ", l.out, " in the layer");
-        check_same(m, f.width == l.width, "width is ", f.width, " in the file, ", l.width, " in the layer");
-        check_same(m, f.depth == l.depth, "depth is ", f.depth, " in the file, ", l.depth, " in the layer");
-        check_same(m, f.trees == l.trees, "trees is ", f.trees, " in the file, ", l.trees, " in the layer");
-        check_same(m, f.act == l.act, "activation is ", to_string(f.act), " in the file, ", to_string(l.act), " in the layer");
-        check_same(m, f.variant == l.variant, "variant is ", to_string(f.variant), " in the file, ", to_string(l.variant),
-                   " in the layer");
-        check_same(m, f.bias == l.bias, "has_bias is ", flag_name(f.bias), " in the file, ", flag_name(l.bias), " in the layer");
+        same_field(m, "in", f.in, l.in);
+        same_field(m, "out", f.out, l.out);
+        same_field(m, "width", f.width, l.width);
+        same_field(m, "depth", f.depth, l.depth);
+        same_field(m, "trees", f.trees, l.trees);
+        same_field(m, "activation", f.act, l.act);
+        same_field(m, "variant", f.variant, l.variant);
+        same_field(m, "has_bias", f.bias, l.bias);
     }
     static void specs(const config& c, const std::string& p, std::vector<tensor_spec>& out) {
         const std::uint64_t t = dim(c.trees), u = dim(units(c));
@@ -170,8 +169,8 @@ struct layer_io<activation_layer<Scalar, Size>> {
     }
     static config read(const meta_reader& m) { return {m.choice("activation", activation_names), m.size("size")}; }
     static void compare(const meta_reader& m, const config& f, const config& l) {
-        check_same(m, f.act == l.act, "activation is ", to_string(f.act), " in the file, ", to_string(l.act), " in the layer");
-        check_same(m, f.size == l.size, "size is ", f.size, " in the file, ", l.size, " in the layer");
+        same_field(m, "activation", f.act, l.act);
+        same_field(m, "size", f.size, l.size);
     }
     static void specs(const config&, const std::string&, std::vector<tensor_spec>&) {}
     static layer make(const meta_reader& m, const config& c) {

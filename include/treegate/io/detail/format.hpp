@@ -76,6 +76,17 @@ inline std::string shape_string(const std::vector<std::uint64_t>& shape) {
     return os.str();
 }
 
+/// The number of elements of `shape`, false when the product overflows 64 bits on the way (also
+/// when a later dimension is zero: a shape whose dimensions cannot be multiplied is refused).
+inline bool element_count(const std::vector<std::uint64_t>& shape, std::uint64_t& count) noexcept {
+    count = 1;
+    for (const std::uint64_t d : shape) {
+        if (d != 0 && count > std::numeric_limits<std::uint64_t>::max() / d) return false;
+        count *= d;
+    }
+    return true;
+}
+
 inline std::uint64_t read_le(const unsigned char* p, int bytes) noexcept {
     std::uint64_t v = 0;
     for (int k = bytes - 1; k >= 0; --k) v = (v << 8) | p[k];
@@ -86,25 +97,13 @@ inline void write_le(std::vector<unsigned char>& out, std::uint64_t v, int bytes
     for (int k = 0; k < bytes; ++k) out.push_back(static_cast<unsigned char>((v >> (8 * k)) & 0xffu));
 }
 
-inline float bits_to_float(std::uint32_t u) noexcept {
-    float f;
-    std::memcpy(&f, &u, sizeof f);
-    return f;
-}
-inline std::uint32_t float_to_bits(float f) noexcept {
-    std::uint32_t u;
-    std::memcpy(&u, &f, sizeof u);
-    return u;
-}
-inline double bits_to_double(std::uint64_t u) noexcept {
-    double d;
-    std::memcpy(&d, &u, sizeof d);
-    return d;
-}
-inline std::uint64_t double_to_bits(double d) noexcept {
-    std::uint64_t u;
-    std::memcpy(&u, &d, sizeof u);
-    return u;
+/// The bits of `from` read as a To (C++20's std::bit_cast).
+template <class To, class From>
+To bit_copy(const From& from) noexcept {
+    static_assert(sizeof(To) == sizeof(From), "bit_copy needs types of one size");
+    To to;
+    std::memcpy(&to, &from, sizeof to);
+    return to;
 }
 
 /// float -> bfloat16, round to nearest even; NaN stays a (quiet) NaN.
@@ -174,19 +173,9 @@ inline tensor_entry parse_entry(const std::string& source, const std::string& na
     const auto sh = j.find("shape");
     if (sh == j.end()) fail(source, "tensor '", name, "' has no shape");
     if (!sh->is_array()) fail(source, "tensor '", name, "': shape must be an array, found ", sh->dump());
-    std::uint64_t count = 1;
-    bool overflow = false;
-    for (const auto& s : *sh) {
-        const std::uint64_t dim = unsigned_field(source, name, "shape", s);
-        e.shape.push_back(dim);
-        if (dim != 0 && count > std::numeric_limits<std::uint64_t>::max() / dim)
-            overflow = true;
-        else
-            count *= dim;
-    }
-    // A zero dimension makes the tensor empty whatever the others are, but the product of the
-    // others must still not have overflowed on the way.
-    if (std::find(e.shape.begin(), e.shape.end(), std::uint64_t{0}) != e.shape.end()) count = 0;
+    for (const auto& s : *sh) e.shape.push_back(unsigned_field(source, name, "shape", s));
+    std::uint64_t count = 0;
+    const bool overflow = !element_count(e.shape, count);
     const std::uint64_t width = dtype_bytes(e.type);
     if (overflow || count > std::numeric_limits<std::uint64_t>::max() / width)
         fail(source, "tensor '", name, "': the byte size of shape ", shape_string(e.shape), " overflows 64 bits");
@@ -313,11 +302,11 @@ std::vector<Scalar> read_values(const parsed_file& f, const std::string& name) {
     for (std::size_t k = 0; k < n; ++k, p += width) {
         double v;
         if (e.type == dtype::f64)
-            v = bits_to_double(read_le(p, 8));
+            v = bit_copy<double>(read_le(p, 8));
         else if (e.type == dtype::f32)
-            v = static_cast<double>(bits_to_float(static_cast<std::uint32_t>(read_le(p, 4))));
+            v = static_cast<double>(bit_copy<float>(static_cast<std::uint32_t>(read_le(p, 4))));
         else
-            v = static_cast<double>(bits_to_float(static_cast<std::uint32_t>(read_le(p, 2) << 16)));
+            v = static_cast<double>(bit_copy<float>(static_cast<std::uint32_t>(read_le(p, 2) << 16)));
         if (!std::isfinite(v))
             fail(f.source, "tensor '", name, "' element ", k, " of ", n, " is ", std::isnan(v) ? "NaN" : "infinite");
         if constexpr (sizeof(Scalar) < sizeof(double)) {
@@ -355,14 +344,14 @@ std::vector<unsigned char> encode(const std::vector<tensor_values<Scalar>>& tens
         for (std::size_t k = 0; k < t.values.size(); ++k) {
             const Scalar v = t.values[k];
             if (type == dtype::f64) {
-                write_le(out, double_to_bits(static_cast<double>(v)), 8);
+                write_le(out, bit_copy<std::uint64_t>(static_cast<double>(v)), 8);
                 continue;
             }
             if (!fits_float(static_cast<double>(v)))
                 fail(target, "tensor '", t.name, "' element ", k, " (", v, ") does not fit ", to_string(type));
             const float f = static_cast<float>(v);
             if (type == dtype::f32) {
-                write_le(out, float_to_bits(f), 4);
+                write_le(out, bit_copy<std::uint32_t>(f), 4);
             } else {
                 const std::uint16_t b = float_to_bf16(f);
                 if (std::isfinite(f) && (b & 0x7f80u) == 0x7f80u)

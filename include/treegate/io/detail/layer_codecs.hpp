@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <set>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -69,6 +70,31 @@ void check_same(const meta_reader& m, bool same, const Args&... args) {
     if (!same) fail(m.source(), "does not match the layer: ", m.prefix(), args...);
 }
 
+/// A setting as the metadata spells it: flags and enums by name, numbers as they are.
+template <class T>
+auto setting_text(const T& v) {
+    if constexpr (std::is_same_v<T, bool>)
+        return flag_name(v);
+    else if constexpr (std::is_same_v<T, block_combine>)
+        return to_name(v);
+    else if constexpr (std::is_enum_v<T>)
+        return to_string(v);  // treegate's own, found by argument-dependent lookup
+    else
+        return v;
+}
+
+/// One setting of the file against the same setting of the layer.
+template <class T>
+void same_field(const meta_reader& m, const char* key, const T& in_file, const T& in_layer) {
+    check_same(m, in_file == in_layer, key, " is ", setting_text(in_file), " in the file, ", setting_text(in_layer),
+               " in the layer");
+}
+
+/// Weight blocks of one tree: every node (path_sum) or only the leaves (leaf_only).
+inline index_t tree_blocks(tree_mode mode, int depth) noexcept {
+    return mode == tree_mode::path_sum ? tree::node_count(depth) : tree::leaf_count(depth);
+}
+
 /// Builds a layer from a validated configuration; a refusal of the layer is a file error.
 template <class Make>
 auto construct(const meta_reader& m, Make&& make) {
@@ -101,9 +127,9 @@ struct layer_io<dense<Scalar, In, Out, Policy>> {
     }
     static config read(const meta_reader& m) { return {m.size("in"), m.size("out"), m.flag("has_bias")}; }
     static void compare(const meta_reader& m, const config& f, const config& l) {
-        check_same(m, f.in == l.in, "in is ", f.in, " in the file, ", l.in, " in the layer");
-        check_same(m, f.out == l.out, "out is ", f.out, " in the file, ", l.out, " in the layer");
-        check_same(m, f.bias == l.bias, "has_bias is ", flag_name(f.bias), " in the file, ", flag_name(l.bias), " in the layer");
+        same_field(m, "in", f.in, l.in);
+        same_field(m, "out", f.out, l.out);
+        same_field(m, "has_bias", f.bias, l.bias);
     }
     static void specs(const config& c, const std::string& p, std::vector<tensor_spec>& out) {
         out.push_back({p + "weight", {dim(c.out), dim(c.in)}});
@@ -152,9 +178,7 @@ struct layer_io<tree_linear<Scalar, In, Out, Depth, Policy>> {
     };
     static constexpr const char* kind = "tree_linear";
 
-    static index_t blocks(const config& c) {
-        return c.mode == tree_mode::path_sum ? tree::node_count(c.depth) : tree::leaf_count(c.depth);
-    }
+    static index_t blocks(const config& c) { return tree_blocks(c.mode, c.depth); }
     static config config_of(const layer& l) {
         return {l.in_size(), l.out_size(), l.depth(), l.mode(), l.gates().is_external(), l.gates().indices(), l.has_bias()};
     }
@@ -178,14 +202,14 @@ struct layer_io<tree_linear<Scalar, In, Out, Depth, Policy>> {
         return c;
     }
     static void compare(const meta_reader& m, const config& f, const config& l) {
-        check_same(m, f.in == l.in, "in is ", f.in, " in the file, ", l.in, " in the layer");
-        check_same(m, f.out == l.out, "out is ", f.out, " in the file, ", l.out, " in the layer");
-        check_same(m, f.depth == l.depth, "depth is ", f.depth, " in the file, ", l.depth, " in the layer");
-        check_same(m, f.mode == l.mode, "mode is ", to_string(f.mode), " in the file, ", to_string(l.mode), " in the layer");
+        same_field(m, "in", f.in, l.in);
+        same_field(m, "out", f.out, l.out);
+        same_field(m, "depth", f.depth, l.depth);
+        same_field(m, "mode", f.mode, l.mode);
         check_same(m, f.external == l.external && f.gates == l.gates, "gating is \"",
                    f.external ? "external" : join_indices(f.gates), "\" in the file, \"",
                    l.external ? "external" : join_indices(l.gates), "\" in the layer");
-        check_same(m, f.bias == l.bias, "has_bias is ", flag_name(f.bias), " in the file, ", flag_name(l.bias), " in the layer");
+        same_field(m, "has_bias", f.bias, l.bias);
     }
     static void specs(const config& c, const std::string& p, std::vector<tensor_spec>& out) {
         out.push_back({p + "weight", {dim(blocks(c)), dim(c.out), dim(c.in)}});
@@ -240,9 +264,7 @@ struct layer_io<tree_linear_blocked<Scalar, SliceIn, SliceOut, Depth, Policy>> {
     };
     static constexpr const char* kind = "tree_linear_blocked";
 
-    static index_t blocks(const config& c) {
-        return c.mode == tree_mode::path_sum ? tree::node_count(c.depth) : tree::leaf_count(c.depth);
-    }
+    static index_t blocks(const config& c) { return tree_blocks(c.mode, c.depth); }
     static std::string gates_text(const std::vector<std::vector<index_t>>& g) {
         std::string s;
         for (std::size_t t = 0; t < g.size(); ++t) s += (t ? ";" : "") + join_indices(g[t]);
@@ -285,17 +307,15 @@ struct layer_io<tree_linear_blocked<Scalar, SliceIn, SliceOut, Depth, Policy>> {
         return c;
     }
     static void compare(const meta_reader& m, const config& f, const config& l) {
-        check_same(m, f.slice_in == l.slice_in, "slice_in is ", f.slice_in, " in the file, ", l.slice_in, " in the layer");
-        check_same(m, f.slice_out == l.slice_out, "slice_out is ", f.slice_out, " in the file, ", l.slice_out,
-                   " in the layer");
-        check_same(m, f.trees == l.trees, "trees is ", f.trees, " in the file, ", l.trees, " in the layer");
-        check_same(m, f.depth == l.depth, "depth is ", f.depth, " in the file, ", l.depth, " in the layer");
-        check_same(m, f.mode == l.mode, "mode is ", to_string(f.mode), " in the file, ", to_string(l.mode), " in the layer");
-        check_same(m, f.combine == l.combine, "combine is ", to_name(f.combine), " in the file, ", to_name(l.combine),
-                   " in the layer");
+        same_field(m, "slice_in", f.slice_in, l.slice_in);
+        same_field(m, "slice_out", f.slice_out, l.slice_out);
+        same_field(m, "trees", f.trees, l.trees);
+        same_field(m, "depth", f.depth, l.depth);
+        same_field(m, "mode", f.mode, l.mode);
+        same_field(m, "combine", f.combine, l.combine);
         check_same(m, f.gates == l.gates, "gating is \"", gates_text(f.gates), "\" in the file, \"", gates_text(l.gates),
                    "\" in the layer");
-        check_same(m, f.bias == l.bias, "has_bias is ", flag_name(f.bias), " in the file, ", flag_name(l.bias), " in the layer");
+        same_field(m, "has_bias", f.bias, l.bias);
     }
     static void specs(const config& c, const std::string& p, std::vector<tensor_spec>& out) {
         out.push_back({p + "weight", {dim(c.trees), dim(blocks(c)), dim(c.slice_out), dim(c.slice_in)}});
