@@ -9,6 +9,7 @@
 #include "../layers/tree_linear.hpp"
 #include "../layers/tree_linear_blocked.hpp"
 #include "detail/atomic_file.hpp"
+#include "detail/checksum.hpp"
 #include "detail/composite_codecs.hpp"
 #include "detail/format.hpp"
 #include "detail/layer_codecs.hpp"
@@ -21,10 +22,20 @@
 #include <string>
 #include <vector>
 
-// The parts: detail/format.hpp (the container), detail/metadata.hpp (treegate's __metadata__),
-// detail/layer_codecs.hpp and detail/composite_codecs.hpp (layers <-> tensors), detail/atomic_file.hpp.
+// The parts: detail/format.hpp (the container), detail/checksum.hpp (zlib's CRC-32 of the data),
+// detail/metadata.hpp (treegate's __metadata__), detail/layer_codecs.hpp and
+// detail/composite_codecs.hpp (layers <-> tensors), detail/atomic_file.hpp.
 namespace treegate::safetensors {
 namespace detail {
+
+/// A file parsed, structurally validated and, as `options` say, checked against its checksum:
+/// first, so that a damaged file says so rather than what the damage looks like.
+inline parsed_file parse_checked(const void* data, std::size_t size, const std::string& source,
+                                 const load_options& options) {
+    parsed_file f = parse(static_cast<const unsigned char*>(data), size, source);
+    verify_checksum(f, options);
+    return f;
+}
 
 /// Builds a layer from a parsed file; with `target`, the file must match its configuration.
 /// Everything is checked before the layer is allocated, so a hostile file cannot make a large one.
@@ -61,7 +72,9 @@ std::vector<unsigned char> save_bytes(const Layer& layer, dtype type, const std:
 
 // ---- public interface ------------------------------------------------------------------------
 // Layer is dense, tree_linear, tree_linear_blocked, tree_feedforward, or a sequential of those
-// and activation_layer. `source` names a memory buffer in error messages.
+// and activation_layer. `source` names a memory buffer in error messages. Saving refuses NaN and
+// infinite values (loading would refuse them); loading verifies the data's checksum when the
+// file has one, unless `options` turn that off.
 
 /// The bytes of a safetensors file holding `layer`.
 template <class Layer>
@@ -78,28 +91,30 @@ void save(const Layer& layer, const std::string& path, dtype type = dtype::f32) 
 /// Loads into an existing layer whose configuration the file must match; on failure the
 /// layer is unchanged and a file_error names the tensor or setting and the numbers.
 template <class Layer>
-void load_into_from_memory(Layer& layer, const void* data, std::size_t size, const std::string& source = "<memory>") {
-    const auto f = detail::parse(static_cast<const unsigned char*>(data), size, source);
+void load_into_from_memory(Layer& layer, const void* data, std::size_t size, const std::string& source = "<memory>",
+                           const load_options& options = {}) {
+    const auto f = detail::parse_checked(data, size, source, options);
     layer = detail::build<Layer>(f, &layer);
 }
 
 template <class Layer>
-void load_into(Layer& layer, const std::string& path) {
+void load_into(Layer& layer, const std::string& path, const load_options& options = {}) {
     const auto bytes = detail::read_file(path);
-    load_into_from_memory(layer, bytes.data(), bytes.size(), path);
+    load_into_from_memory(layer, bytes.data(), bytes.size(), path, options);
 }
 
 /// Builds a layer of type Layer from the configuration in the file.
 template <class Layer>
-Layer load_from_memory(const void* data, std::size_t size, const std::string& source = "<memory>") {
-    const auto f = detail::parse(static_cast<const unsigned char*>(data), size, source);
+Layer load_from_memory(const void* data, std::size_t size, const std::string& source = "<memory>",
+                       const load_options& options = {}) {
+    const auto f = detail::parse_checked(data, size, source, options);
     return detail::build<Layer>(f, nullptr);
 }
 
 template <class Layer>
-Layer load(const std::string& path) {
+Layer load(const std::string& path, const load_options& options = {}) {
     const auto bytes = detail::read_file(path);
-    return load_from_memory<Layer>(bytes.data(), bytes.size(), path);
+    return load_from_memory<Layer>(bytes.data(), bytes.size(), path, options);
 }
 
 // ---- plain tensors: test vectors and other data that travel with a model ---------------------
@@ -117,20 +132,22 @@ using tensor_map = std::map<std::string, tensor<Scalar>>;
 /// Every tensor of any valid safetensors file (metadata optional), converted to Scalar; the
 /// same structural checks as the layer loaders, and NaN or infinite values are refused.
 template <class Scalar>
-tensor_map<Scalar> read_tensors_from_memory(const void* data, std::size_t size, const std::string& source = "<memory>") {
-    const auto f = detail::parse(static_cast<const unsigned char*>(data), size, source);
+tensor_map<Scalar> read_tensors_from_memory(const void* data, std::size_t size, const std::string& source = "<memory>",
+                                            const load_options& options = {}) {
+    const auto f = detail::parse_checked(data, size, source, options);
     tensor_map<Scalar> out;
     for (const auto& t : f.tensors) out[t.first] = {t.second.shape, detail::read_values<Scalar>(f, t.first)};
     return out;
 }
 
 template <class Scalar>
-tensor_map<Scalar> read_tensors(const std::string& path) {
+tensor_map<Scalar> read_tensors(const std::string& path, const load_options& options = {}) {
     const auto bytes = detail::read_file(path);
-    return read_tensors_from_memory<Scalar>(bytes.data(), bytes.size(), path);
+    return read_tensors_from_memory<Scalar>(bytes.data(), bytes.size(), path, options);
 }
 
-/// Saves tensors (and string metadata) atomically; each tensor's size must match its shape.
+/// Saves tensors (and string metadata, where the checksum's key is reserved) atomically; each
+/// tensor's size must match its shape.
 template <class Scalar>
 void write_tensors(const tensor_map<Scalar>& tensors, const std::string& path, dtype type = dtype::f32,
                    const std::map<std::string, std::string>& metadata = {}) {
@@ -146,23 +163,23 @@ void write_tensors(const tensor_map<Scalar>& tensors, const std::string& path, d
 }
 
 template <class Scalar, class Policy = kernels::default_policy>
-dense<Scalar, dynamic, dynamic, Policy> load_dense(const std::string& path) {
-    return load<dense<Scalar, dynamic, dynamic, Policy>>(path);
+dense<Scalar, dynamic, dynamic, Policy> load_dense(const std::string& path, const load_options& options = {}) {
+    return load<dense<Scalar, dynamic, dynamic, Policy>>(path, options);
 }
 
 template <class Scalar, class Policy = kernels::default_policy>
-tree_linear<Scalar, dynamic, dynamic, dynamic, Policy> load_tree_linear(const std::string& path) {
-    return load<tree_linear<Scalar, dynamic, dynamic, dynamic, Policy>>(path);
+tree_linear<Scalar, dynamic, dynamic, dynamic, Policy> load_tree_linear(const std::string& path, const load_options& options = {}) {
+    return load<tree_linear<Scalar, dynamic, dynamic, dynamic, Policy>>(path, options);
 }
 
 template <class Scalar, class Policy = kernels::default_policy>
-tree_linear_blocked<Scalar, dynamic, dynamic, dynamic, Policy> load_tree_linear_blocked(const std::string& path) {
-    return load<tree_linear_blocked<Scalar, dynamic, dynamic, dynamic, Policy>>(path);
+tree_linear_blocked<Scalar, dynamic, dynamic, dynamic, Policy> load_tree_linear_blocked(const std::string& path, const load_options& options = {}) {
+    return load<tree_linear_blocked<Scalar, dynamic, dynamic, dynamic, Policy>>(path, options);
 }
 
 template <class Scalar, class Policy = kernels::default_policy>
-tree_feedforward<Scalar, dynamic, dynamic, dynamic, dynamic, Policy> load_tree_feedforward(const std::string& path) {
-    return load<tree_feedforward<Scalar, dynamic, dynamic, dynamic, dynamic, Policy>>(path);
+tree_feedforward<Scalar, dynamic, dynamic, dynamic, dynamic, Policy> load_tree_feedforward(const std::string& path, const load_options& options = {}) {
+    return load<tree_feedforward<Scalar, dynamic, dynamic, dynamic, dynamic, Policy>>(path, options);
 }
 
 }  // namespace treegate::safetensors

@@ -5,6 +5,7 @@
 
 #include "../../bf16.hpp"
 #include "../../error.hpp"
+#include "checksum.hpp"
 
 #include <nlohmann/json.hpp>
 
@@ -39,6 +40,14 @@ inline const char* to_string(dtype t) noexcept {
 
 /// Largest JSON header accepted (the reference implementation uses the same bound).
 inline constexpr std::uint64_t max_header_bytes = 100'000'000;
+
+/// How a file is read. The structural checks and the refusal of NaN or infinite values always apply.
+struct load_options {
+    /// Verify the checksum of the tensor data when the file carries one (treegate writes it;
+    /// files of other writers have none and load without). Off, the data is not read up front
+    /// for it, which a memory-mapped file would want; a file changed in place then goes unnoticed.
+    bool verify_checksum = true;
+};
 
 namespace detail {
 
@@ -317,6 +326,43 @@ std::vector<Scalar> read_values(const parsed_file& f, const std::string& name) {
     return out;
 }
 
+/// With `options`, a file whose metadata holds a checksum must match it.
+inline void verify_checksum(const parsed_file& f, const load_options& options) {
+    if (!options.verify_checksum) return;
+    const auto it = f.metadata.find(checksum_key);
+    if (it == f.metadata.end()) return;
+    std::uint32_t stored = 0;
+    if (!parse_checksum(it->second, stored))
+        fail(f.source, "metadata '", checksum_key, "' is \"", it->second, "\", not ", checksum_digits,
+             " hexadecimal digits");
+    const std::uint32_t actual = crc32_of(f.data, f.data_size);
+    if (actual != stored)
+        fail(f.source, "checksum mismatch: metadata '", checksum_key, "' is ", checksum_text(stored), " but the ",
+             f.data_size, " bytes of tensor data have CRC-32 ", checksum_text(actual),
+             " (changed or damaged after it was saved?)");
+}
+
+/// A tensor's flat (row-major) index k as a multi-index, for messages.
+inline std::string index_string(const std::vector<std::uint64_t>& shape, std::uint64_t k) {
+    std::vector<std::uint64_t> at(shape.size());
+    for (std::size_t d = shape.size(); d-- > 0;) {
+        at[d] = shape[d] ? k % shape[d] : 0;
+        k = shape[d] ? k / shape[d] : 0;
+    }
+    return shape_string(at);
+}
+
+/// The header's text with `md` as its metadata, padded with spaces so that the data section
+/// starts 8-byte aligned, as the reference writer does.
+inline std::string header_text(nlohmann::json header, const metadata& md) {
+    header["__metadata__"] = md;
+    std::string text = header.dump();
+    while (text.size() % 8 != 0) text += ' ';
+    return text;
+}
+
+/// The bytes of a file; its metadata is `md` plus the checksum of the tensor data. Values that
+/// load would refuse (NaN, infinities) or that the dtype cannot hold are refused here.
 template <class Scalar>
 std::vector<unsigned char> encode(const std::vector<tensor_values<Scalar>>& tensors, const metadata& md, dtype type,
                                   const std::string& target) {
@@ -332,10 +378,13 @@ std::vector<unsigned char> encode(const std::vector<tensor_values<Scalar>>& tens
         header[t.name] = std::move(entry);
         offset += bytes;
     }
-    header["__metadata__"] = md;
-    std::string text = header.dump();
-    // Pad with spaces so that the data section starts 8-byte aligned, as the reference writer does.
-    while (text.size() % 8 != 0) text += ' ';
+    if (md.count(checksum_key))
+        fail(target, "metadata key '", checksum_key, "' is reserved for the checksum that treegate writes");
+    // The checksum is known only once the data is written after the header; a placeholder of
+    // the same width reserves its place, so that the data is not copied.
+    metadata full = md;
+    full[checksum_key] = checksum_text(0);
+    const std::string text = header_text(header, full);
     std::vector<unsigned char> out;
     out.reserve(8 + text.size() + static_cast<std::size_t>(offset));
     write_le(out, static_cast<std::uint64_t>(text.size()), 8);
@@ -343,6 +392,10 @@ std::vector<unsigned char> encode(const std::vector<tensor_values<Scalar>>& tens
     for (const auto& t : tensors) {
         for (std::size_t k = 0; k < t.values.size(); ++k) {
             const Scalar v = t.values[k];
+            if (!std::isfinite(static_cast<double>(v)))
+                fail(target, "tensor '", t.name, "' element ", k, " of ", t.values.size(), " (at ",
+                     index_string(t.shape, k), ") is ", std::isnan(static_cast<double>(v)) ? "NaN" : "infinite",
+                     ": not saved, since loading refuses non-finite values");
             if (type == dtype::f64) {
                 write_le(out, bit_copy<std::uint64_t>(static_cast<double>(v)), 8);
                 continue;
@@ -360,6 +413,13 @@ std::vector<unsigned char> encode(const std::vector<tensor_values<Scalar>>& tens
             }
         }
     }
+    const std::size_t data_begin = 8 + text.size();
+    full[checksum_key] = checksum_text(crc32_of(out.data() + data_begin, out.size() - data_begin));
+    const std::string sealed = header_text(header, full);
+    if (sealed.size() != text.size())
+        fail(target, "internal error: the header changed length from ", text.size(), " to ", sealed.size(),
+             " bytes when its checksum was filled in");
+    std::copy(sealed.begin(), sealed.end(), out.begin() + 8);
     return out;
 }
 
