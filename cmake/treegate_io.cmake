@@ -1,11 +1,12 @@
 # cmake/treegate_io.cmake — treegate/io/ (safetensors) and its tests: the optional nlohmann_json
-# dependency, the Python interop test, and the libFuzzer target.
+# and zlib dependencies, the Python interop test, and the libFuzzer target.
 #
 # Include it from the top-level CMakeLists.txt after the `treegate` target is defined and
 # BEFORE add_subdirectory(tests): it may have to exclude io/ from the header check. Whatever
 # needs targets made in tests/ runs deferred, at the end of the including directory.
 #
-# Gives:  treegate::io  INTERFACE target = treegate::treegate + nlohmann_json (when found)
+# Gives:  treegate::io  INTERFACE target = treegate::treegate + nlohmann_json + ZLIB::ZLIB (when
+#                       both are found; zlib computes the checksum of the tensor data)
 #         TREEGATE_BUILD_FUZZERS (OFF)   fuzz_safetensors, clang only, plus a bounded ctest (label
 #                                        fuzz), registered even without TREEGATE_BUILD_TESTS
 #         TREEGATE_FUZZ_SECONDS (60)     how long that ctest fuzzes (libFuzzer -max_total_time)
@@ -16,29 +17,42 @@ include_guard(GLOBAL)
 set(treegate_io_root ${CMAKE_CURRENT_LIST_DIR}/..)
 
 find_package(nlohmann_json 3.2 QUIET)
-if(nlohmann_json_FOUND)
+find_package(ZLIB QUIET)
+if(nlohmann_json_FOUND AND ZLIB_FOUND)
   add_library(treegate_io INTERFACE)
   add_library(treegate::io ALIAS treegate_io)
   set_target_properties(treegate_io PROPERTIES EXPORT_NAME io)
-  target_link_libraries(treegate_io INTERFACE treegate nlohmann_json::nlohmann_json)
-  message(STATUS "treegate: nlohmann_json ${nlohmann_json_VERSION} found, treegate::io (safetensors) available")
+  target_link_libraries(treegate_io INTERFACE treegate nlohmann_json::nlohmann_json ZLIB::ZLIB)
+  message(STATUS "treegate: nlohmann_json ${nlohmann_json_VERSION} and zlib ${ZLIB_VERSION_STRING} found, "
+                 "treegate::io (safetensors) available")
 else()
-  # The core library does not need it; only io/ does, so leave io/ out of the header check.
-  message(STATUS "treegate: nlohmann_json not found, treegate/io/ (safetensors) and its tests are skipped")
+  # The core library needs neither; only io/ does, so leave io/ out of the header check.
+  set(treegate_io_missing "")
+  if(NOT nlohmann_json_FOUND)
+    list(APPEND treegate_io_missing nlohmann_json)
+  endif()
+  if(NOT ZLIB_FOUND)
+    list(APPEND treegate_io_missing "zlib (apt-get install zlib1g-dev)")
+  endif()
+  list(JOIN treegate_io_missing " and " treegate_io_missing)
+  message(STATUS "treegate: ${treegate_io_missing} not found, treegate/io/ (safetensors) and its tests are skipped")
   list(APPEND TREEGATE_HEADER_CHECK_EXCLUDE "^treegate/io/")
 endif()
 
 option(TREEGATE_BUILD_FUZZERS "Build the libFuzzer targets (clang only) and a bounded ctest for each" OFF)
 set(TREEGATE_FUZZ_SECONDS 60 CACHE STRING "Seconds each fuzzer ctest runs for (libFuzzer -max_total_time)")
 
-# The unit tests (tests/test_io_safetensors.cpp, compiled only where <nlohmann/json.hpp> is
-# found) and the header check get nlohmann_json's include path from treegate::io.
+# The unit tests and the header check get the include paths and zlib from treegate::io;
+# tests/test_io_safetensors.cpp is compiled only where TREEGATE_HAS_IO says it exists.
 function(treegate_io_link_test_targets)
   foreach(target IN ITEMS treegate_tests treegate_header_check)
     if(TARGET ${target})
       target_link_libraries(${target} PRIVATE treegate::io)
     endif()
   endforeach()
+  if(TARGET treegate_tests)
+    target_compile_definitions(treegate_tests PRIVATE TREEGATE_HAS_IO=1)
+  endif()
 endfunction()
 
 if(TARGET treegate_io AND TREEGATE_BUILD_TESTS)
@@ -85,7 +99,7 @@ if(TREEGATE_BUILD_FUZZERS)
     message(WARNING "treegate: TREEGATE_BUILD_FUZZERS needs clang (libFuzzer), not ${CMAKE_CXX_COMPILER_ID}; "
                     "no fuzzers built")
   elseif(NOT TARGET treegate_io)
-    message(WARNING "treegate: TREEGATE_BUILD_FUZZERS needs nlohmann_json; no fuzzers built")
+    message(WARNING "treegate: TREEGATE_BUILD_FUZZERS needs treegate::io (nlohmann_json and zlib); no fuzzers built")
   else()
     include(${treegate_io_root}/cmake/treegateWarnings.cmake)
     set(treegate_fuzz_flags -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined)

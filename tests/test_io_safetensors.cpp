@@ -2,8 +2,11 @@
 // reload, one case per kind of broken file (built byte by byte here), and atomic saving.
 #include "test_support.hpp"
 
-// io/ needs nlohmann-json, an optional dependency: without it there is nothing to test here.
-#if __has_include(<nlohmann/json.hpp>)
+// io/ needs nlohmann-json and zlib, optional dependencies: cmake/treegate_io.cmake defines
+// TREEGATE_HAS_IO where it finds both; without them there is nothing to test here.
+#if defined(TREEGATE_HAS_IO)
+
+#include "io_test_support.hpp"
 
 #include <treegate/io/safetensors.hpp>
 
@@ -29,7 +32,13 @@ using treegate::file_error;
 using treegate::gating;
 using treegate::index_t;
 using treegate::tree_mode;
-using bytes_t = std::vector<unsigned char>;
+using tg_test::bytes_t;
+using tg_test::join;
+using tg_test::parts;
+using tg_test::put_f32;
+using tg_test::read_all;
+using tg_test::scratch_dir;
+using tg_test::split;
 using tg_test::mat;
 
 namespace {
@@ -94,38 +103,6 @@ Layer round_trip(const Layer& layer, Layer blank, st::dtype type) {
     return blank;
 }
 
-// ---- building broken files ------------------------------------------------------------------
-
-struct parts {
-    nlohmann::json header;
-    bytes_t data;
-};
-
-bytes_t join(const std::string& header, const bytes_t& data) {
-    bytes_t out;
-    std::uint64_t n = header.size();
-    for (int k = 0; k < 8; ++k) out.push_back(static_cast<unsigned char>((n >> (8 * k)) & 0xffu));
-    out.insert(out.end(), header.begin(), header.end());
-    out.insert(out.end(), data.begin(), data.end());
-    return out;
-}
-
-bytes_t join(const nlohmann::json& header, const bytes_t& data) { return join(header.dump(), data); }
-
-parts split(const bytes_t& file) {
-    std::uint64_t n = 0;
-    for (int k = 7; k >= 0; --k) n = (n << 8) | file[static_cast<std::size_t>(k)];
-    const auto h = static_cast<std::size_t>(n);
-    return {nlohmann::json::parse(file.begin() + 8, file.begin() + 8 + static_cast<std::ptrdiff_t>(h)),
-            bytes_t(file.begin() + 8 + static_cast<std::ptrdiff_t>(h), file.end())};
-}
-
-void put_f32(bytes_t& data, std::size_t offset, float v) {
-    std::uint32_t u;
-    std::memcpy(&u, &v, sizeof u);
-    for (std::size_t k = 0; k < 4; ++k) data[offset + k] = static_cast<unsigned char>((u >> (8 * k)) & 0xffu);
-}
-
 using tl = treegate::tree_linear<float>;
 
 /// tree_linear 3 -> 2, depth 1, path sum gated by x[0], with bias: weight [3, 2, 3] at bytes
@@ -144,19 +121,6 @@ bytes_t base_file() { return st::save_to_memory(base_layer(), st::dtype::f32); }
                              st::load_into_from_memory(layer_, (file).data(), (file).size()); \
                          }()),                                                               \
                          __VA_ARGS__)
-
-std::filesystem::path scratch_dir(const std::string& tag) {
-    const auto dir = std::filesystem::temp_directory_path() /
-                     ("treegate_io_" + tag + "_" + std::to_string(static_cast<long long>(::getpid())));
-    std::filesystem::remove_all(dir);
-    std::filesystem::create_directories(dir);
-    return dir;
-}
-
-bytes_t read_all(const std::filesystem::path& p) {
-    std::ifstream in(p, std::ios::binary);
-    return bytes_t(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
 
 }  // namespace
 
@@ -729,4 +693,4 @@ TEST_CASE("safetensors: a failed save leaves the old file intact", "[io][safeten
     std::filesystem::remove_all(dir);
 }
 
-#endif  // __has_include(<nlohmann/json.hpp>)
+#endif  // TREEGATE_HAS_IO

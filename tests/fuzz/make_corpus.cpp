@@ -66,5 +66,9 @@ int main(int argc, char** argv) {
     d.insert(d.end(), dup.begin(), dup.end());
     d.insert(d.end(), 4, 0);
     write("broken_duplicate.safetensors", d);
+    // Same size, valid header, one data byte changed: refused by the checksum of the data.
+    auto flipped = good;
+    flipped.back() ^= 0x01u;
+    write("broken_checksum.safetensors", flipped);
     return 0;
 }

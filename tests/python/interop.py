@@ -13,8 +13,10 @@ Exit status: 0 pass, 1 failure, 77 skipped (numpy or safetensors not installed).
 """
 import math
 import os
+import struct
 import subprocess
 import sys
+import zlib
 
 try:
     import numpy as np
@@ -51,6 +53,14 @@ def check(ok, what):
 def metadata_of(path):
     with safe_open(path, framework="numpy") as f:
         return f.metadata() or {}
+
+
+def data_crc32(path):
+    """zlib.crc32 of the data section (the bytes after the 8-byte length and the header)."""
+    with open(path, "rb") as f:
+        blob = f.read()
+    (n,) = struct.unpack("<Q", blob[:8])
+    return "%08x" % (zlib.crc32(blob[8 + n:]) & 0xffffffff)
 
 
 def tolerance(mag, n, dtype):
@@ -193,6 +203,8 @@ def python_to_cpp(exe, work):
               "%s: re-saved tensors are bit-identical" % name)
         back_meta = metadata_of(resaved)
         check(all(back_meta.get(k) == v for k, v in meta.items()), "%s: re-saved metadata keeps the configuration" % name)
+        check(back_meta.get("data_crc32") == data_crc32(resaved),
+              "%s: re-saved data_crc32 %s is Python's zlib.crc32 of the data" % (name, back_meta.get("data_crc32")))
 
 
 # ---- (b) C++ writes, Python checks -----------------------------------------------------------
@@ -209,6 +221,8 @@ def cpp_to_python(exe, work):
         model = os.path.join(work, name + ".safetensors")
         tensors = load_file(model)
         meta = metadata_of(model)
+        check(meta.get("data_crc32") == data_crc32(model),
+              "%s: data_crc32 %s is Python's zlib.crc32 of the data" % (name, meta.get("data_crc32")))
         io = load_file(os.path.join(work, name + ".io.safetensors"))
         x, g, y = io["x"], io.get("gates"), io["y"]
         dt = y.dtype.type

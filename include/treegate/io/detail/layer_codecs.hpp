@@ -1,0 +1,360 @@
+// treegate/io/detail/layer_codecs.hpp — how a layer maps to tensors and metadata: the shared
+// pieces and the codecs of dense, tree_linear and tree_linear_blocked. Part of treegate/io/safetensors.hpp.
+#ifndef TREEGATE_IO_DETAIL_LAYER_CODECS_HPP
+#define TREEGATE_IO_DETAIL_LAYER_CODECS_HPP
+
+#include "../../config.hpp"
+#include "../../error.hpp"
+#include "../../layers/dense.hpp"
+#include "../../layers/tree_linear.hpp"
+#include "../../layers/tree_linear_blocked.hpp"
+#include "../../routing.hpp"
+#include "../../tree.hpp"
+#include "format.hpp"
+#include "metadata.hpp"
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <set>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+// Tensor names (row-major, like PyTorch; a `sequential` prefixes layer i's names with "i."):
+//   dense             weight [out, in], bias [out]
+//   tree_linear       weight [blocks, out, in], bias [blocks, out]   (blocks: nodes or leaves)
+//   tree_linear_blocked weight [trees, blocks, out, in], bias [trees, blocks, out]
+//   tree_feedforward  hidden_weight [trees, units, width, in], hidden_bias [trees, units, width],
+//                     output_weight [trees, units, out, width], output_bias [out],
+//                     router_weight [trees, routers, in], router_bias [trees, routers] (leaf_mlp)
+namespace treegate::safetensors::detail {
+
+inline const std::pair<const char*, tree_mode> mode_names[] = {{"path_sum", tree_mode::path_sum},
+                                                                {"leaf_only", tree_mode::leaf_only}};
+inline const std::pair<const char*, block_combine> combine_names[] = {{"sum", block_combine::sum},
+                                                                      {"concat", block_combine::concat}};
+
+inline const char* to_name(block_combine c) noexcept { return c == block_combine::sum ? "sum" : "concat"; }
+
+// ---- tensors ---------------------------------------------------------------------------------
+
+/// Expected name and shape of one tensor of a configuration.
+struct tensor_spec {
+    std::string name;
+    std::vector<std::uint64_t> shape;
+};
+
+inline std::uint64_t dim(index_t v) noexcept { return static_cast<std::uint64_t>(v); }
+
+
+/// The tensors of the file are exactly `specs`, with these shapes (any supported dtype).
+inline void check_tensors(const parsed_file& f, const std::vector<tensor_spec>& specs) {
+    std::set<std::string> expected;
+    for (const auto& s : specs) {
+        expected.insert(s.name);
+        const auto it = f.tensors.find(s.name);
+        if (it == f.tensors.end()) fail(f.source, "tensor '", s.name, "' is missing (expected shape ", shape_string(s.shape), ")");
+        if (it->second.shape != s.shape)
+            fail(f.source, "tensor '", s.name, "' has shape ", shape_string(it->second.shape), ", expected ",
+                 shape_string(s.shape));
+    }
+    for (const auto& t : f.tensors)
+        if (!expected.count(t.first))
+            fail(f.source, "unexpected tensor '", t.first, "' (shape ", shape_string(t.second.shape), ")");
+}
+
+template <class... Args>
+void check_same(const meta_reader& m, bool same, const Args&... args) {
+    if (!same) fail(m.source(), "does not match the layer: ", m.prefix(), args...);
+}
+
+/// A setting as the metadata spells it: flags and enums by name, numbers as they are.
+template <class T>
+auto setting_text(const T& v) {
+    if constexpr (std::is_same_v<T, bool>)
+        return flag_name(v);
+    else if constexpr (std::is_same_v<T, block_combine>)
+        return to_name(v);
+    else if constexpr (std::is_enum_v<T>)
+        return to_string(v);  // treegate's own, found by argument-dependent lookup
+    else
+        return v;
+}
+
+/// One setting of the file against the same setting of the layer.
+template <class T>
+void same_field(const meta_reader& m, const char* key, const T& in_file, const T& in_layer) {
+    check_same(m, in_file == in_layer, key, " is ", setting_text(in_file), " in the file, ", setting_text(in_layer),
+               " in the layer");
+}
+
+/// Weight blocks of one tree: every node (path_sum) or only the leaves (leaf_only).
+inline index_t tree_blocks(tree_mode mode, int depth) noexcept {
+    return mode == tree_mode::path_sum ? tree::node_count(depth) : tree::leaf_count(depth);
+}
+
+/// Builds a layer from a validated configuration; a refusal of the layer is a file error.
+template <class Make>
+auto construct(const meta_reader& m, Make&& make) {
+    try {
+        return make();
+    } catch (const config_error& e) {
+        fail(m.source(), "layer '", m.prefix(), "' cannot be built: ", e.what());
+    }
+}
+
+template <class Layer>
+struct layer_io;  // specialised for every layer kind below
+
+// ---- dense -----------------------------------------------------------------------------------
+
+template <class Scalar, int In, int Out, class Policy>
+struct layer_io<dense<Scalar, In, Out, Policy>> {
+    using layer = dense<Scalar, In, Out, Policy>;
+    struct config {
+        index_t in, out;
+        bool bias;
+    };
+    static constexpr const char* kind = "dense";
+
+    static config config_of(const layer& l) { return {l.in_size(), l.out_size(), l.has_bias()}; }
+    static void write(const config& c, metadata& md, const std::string& p) {
+        md[p + "in"] = std::to_string(c.in);
+        md[p + "out"] = std::to_string(c.out);
+        md[p + "has_bias"] = flag_name(c.bias);
+    }
+    static config read(const meta_reader& m) { return {m.size("in"), m.size("out"), m.flag("has_bias")}; }
+    static void compare(const meta_reader& m, const config& f, const config& l) {
+        same_field(m, "in", f.in, l.in);
+        same_field(m, "out", f.out, l.out);
+        same_field(m, "has_bias", f.bias, l.bias);
+    }
+    static void specs(const config& c, const std::string& p, std::vector<tensor_spec>& out) {
+        out.push_back({p + "weight", {dim(c.out), dim(c.in)}});
+        if (c.bias) out.push_back({p + "bias", {dim(c.out)}});
+    }
+    static layer make(const meta_reader& m, const config& c) {
+        return construct(m, [&] { return layer(c.in, c.out, c.bias); });
+    }
+    static void store(const layer& l, const std::string& p, std::vector<tensor_values<Scalar>>& out) {
+        const index_t in = l.in_size(), o = l.out_size();
+        tensor_values<Scalar> w{p + "weight", {dim(o), dim(in)}, {}};
+        for (index_t r = 0; r < o; ++r)
+            for (index_t k = 0; k < in; ++k) w.values.push_back(l.weight()(r, k));
+        out.push_back(std::move(w));
+        if (l.has_bias()) {
+            tensor_values<Scalar> b{p + "bias", {dim(o)}, {}};
+            for (index_t r = 0; r < o; ++r) b.values.push_back(l.bias()(r));
+            out.push_back(std::move(b));
+        }
+    }
+    static void fill(layer& l, const parsed_file& f, const std::string& p) {
+        const index_t in = l.in_size(), o = l.out_size();
+        const auto w = read_values<Scalar>(f, p + "weight");
+        std::size_t k = 0;
+        for (index_t r = 0; r < o; ++r)
+            for (index_t c = 0; c < in; ++c) l.weight()(r, c) = w[k++];
+        if (l.has_bias()) {
+            const auto b = read_values<Scalar>(f, p + "bias");
+            for (index_t r = 0; r < o; ++r) l.bias()(r) = b[static_cast<std::size_t>(r)];
+        }
+    }
+};
+
+// ---- tree_linear -----------------------------------------------------------------------------
+
+template <class Scalar, int In, int Out, int Depth, class Policy>
+struct layer_io<tree_linear<Scalar, In, Out, Depth, Policy>> {
+    using layer = tree_linear<Scalar, In, Out, Depth, Policy>;
+    struct config {
+        index_t in, out;
+        int depth;
+        tree_mode mode;
+        bool external;
+        std::vector<index_t> gates;
+        bool bias;
+    };
+    static constexpr const char* kind = "tree_linear";
+
+    static index_t blocks(const config& c) { return tree_blocks(c.mode, c.depth); }
+    static config config_of(const layer& l) {
+        return {l.in_size(), l.out_size(), l.depth(), l.mode(), l.gates().is_external(), l.gates().indices(), l.has_bias()};
+    }
+    static void write(const config& c, metadata& md, const std::string& p) {
+        md[p + "in"] = std::to_string(c.in);
+        md[p + "out"] = std::to_string(c.out);
+        md[p + "depth"] = std::to_string(c.depth);
+        md[p + "mode"] = to_string(c.mode);
+        md[p + "gating"] = c.external ? "external" : join_indices(c.gates);
+        md[p + "has_bias"] = flag_name(c.bias);
+    }
+    static config read(const meta_reader& m) {
+        config c{m.size("in"), m.size("out"), m.depth(), m.choice("mode", mode_names), false, {}, m.flag("has_bias")};
+        const std::string& g = m.get("gating");
+        c.external = g == "external";
+        if (!c.external) {
+            c.gates = m.indices(g, "gating", c.in);
+            if (static_cast<int>(c.gates.size()) != c.depth)
+                fail(m.source(), "metadata '", m.prefix(), "gating' lists ", c.gates.size(), " indices for depth ", c.depth);
+        }
+        return c;
+    }
+    static void compare(const meta_reader& m, const config& f, const config& l) {
+        same_field(m, "in", f.in, l.in);
+        same_field(m, "out", f.out, l.out);
+        same_field(m, "depth", f.depth, l.depth);
+        same_field(m, "mode", f.mode, l.mode);
+        check_same(m, f.external == l.external && f.gates == l.gates, "gating is \"",
+                   f.external ? "external" : join_indices(f.gates), "\" in the file, \"",
+                   l.external ? "external" : join_indices(l.gates), "\" in the layer");
+        same_field(m, "has_bias", f.bias, l.bias);
+    }
+    static void specs(const config& c, const std::string& p, std::vector<tensor_spec>& out) {
+        out.push_back({p + "weight", {dim(blocks(c)), dim(c.out), dim(c.in)}});
+        if (c.bias) out.push_back({p + "bias", {dim(blocks(c)), dim(c.out)}});
+    }
+    static layer make(const meta_reader& m, const config& c) {
+        return construct(m, [&] {
+            return layer(c.in, c.out, c.depth, c.mode, c.external ? gating::external() : gating::from_input(c.gates), c.bias);
+        });
+    }
+    static void store(const layer& l, const std::string& p, std::vector<tensor_values<Scalar>>& out) {
+        const index_t nb = l.block_count(), in = l.in_size(), o = l.out_size();
+        tensor_values<Scalar> w{p + "weight", {dim(nb), dim(o), dim(in)}, {}};
+        tensor_values<Scalar> b{p + "bias", {dim(nb), dim(o)}, {}};
+        for (index_t i = 0; i < nb; ++i) {
+            for (index_t r = 0; r < o; ++r)
+                for (index_t k = 0; k < in; ++k) w.values.push_back(l.weight(i)(r, k));
+            if (l.has_bias())
+                for (index_t r = 0; r < o; ++r) b.values.push_back(l.bias(i)(r));
+        }
+        out.push_back(std::move(w));
+        if (l.has_bias()) out.push_back(std::move(b));
+    }
+    static void fill(layer& l, const parsed_file& f, const std::string& p) {
+        const index_t nb = l.block_count(), in = l.in_size(), o = l.out_size();
+        const auto w = read_values<Scalar>(f, p + "weight");
+        std::vector<Scalar> b;
+        if (l.has_bias()) b = read_values<Scalar>(f, p + "bias");
+        std::size_t kw = 0, kb = 0;
+        for (index_t i = 0; i < nb; ++i) {
+            for (index_t r = 0; r < o; ++r)
+                for (index_t k = 0; k < in; ++k) l.weight(i)(r, k) = w[kw++];
+            if (l.has_bias())
+                for (index_t r = 0; r < o; ++r) l.bias(i)(r) = b[kb++];
+        }
+    }
+};
+
+// ---- tree_linear_blocked ---------------------------------------------------------------------
+
+template <class Scalar, int SliceIn, int SliceOut, int Depth, class Policy>
+struct layer_io<tree_linear_blocked<Scalar, SliceIn, SliceOut, Depth, Policy>> {
+    using layer = tree_linear_blocked<Scalar, SliceIn, SliceOut, Depth, Policy>;
+    using tree_io = layer_io<typename layer::tree_type>;
+    struct config {
+        index_t slice_in, slice_out, trees;
+        int depth;
+        tree_mode mode;
+        block_combine combine;
+        std::vector<std::vector<index_t>> gates;
+        bool bias;
+    };
+    static constexpr const char* kind = "tree_linear_blocked";
+
+    static index_t blocks(const config& c) { return tree_blocks(c.mode, c.depth); }
+    static std::string gates_text(const std::vector<std::vector<index_t>>& g) {
+        std::string s;
+        for (std::size_t t = 0; t < g.size(); ++t) s += (t ? ";" : "") + join_indices(g[t]);
+        return s;
+    }
+    static config config_of(const layer& l) {
+        config c{l.slice_in(), l.slice_out(), l.tree_count(), l.depth(), l.tree(0).mode(), l.combine(), {},
+                 l.tree(0).has_bias()};
+        for (index_t t = 0; t < l.tree_count(); ++t) c.gates.push_back(l.tree(t).gates().indices());
+        return c;
+    }
+    static void write(const config& c, metadata& md, const std::string& p) {
+        md[p + "slice_in"] = std::to_string(c.slice_in);
+        md[p + "slice_out"] = std::to_string(c.slice_out);
+        md[p + "trees"] = std::to_string(c.trees);
+        md[p + "depth"] = std::to_string(c.depth);
+        md[p + "mode"] = to_string(c.mode);
+        md[p + "combine"] = to_name(c.combine);
+        md[p + "gating"] = gates_text(c.gates);
+        md[p + "has_bias"] = flag_name(c.bias);
+    }
+    static config read(const meta_reader& m) {
+        config c{m.size("slice_in"), m.size("slice_out"), m.size("trees"), m.depth(), m.choice("mode", mode_names),
+                 m.choice("combine", combine_names), {}, m.flag("has_bias")};
+        // Per-tree gating lists separated by ';' (a list is empty at depth 0).
+        const std::string& g = m.get("gating");
+        const auto separators = static_cast<index_t>(std::count(g.begin(), g.end(), ';'));
+        if (separators + 1 != c.trees)
+            fail(m.source(), "metadata '", m.prefix(), "gating' holds ", separators + 1, " lists for ", c.trees, " trees");
+        std::size_t start = 0;
+        for (index_t t = 0; t < c.trees; ++t) {
+            const std::size_t semi = g.find(';', start);
+            const std::string item = g.substr(start, semi == std::string::npos ? std::string::npos : semi - start);
+            c.gates.push_back(m.indices(item, "gating", c.slice_in));
+            if (static_cast<int>(c.gates.back().size()) != c.depth)
+                fail(m.source(), "metadata '", m.prefix(), "gating' lists ", c.gates.back().size(), " indices for tree ",
+                     t, " of depth ", c.depth);
+            start = semi + 1;
+        }
+        return c;
+    }
+    static void compare(const meta_reader& m, const config& f, const config& l) {
+        same_field(m, "slice_in", f.slice_in, l.slice_in);
+        same_field(m, "slice_out", f.slice_out, l.slice_out);
+        same_field(m, "trees", f.trees, l.trees);
+        same_field(m, "depth", f.depth, l.depth);
+        same_field(m, "mode", f.mode, l.mode);
+        same_field(m, "combine", f.combine, l.combine);
+        check_same(m, f.gates == l.gates, "gating is \"", gates_text(f.gates), "\" in the file, \"", gates_text(l.gates),
+                   "\" in the layer");
+        same_field(m, "has_bias", f.bias, l.bias);
+    }
+    static void specs(const config& c, const std::string& p, std::vector<tensor_spec>& out) {
+        out.push_back({p + "weight", {dim(c.trees), dim(blocks(c)), dim(c.slice_out), dim(c.slice_in)}});
+        if (c.bias) out.push_back({p + "bias", {dim(c.trees), dim(blocks(c)), dim(c.slice_out)}});
+    }
+    static layer make(const meta_reader& m, const config& c) {
+        return construct(m, [&] { return layer(c.slice_in, c.slice_out, c.depth, c.mode, c.combine, c.gates, c.bias); });
+    }
+    static void store(const layer& l, const std::string& p, std::vector<tensor_values<Scalar>>& out) {
+        const config c = config_of(l);
+        tensor_values<Scalar> w{p + "weight", {dim(c.trees), dim(blocks(c)), dim(c.slice_out), dim(c.slice_in)}, {}};
+        tensor_values<Scalar> b{p + "bias", {dim(c.trees), dim(blocks(c)), dim(c.slice_out)}, {}};
+        for (index_t t = 0; t < c.trees; ++t) {
+            std::vector<tensor_values<Scalar>> one;
+            tree_io::store(l.tree(t), "", one);
+            w.values.insert(w.values.end(), one[0].values.begin(), one[0].values.end());
+            if (c.bias) b.values.insert(b.values.end(), one[1].values.begin(), one[1].values.end());
+        }
+        out.push_back(std::move(w));
+        if (c.bias) out.push_back(std::move(b));
+    }
+    static void fill(layer& l, const parsed_file& f, const std::string& p) {
+        const config c = config_of(l);
+        const auto w = read_values<Scalar>(f, p + "weight");
+        std::vector<Scalar> b;
+        if (c.bias) b = read_values<Scalar>(f, p + "bias");
+        std::size_t kw = 0, kb = 0;
+        for (index_t t = 0; t < c.trees; ++t) {
+            auto& tr = l.tree(t);
+            for (index_t i = 0; i < blocks(c); ++i) {
+                for (index_t r = 0; r < c.slice_out; ++r)
+                    for (index_t k = 0; k < c.slice_in; ++k) tr.weight(i)(r, k) = w[kw++];
+                if (c.bias)
+                    for (index_t r = 0; r < c.slice_out; ++r) tr.bias(i)(r) = b[kb++];
+            }
+        }
+    }
+};
+
+}  // namespace treegate::safetensors::detail
+
+#endif
