@@ -104,3 +104,188 @@ TEST_CASE("misuse: tree_feedforward units carry a NaN (or 0 * inf) pre-activatio
                 CHECK(std::isnan(layer.forward_batch(x)(1, 0)));
             }
 }
+
+// ---- 2. outputs that overlap inputs -------------------------------------------------------------
+
+namespace {
+
+/// Runs `layer.forward_batch(X, Y, ws)` with X the top `in` rows of a buffer and Y the `out`
+/// rows starting at row k of the same buffer (k = 0 and in = out: the very same storage), and
+/// compares with the output of a separate input copy.
+template <class Layer>
+void check_batch_overlap(const Layer& layer, index_t k, index_t n, std::mt19937& g) {
+    using S = typename Layer::scalar_type;
+    const index_t in = layer.in_size(), out = layer.out_size();
+    mat<S> M = tg_test::random_matrix<S>(std::max(in, k + out), n, g);
+    const mat<S> X = M.topRows(in);
+    const mat<S> want = layer.forward_batch(X);
+    treegate::workspace<S> ws;
+    auto Yb = M.middleRows(k, out);
+    layer.forward_batch(M.topRows(in), Yb, ws);
+    const mat<S> got = M.middleRows(k, out);
+    const double tol = std::is_same_v<S, float> ? 1e-5 : 1e-12;
+    CHECK((got - want).cwiseAbs().maxCoeff() <= tol * (1.0 + want.cwiseAbs().maxCoeff()));
+}
+
+/// A single-example forward whose output overlaps its input raises usage_error naming the layer.
+template <class Layer>
+void check_single_overlap_refused(const Layer& layer, index_t k) {
+    using S = typename Layer::scalar_type;
+    vec<S> buffer = vec<S>::Ones(std::max(layer.in_size(), k + layer.out_size()));
+    auto x = buffer.head(layer.in_size());
+    auto y = buffer.segment(k, layer.out_size());
+    TG_CHECK_THROWS_WITH(treegate::usage_error, layer.forward(x, y), Layer::name, "output overlaps the input");
+    CHECK((buffer.array() == S(1)).all());  // refused before writing anything
+}
+
+}  // namespace
+
+TEST_CASE("misuse: dense forward_batch into its own input gives W x", "[misuse][alias]") {
+    treegate::dense<float> d(2, 2, false);
+    d.weight() << 0, 1, 1, 0;
+    mat<float> X(2, 1);
+    X << 1, 2;
+    treegate::workspace<float> ws;
+    d.forward_batch(X, X, ws);
+    CHECK(X(0, 0) == 2);
+    CHECK(X(1, 0) == 1);
+    std::mt19937 g(21);
+    treegate::dense<double> sq(6, 6), tall(4, 9);
+    sq.initialize(1);
+    tall.initialize(2);
+    for (index_t n : {index_t{1}, index_t{7}, index_t{300}}) {
+        check_batch_overlap(sq, 0, n, g);
+        check_batch_overlap(sq, 3, n, g);
+        check_batch_overlap(tall, 2, n, g);
+    }
+    check_single_overlap_refused(sq, 0);
+    check_single_overlap_refused(tall, 3);
+}
+
+TEST_CASE("misuse: tree_linear and its bf16 copy with overlapping input and output", "[misuse][alias]") {
+    std::mt19937 g(22);
+    for (tree_mode mode : {tree_mode::path_sum, tree_mode::leaf_only}) {
+        treegate::tree_linear<float> t(6, 6, 3, mode, gating::from_input({0, 2, 5}));
+        t.initialize(3);
+        const treegate::tree_linear_bf16<> b(t);
+        for (index_t n : {index_t{1}, index_t{50}}) {
+            check_batch_overlap(t, 0, n, g);
+            check_batch_overlap(t, 4, n, g);
+            check_batch_overlap(b, 0, n, g);
+            check_batch_overlap(b, 2, n, g);
+        }
+        check_single_overlap_refused(t, 0);
+        check_single_overlap_refused(t, 5);
+        check_single_overlap_refused(b, 0);
+        vec<float> buffer = vec<float>::Ones(6);
+        TG_CHECK_THROWS_WITH(treegate::usage_error, t.forward_add(buffer, buffer), "tree_linear", "output overlaps the input");
+        // Input and output side by side in one buffer do not overlap and are accepted.
+        vec<float> both = vec<float>::Ones(12);
+        auto x = both.head(6);
+        auto y = both.tail(6);
+        CHECK_NOTHROW(t.forward(x, y));
+        CHECK((y - t.forward_batch(mat<float>::Ones(6, 1)).col(0)).cwiseAbs().maxCoeff() <= 1e-5f);
+    }
+    // Externally gated: the gate vector may share the output's storage (it is read first).
+    treegate::tree_linear<double> ext(4, 2, 2, tree_mode::path_sum, gating::external());
+    ext.initialize(4);
+    vec<double> x = vec<double>::LinSpaced(4, -1, 1), y(2), g2(2);
+    g2 << 1, -1;
+    const vec<double> want = ext.forward_batch(x, g2).col(0);
+    y = g2;
+    ext.forward(x, y, y);
+    CHECK((y - want).cwiseAbs().maxCoeff() <= 1e-12);
+}
+
+TEST_CASE("misuse: tree_feedforward with overlapping input and output", "[misuse][alias]") {
+    std::mt19937 g(23);
+    for (index_t width : {index_t{1}, index_t{4}})
+        for (ff_variant variant : {ff_variant::node_sum, ff_variant::leaf_mlp}) {
+            CAPTURE(width, treegate::to_string(variant));
+            treegate::tree_feedforward<double> f(7, 7, width, 2, 2, activation::gelu, variant);
+            f.initialize(5);
+            for (index_t n : {index_t{1}, index_t{130}}) {
+                check_batch_overlap(f, 0, n, g);
+                check_batch_overlap(f, 3, n, g);
+            }
+            check_single_overlap_refused(f, 0);
+            check_single_overlap_refused(f, 6);
+        }
+    // On a thread pool as well.
+    treegate::tree_feedforward<float> f(8, 8, 1, 3, 1, activation::relu);
+    f.initialize(6);
+    mat<float> X = tg_test::random_matrix<float>(8, 200, g);
+    const mat<float> want = f.forward_batch(X);
+    treegate::parallel::thread_pool pool(3);
+    treegate::workspace<float> ws;
+    f.forward_batch(X, X, ws, pool);
+    CHECK((X - want).cwiseAbs().maxCoeff() <= 1e-5 * (1.0 + want.cwiseAbs().maxCoeff()));
+}
+
+TEST_CASE("misuse: tree_linear_blocked with overlapping input and output", "[misuse][alias]") {
+    std::mt19937 g(24);
+    for (auto combine : {treegate::block_combine::sum, treegate::block_combine::concat}) {
+        // sum: 2 slices of 3 into 6 outputs; concat: 2 slices of 3 into 2 x 3 outputs.
+        treegate::tree_linear_blocked<double> b(3, combine == treegate::block_combine::sum ? 6 : 3, 1, tree_mode::path_sum,
+                                                combine, {{0}, {2}});
+        b.initialize(7);
+        for (index_t n : {index_t{1}, index_t{40}}) {
+            check_batch_overlap(b, 0, n, g);
+            check_batch_overlap(b, 1, n, g);
+            check_batch_overlap(b, 4, n, g);
+        }
+        check_single_overlap_refused(b, 0);
+        check_single_overlap_refused(b, 3);
+    }
+}
+
+TEST_CASE("misuse: activation_layer in place and with partial overlap", "[misuse][alias]") {
+    std::mt19937 g(25);
+    for (activation a : all_activations) {
+        CAPTURE(treegate::to_string(a));
+        treegate::activation_layer<float> layer(a, 9);
+        // In place stays allowed, for batches and single examples.
+        mat<float> X = tg_test::random_matrix<float>(9, 300, g);
+        const mat<float> want = layer.forward_batch(X);
+        treegate::workspace<float> ws;
+        layer.forward_batch(X, X, ws);
+        CHECK(X == want);
+        vec<float> x = X.col(0), y(9);
+        layer.forward(x, y);
+        layer.forward(x, x);
+        CHECK(x == y);
+        // Shifted by some rows or columns: computed as if separate.
+        check_batch_overlap(layer, 2, 300, g);
+        mat<float> M = tg_test::random_matrix<float>(9, 301, g);
+        const mat<float> want_shift = layer.forward_batch(M.leftCols(300));
+        auto Y = M.rightCols(300);
+        layer.forward_batch(M.leftCols(300), Y, ws);
+        CHECK(M.rightCols(300) == want_shift);
+        check_single_overlap_refused(layer, 2);
+    }
+}
+
+TEST_CASE("misuse: sequential with overlapping input and output", "[misuse][alias]") {
+    std::mt19937 g(26);
+    treegate::sequential one(treegate::dense<double>(5, 5));
+    treegate::sequential two(treegate::dense<double>(5, 8), treegate::tree_feedforward<double>(8, 5, 2, 2));
+    one.initialize(8);
+    two.initialize(9);
+    for (index_t n : {index_t{1}, index_t{33}}) {
+        mat<double> X = tg_test::random_matrix<double>(5, n, g);
+        const mat<double> want1 = one.forward_batch(X), want2 = two.forward_batch(X);
+        mat<double> X1 = X, X2 = X;
+        decltype(one)::workspace_type ws1;
+        decltype(two)::workspace_type ws2;
+        one.forward_batch(X1, X1, ws1);
+        two.forward_batch(X2, X2, ws2);
+        CHECK((X1 - want1).cwiseAbs().maxCoeff() <= 1e-12);
+        CHECK((X2 - want2).cwiseAbs().maxCoeff() <= 1e-12);
+        vec<double> x = X.col(0);
+        two.forward(x, x, ws2);
+        CHECK((x - want2.col(0)).cwiseAbs().maxCoeff() <= 1e-12);
+    }
+    vec<double> x = vec<double>::Ones(5);
+    decltype(one)::workspace_type ws;
+    TG_CHECK_THROWS_WITH(treegate::usage_error, one.forward(x, x, ws), "dense", "output overlaps the input");
+}

@@ -37,6 +37,7 @@ public:
     void forward(const Eigen::Ref<const input_vector>& x, Eigen::Ref<output_vector> y) const {
         detail::check_vector(name, "input", x.size(), size_);
         detail::check_vector(name, "output", y.size(), size_);
+        if (x.data() != y.data()) detail::check_no_overlap(name, x, y);  // in place is fine
         y = x;
         apply_inplace(act_, y.data(), size_);
     }
@@ -48,10 +49,12 @@ public:
     /// The batched forward on an executor (pieces of 256 examples; element-wise, so any split
     /// gives the same bits).
     template <class Executor>
-    void forward_batch(const Eigen::Ref<const batch>& X, Eigen::Ref<batch> Y, workspace<Scalar>& /*ws*/,
-                       Executor&& ex) const {
+    void forward_batch(const Eigen::Ref<const batch>& X, Eigen::Ref<batch> Y, workspace<Scalar>& ws, Executor&& ex) const {
         constexpr index_t chunk = 256;
         detail::check_batch(name, size_, X.rows(), X.cols(), size_, Y.rows(), Y.cols());
+        // Element-wise: in place (the very same storage) is safe, any other overlap is not.
+        const bool in_place = X.data() == Y.data() && X.outerStride() == Y.outerStride();
+        if (!in_place && detail::rerun_on_copy(X, Y, ws, [&](const auto& C) { forward_batch(C, Y, ws, ex); })) return;
         parallel::for_each_chunk(ex, X.cols(), chunk, [&](index_t begin, index_t end, int) {
             for (index_t e = begin; e < end; ++e) {
                 Y.col(e) = X.col(e);

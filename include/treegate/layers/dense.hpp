@@ -72,6 +72,7 @@ public:
     void forward(const Eigen::Ref<const input_vector>& x, Eigen::Ref<output_vector> y) const {
         detail::check_vector(name, "input", x.size(), in_);
         detail::check_vector(name, "output", y.size(), out_);
+        detail::check_no_overlap(name, x, y);
         if (has_bias_)
             y = bias();
         else
@@ -86,10 +87,10 @@ public:
     /// The batched forward on an executor: pieces of 256 examples, the same for any executor,
     /// so the output is bit-identical for any thread count.
     template <class Executor>
-    void forward_batch(const Eigen::Ref<const batch>& X, Eigen::Ref<batch> Y, workspace<Scalar>& /*ws*/,
-                       Executor&& ex) const {
+    void forward_batch(const Eigen::Ref<const batch>& X, Eigen::Ref<batch> Y, workspace<Scalar>& ws, Executor&& ex) const {
         constexpr index_t chunk = 256;
         detail::check_batch(name, in_, X.rows(), X.cols(), out_, Y.rows(), Y.cols());
+        if (detail::rerun_on_copy(X, Y, ws, [&](const auto& C) { forward_batch(C, Y, ws, ex); })) return;
         parallel::for_each_chunk(ex, X.cols(), chunk, [&](index_t e0, index_t end, int) {
             const index_t m = end - e0;
             auto Yc = Y.middleCols(e0, m);

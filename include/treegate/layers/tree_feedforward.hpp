@@ -179,6 +179,7 @@ public:
     void forward(const Eigen::Ref<const input_vector>& x, Eigen::Ref<output_vector> y) const {
         detail::check_vector(name, "input", x.size(), in_);
         detail::check_vector(name, "output", y.size(), out_);
+        detail::check_no_overlap(name, x, y);
         if (has_output_bias_)
             y = output_bias();
         else
@@ -212,6 +213,7 @@ public:
     template <class Executor>
     void forward_batch(const Eigen::Ref<const batch>& X, Eigen::Ref<batch> Y, workspace<Scalar>& ws, Executor&& ex) const {
         detail::check_batch(name, in_, X.rows(), X.cols(), out_, Y.rows(), Y.cols());
+        if (detail::rerun_on_copy(X, Y, ws, [&](const auto& C) { forward_batch(C, Y, ws, ex); })) return;
         ws.reserve_workers(ex.size());
         parallel::for_each_chunk(ex, X.cols(), batch_tile, [&](index_t t0, index_t end, int worker) {
             forward_tile(X.middleCols(t0, end - t0), Y.middleCols(t0, end - t0), ws.worker(worker));

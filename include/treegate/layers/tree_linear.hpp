@@ -131,7 +131,7 @@ public:
 
     /// Gated by input entries (gating::from_input) or depth 0.
     void forward(const Eigen::Ref<const input_vector>& x, Eigen::Ref<output_vector> y) const {
-        check_single(x.size(), y.size());
+        check_single(x, y);
         detail::check_config(!gates_.is_external() || depth_ == 0, name,
                              ": this layer is gated externally; pass the gate vector");
         forward_code(route_by_indices(x.data(), gates_.indices().data(), depth_), x.data(), y.data());
@@ -140,7 +140,7 @@ public:
     /// Gated by an external vector of D gate values (gates[0] decides level 1).
     void forward(const Eigen::Ref<const input_vector>& x, const Eigen::Ref<const gate_vector>& gates,
                  Eigen::Ref<output_vector> y) const {
-        check_single(x.size(), y.size());
+        check_single(x, y);
         detail::check_config(gates_.is_external(), name, ": this layer is gated by its input; call forward(x, y)");
         detail::check_vector(name, "gate vector", gates.size(), depth_);
         forward_code(route_by_gates(gates.data(), 1, depth_), x.data(), y.data());
@@ -148,7 +148,7 @@ public:
 
     /// y += layer(x): for sums of layers (blocked trees, residual connections).
     void forward_add(const Eigen::Ref<const input_vector>& x, Eigen::Ref<output_vector> y) const {
-        check_single(x.size(), y.size());
+        check_single(x, y);
         detail::check_config(!gates_.is_external() || depth_ == 0, name,
                              ": this layer is gated externally; pass the gate vector");
         accumulate_code(route_by_indices(x.data(), gates_.indices().data(), depth_), x.data(), y.data());
@@ -156,7 +156,7 @@ public:
 
     void forward_add(const Eigen::Ref<const input_vector>& x, const Eigen::Ref<const gate_vector>& gates,
                      Eigen::Ref<output_vector> y) const {
-        check_single(x.size(), y.size());
+        check_single(x, y);
         detail::check_config(gates_.is_external(), name, ": this layer is gated by its input; call forward_add(x, y)");
         detail::check_vector(name, "gate vector", gates.size(), depth_);
         accumulate_code(route_by_gates(gates.data(), 1, depth_), x.data(), y.data());
@@ -207,9 +207,11 @@ private:
     index_t blocks_on_path() const noexcept { return mode_ == tree_mode::path_sum ? depth_ + 1 : 1; }
     int first_level() const noexcept { return mode_ == tree_mode::path_sum ? 0 : depth_; }
 
-    void check_single(index_t x_size, index_t y_size) const {
-        detail::check_vector(name, "input", x_size, in_);
-        detail::check_vector(name, "output", y_size, out_);
+    template <class XRef, class YRef>
+    void check_single(const XRef& x, const YRef& y) const {
+        detail::check_vector(name, "input", x.size(), in_);
+        detail::check_vector(name, "output", y.size(), out_);
+        detail::check_no_overlap(name, x, y);
     }
 
     void forward_code(leaf_t code, const Scalar* x, Scalar* y) const noexcept {

@@ -110,14 +110,14 @@ public:
     // ---- single example: never allocates -------------------------------------------------------
 
     void forward(const Eigen::Ref<const vector>& x, Eigen::Ref<vector> y) const {
-        check_single(x.size(), y.size());
+        check_single(x, y);
         detail::check_config(!gates_.is_external() || depth_ == 0, name,
                              ": this layer is gated externally; pass the gate vector");
         forward_code(route_by_indices(x.data(), gates_.indices().data(), depth_), x.data(), y.data());
     }
 
     void forward(const Eigen::Ref<const vector>& x, const Eigen::Ref<const vector>& gates, Eigen::Ref<vector> y) const {
-        check_single(x.size(), y.size());
+        check_single(x, y);
         detail::check_config(gates_.is_external(), name, ": this layer is gated by its input; call forward(x, y)");
         detail::check_vector(name, "gate vector", gates.size(), depth_);
         forward_code(route_by_gates(gates.data(), 1, depth_), x.data(), y.data());
@@ -166,9 +166,11 @@ private:
     index_t blocks_on_path() const noexcept { return mode_ == tree_mode::path_sum ? depth_ + 1 : 1; }
     int first_level() const noexcept { return mode_ == tree_mode::path_sum ? 0 : depth_; }
 
-    void check_single(index_t x_size, index_t y_size) const {
-        detail::check_vector(name, "input", x_size, in_);
-        detail::check_vector(name, "output", y_size, out_);
+    template <class XRef, class YRef>
+    void check_single(const XRef& x, const YRef& y) const {
+        detail::check_vector(name, "input", x.size(), in_);
+        detail::check_vector(name, "output", y.size(), out_);
+        detail::check_no_overlap(name, x, y);
     }
 
     void forward_code(leaf_t code, const float* x, float* y) const noexcept {

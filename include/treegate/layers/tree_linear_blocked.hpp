@@ -68,6 +68,7 @@ public:
     void forward(const Eigen::Ref<const input_vector>& x, Eigen::Ref<output_vector> y) const {
         detail::check_vector(name, "input", x.size(), in_size());
         detail::check_vector(name, "output", y.size(), out_size());
+        detail::check_no_overlap(name, x, y);
         const index_t si = slice_in(), so = slice_out();
         if (combine_ == block_combine::sum) y.setZero();
         for (index_t t = 0; t < tree_count(); ++t) {
@@ -87,6 +88,7 @@ public:
     template <class Executor>
     void forward_batch(const Eigen::Ref<const batch>& X, Eigen::Ref<batch> Y, workspace<Scalar>& ws, Executor&& ex) const {
         detail::check_batch(name, in_size(), X.rows(), X.cols(), out_size(), Y.rows(), Y.cols());
+        if (detail::rerun_on_copy(X, Y, ws, [&](const auto& C) { forward_batch(C, Y, ws, ex); })) return;
         const index_t si = slice_in(), so = slice_out();
         if (combine_ == block_combine::concat) {
             for (index_t t = 0; t < tree_count(); ++t)
