@@ -4,6 +4,7 @@
 #include "test_support.hpp"
 
 #include <treegate/treegate.hpp>
+#include <treegate/layers/flatten.hpp>
 #include <treegate/train/backward.hpp>
 
 #include <cmath>
@@ -288,4 +289,175 @@ TEST_CASE("misuse: sequential with overlapping input and output", "[misuse][alia
     vec<double> x = vec<double>::Ones(5);
     decltype(one)::workspace_type ws;
     TG_CHECK_THROWS_WITH(treegate::usage_error, one.forward(x, x, ws), "dense", "output overlaps the input");
+}
+
+// ---- 3. moved-from layers -----------------------------------------------------------------------
+
+namespace {
+
+/// Every call on a moved-from layer raises usage_error naming the layer; its sizes read zero.
+template <class Layer>
+void check_moved_from_state(const Layer& layer, const mat<typename Layer::scalar_type>& X) {
+    using S = typename Layer::scalar_type;
+    CHECK(layer.in_size() == 0);
+    CHECK(layer.out_size() == 0);
+    CHECK(layer.parameter_count() == 0);
+    CHECK(layer.macs_per_example() == 0);
+    TG_CHECK_THROWS_WITH(treegate::usage_error, layer.forward_batch(X), Layer::name, "moved from");
+    mat<S> Y(3, X.cols());
+    vec<S> x = X.col(0), y(3);
+    treegate::workspace<S> ws;
+    TG_CHECK_THROWS_WITH(treegate::usage_error, layer.forward_batch(X, Y, ws), Layer::name, "moved from");
+    TG_CHECK_THROWS_WITH(treegate::usage_error, layer.forward(x, y), Layer::name, "moved from");
+}
+
+/// Moves `make()` by construction and by assignment: the target computes what the original
+/// did, the source is left in the empty state, and a moved-from layer can be assigned again.
+template <class Make, class Accessors>
+void check_moves(Make make, const Accessors& accessors_throw) {
+    using Layer = decltype(make());
+    using S = typename Layer::scalar_type;
+    std::mt19937 g(31);
+    Layer a = make();
+    const mat<S> X = tg_test::random_matrix<S>(a.in_size(), 9, g);
+    const mat<S> want = a.forward_batch(X);
+    Layer b(std::move(a));
+    CHECK(b.forward_batch(X) == want);
+    check_moved_from_state(a, X);
+    accessors_throw(a);
+    Layer c = make();
+    c = std::move(b);
+    CHECK(c.forward_batch(X) == want);
+    check_moved_from_state(b, X);
+    accessors_throw(b);
+    a = std::move(c);  // a moved-from layer takes a new value and works again
+    CHECK(a.forward_batch(X) == want);
+    CHECK(a.in_size() == X.rows());
+    Layer d = a;  // copying still works, and copying a moved-from layer gives another empty one
+    CHECK(d.forward_batch(X) == want);
+    Layer e = b;
+    check_moved_from_state(e, X);
+}
+
+}  // namespace
+
+TEST_CASE("misuse: a moved-from tree_linear is empty and refuses every call", "[misuse][moved]") {
+    for (tree_mode mode : {tree_mode::path_sum, tree_mode::leaf_only}) {
+        check_moves(
+            [mode] {
+                treegate::tree_linear<float> t(5, 3, 2, mode, gating::from_input({1, 4}));
+                t.initialize(11);
+                return t;
+            },
+            [](auto& t) {
+                CHECK(t.block_count() == 0);
+                CHECK(t.depth() == 0);
+                TG_CHECK_THROWS_WITH(treegate::usage_error, t.weight(0), "tree_linear", "moved from");
+                TG_CHECK_THROWS_WITH(treegate::usage_error, t.bias(0), "tree_linear", "moved from");
+                TG_CHECK_THROWS_WITH(treegate::usage_error, std::as_const(t).weight(0), "tree_linear", "moved from");
+                vec<float> x = vec<float>::Ones(5), y(3);
+                TG_CHECK_THROWS_WITH(treegate::usage_error, t.forward_add(x, y), "tree_linear", "moved from");
+                const auto flat = [&t] { return treegate::flatten(t); };
+                TG_CHECK_THROWS_WITH(treegate::error, flat(), "moved from");
+                TG_CHECK_THROWS_WITH(treegate::usage_error, treegate::tree_linear_bf16<>(t), "moved from");
+            });
+    }
+    // Externally gated: the gated calls refuse as well.
+    treegate::tree_linear<double> ext(4, 2, 2, tree_mode::path_sum, gating::external());
+    treegate::tree_linear<double> taken(std::move(ext));
+    vec<double> x = vec<double>::Ones(4), gv = vec<double>::Ones(2), y(2);
+    TG_CHECK_THROWS_WITH(treegate::usage_error, ext.forward(x, gv, y), "tree_linear", "moved from");
+    TG_CHECK_THROWS_WITH(treegate::usage_error, ext.forward_batch(mat<double>::Ones(4, 3), mat<double>::Ones(2, 3)),
+                         "tree_linear", "moved from");
+    CHECK(taken.in_size() == 4);
+}
+
+TEST_CASE("misuse: a moved-from tree_linear_bf16 is empty and refuses every call", "[misuse][moved]") {
+    check_moves(
+        [] {
+            treegate::tree_linear<float> t(6, 4, 2, tree_mode::path_sum, gating::from_input({0, 3}));
+            t.initialize(12);
+            return treegate::tree_linear_bf16<>(t);
+        },
+        [](auto& t) {
+            CHECK(t.block_count() == 0);
+            CHECK(t.weight_bytes() == 0);
+            TG_CHECK_THROWS_WITH(treegate::usage_error, t.weight(0), "tree_linear_bf16", "moved from");
+            TG_CHECK_THROWS_WITH(treegate::usage_error, t.bias(0), "tree_linear_bf16", "moved from");
+        });
+}
+
+TEST_CASE("misuse: a moved-from tree_feedforward is empty and refuses every call", "[misuse][moved]") {
+    for (ff_variant variant : {ff_variant::node_sum, ff_variant::leaf_mlp})
+        check_moves(
+            [variant] {
+                treegate::tree_feedforward<double> f(5, 3, 2, 2, 2, activation::gelu, variant);
+                f.initialize(13);
+                return f;
+            },
+            [](auto& f) {
+                CHECK(f.unit_count() == 0);
+                CHECK(f.router_count() == 0);
+                CHECK(f.tree_count() == 0);
+                CHECK(f.width() == 0);
+                TG_CHECK_THROWS_WITH(treegate::usage_error, f.hidden_weight(0, 0), "tree_feedforward", "moved from");
+                TG_CHECK_THROWS_WITH(treegate::usage_error, f.hidden_bias(0, 0), "tree_feedforward", "moved from");
+                TG_CHECK_THROWS_WITH(treegate::usage_error, f.output_weight(0, 0), "tree_feedforward", "moved from");
+                TG_CHECK_THROWS_WITH(treegate::usage_error, f.router_weight(0, 0), "tree_feedforward", "moved from");
+                TG_CHECK_THROWS_WITH(treegate::usage_error, f.router_bias(0, 0), "tree_feedforward", "moved from");
+                TG_CHECK_THROWS_WITH(treegate::usage_error, f.output_bias(), "tree_feedforward", "moved from");
+            });
+}
+
+TEST_CASE("misuse: a moved-from dense or activation_layer is empty and refuses every call", "[misuse][moved]") {
+    check_moves(
+        [] {
+            treegate::dense<float> d(5, 3);
+            d.initialize(14);
+            return d;
+        },
+        [](auto& d) {
+            TG_CHECK_THROWS_WITH(treegate::usage_error, d.weight(), "dense", "moved from");
+            TG_CHECK_THROWS_WITH(treegate::usage_error, d.bias(), "dense", "moved from");
+        });
+    check_moves([] { return treegate::activation_layer<float>(activation::tanh, 3); },
+                [](auto&) {});
+}
+
+TEST_CASE("misuse: a moved-from tree_linear_blocked is empty and refuses every call", "[misuse][moved]") {
+    for (auto combine : {treegate::block_combine::sum, treegate::block_combine::concat})
+        check_moves(
+            [combine] {
+                treegate::tree_linear_blocked<float> b(3, 3, 1, tree_mode::path_sum, combine, {{0}, {2}});
+                b.initialize(15);
+                return b;
+            },
+            [](auto& b) {
+                CHECK(b.tree_count() == 0);
+                CHECK(b.slice_in() == 0);
+                CHECK(b.slice_out() == 0);
+                CHECK(b.depth() == 0);
+                TG_CHECK_THROWS_WITH(treegate::usage_error, b.tree(0), "tree_linear_blocked", "moved from");
+            });
+}
+
+TEST_CASE("misuse: a moved-from sequential refuses every call", "[misuse][moved]") {
+    using model_t = treegate::sequential<treegate::dense<float>, treegate::activation_layer<float>>;
+    std::mt19937 g(32);
+    model_t a(treegate::dense<float>(4, 3), treegate::activation_layer<float>(activation::relu, 3));
+    a.initialize(16);
+    const mat<float> X = tg_test::random_matrix<float>(4, 6, g);
+    const mat<float> want = a.forward_batch(X);
+    model_t b(std::move(a));
+    CHECK(b.forward_batch(X) == want);
+    CHECK(a.in_size() == 0);
+    CHECK(a.out_size() == 0);
+    CHECK(a.parameter_count() == 0);
+    TG_CHECK_THROWS_WITH(treegate::usage_error, a.forward_batch(X), "moved from");
+    model_t::workspace_type ws;
+    vec<float> x = X.col(0), y(3);
+    TG_CHECK_THROWS_WITH(treegate::usage_error, a.forward(x, y, ws), "moved from");
+    a = std::move(b);
+    CHECK(a.forward_batch(X) == want);
+    TG_CHECK_THROWS_WITH(treegate::usage_error, b.forward_batch(X), "moved from");
 }

@@ -36,6 +36,11 @@ inline int resolve_depth(const char* layer, int fixed, int given) {
     return given;
 }
 
+/// Moving a layer leaves the source empty (sizes zero); every call on it then raises this.
+inline void check_live(const char* layer, bool live) {
+    if (!live) raise<usage_error>(layer, ": the layer is empty (moved from); assign a layer to it before use");
+}
+
 /// The checks every batched forward makes before touching data.
 inline void check_batch(const char* layer, index_t in, index_t x_rows, index_t x_cols, index_t out, index_t y_rows,
                         index_t y_cols) {

@@ -18,6 +18,7 @@
 #include <array>
 #include <cmath>
 #include <type_traits>
+#include <utility>
 
 namespace treegate {
 
@@ -107,6 +108,35 @@ public:
                       "tree_feedforward: this constructor needs In, Out, Width and Depth fixed");
     }
 
+    tree_feedforward(const tree_feedforward&) = default;
+    tree_feedforward& operator=(const tree_feedforward&) = default;
+    /// Moving leaves the source empty: every size reads 0 and every call raises usage_error.
+    tree_feedforward(tree_feedforward&& o) noexcept { *this = std::move(o); }
+    tree_feedforward& operator=(tree_feedforward&& o) noexcept {
+        if (this == &o) return *this;
+        in_ = std::exchange(o.in_, 0);
+        out_ = std::exchange(o.out_, 0);
+        width_ = std::exchange(o.width_, 0);
+        depth_ = std::exchange(o.depth_, 0);
+        trees_ = std::exchange(o.trees_, 0);
+        act_ = o.act_;
+        variant_ = o.variant_;
+        has_output_bias_ = std::exchange(o.has_output_bias_, false);
+        units_ = std::exchange(o.units_, 0);
+        routers_ = std::exchange(o.routers_, 0);
+        u_stride_ = std::exchange(o.u_stride_, 0);
+        a_stride_ = std::exchange(o.a_stride_, 0);
+        v_stride_ = std::exchange(o.v_stride_, 0);
+        r_stride_ = std::exchange(o.r_stride_, 0);
+        U_ = std::move(o.U_);
+        A_ = std::move(o.A_);
+        V_ = std::move(o.V_);
+        R_ = std::move(o.R_);
+        S_ = std::move(o.S_);
+        c_ = std::move(o.c_);
+        return *this;
+    }
+
     index_t in_size() const noexcept { return in_; }
     index_t out_size() const noexcept { return out_; }
     index_t width() const noexcept { return width_; }
@@ -131,26 +161,27 @@ public:
         return variant_ == ff_variant::node_sum ? trees_ * (depth_ + 1) * mlp : trees_ * (depth_ * in_ + mlp);
     }
 
-    hidden_weight_map hidden_weight(index_t t, index_t i) noexcept { return {U_.data() + unit(t, i) * u_stride_, width_, in_}; }
-    const_hidden_weight_map hidden_weight(index_t t, index_t i) const noexcept {
-        return {U_.data() + unit(t, i) * u_stride_, width_, in_};
+    // Unit i of tree t: node i (node_sum) or leaf i (leaf_mlp); router i: internal node i.
+    hidden_weight_map hidden_weight(index_t t, index_t i) { return {U_.data() + checked_unit(t, i) * u_stride_, width_, in_}; }
+    const_hidden_weight_map hidden_weight(index_t t, index_t i) const {
+        return {U_.data() + checked_unit(t, i) * u_stride_, width_, in_};
     }
-    hidden_bias_map hidden_bias(index_t t, index_t i) noexcept { return {A_.data() + unit(t, i) * a_stride_, width_}; }
-    const_hidden_bias_map hidden_bias(index_t t, index_t i) const noexcept { return {A_.data() + unit(t, i) * a_stride_, width_}; }
-    output_weight_map output_weight(index_t t, index_t i) noexcept { return {V_.data() + unit(t, i) * v_stride_, out_, width_}; }
-    const_output_weight_map output_weight(index_t t, index_t i) const noexcept {
-        return {V_.data() + unit(t, i) * v_stride_, out_, width_};
+    hidden_bias_map hidden_bias(index_t t, index_t i) { return {A_.data() + checked_unit(t, i) * a_stride_, width_}; }
+    const_hidden_bias_map hidden_bias(index_t t, index_t i) const { return {A_.data() + checked_unit(t, i) * a_stride_, width_}; }
+    output_weight_map output_weight(index_t t, index_t i) { return {V_.data() + checked_unit(t, i) * v_stride_, out_, width_}; }
+    const_output_weight_map output_weight(index_t t, index_t i) const {
+        return {V_.data() + checked_unit(t, i) * v_stride_, out_, width_};
     }
-    router_map router_weight(index_t t, index_t i) noexcept { return {R_.data() + router(t, i) * r_stride_, in_}; }
-    const_router_map router_weight(index_t t, index_t i) const noexcept { return {R_.data() + router(t, i) * r_stride_, in_}; }
-    Scalar& router_bias(index_t t, index_t i) noexcept { return S_.data()[router(t, i)]; }
-    const Scalar& router_bias(index_t t, index_t i) const noexcept { return S_.data()[router(t, i)]; }
-    output_bias_map output_bias() noexcept {
-        eigen_assert(has_output_bias_);
+    router_map router_weight(index_t t, index_t i) { return {R_.data() + checked_router(t, i) * r_stride_, in_}; }
+    const_router_map router_weight(index_t t, index_t i) const { return {R_.data() + checked_router(t, i) * r_stride_, in_}; }
+    Scalar& router_bias(index_t t, index_t i) { return S_.data()[checked_router(t, i)]; }
+    const Scalar& router_bias(index_t t, index_t i) const { return S_.data()[checked_router(t, i)]; }
+    output_bias_map output_bias() {
+        check_output_bias();
         return {c_.data(), out_};
     }
-    const_output_bias_map output_bias() const noexcept {
-        eigen_assert(has_output_bias_);
+    const_output_bias_map output_bias() const {
+        check_output_bias();
         return {c_.data(), out_};
     }
 
@@ -177,11 +208,12 @@ public:
     // ---- single example: never allocates -------------------------------------------------------
 
     void forward(const Eigen::Ref<const input_vector>& x, Eigen::Ref<output_vector> y) const {
+        detail::check_live(name, in_ != 0);
         detail::check_vector(name, "input", x.size(), in_);
         detail::check_vector(name, "output", y.size(), out_);
         detail::check_no_overlap(name, x, y);
         if (has_output_bias_)
-            y = output_bias();
+            y = const_output_bias_map(c_.data(), out_);
         else
             y.setZero();
         for (index_t t = 0; t < trees_; ++t) {
@@ -212,6 +244,7 @@ public:
     /// output is bit-identical for any executor and thread count.
     template <class Executor>
     void forward_batch(const Eigen::Ref<const batch>& X, Eigen::Ref<batch> Y, workspace<Scalar>& ws, Executor&& ex) const {
+        detail::check_live(name, in_ != 0);
         detail::check_batch(name, in_, X.rows(), X.cols(), out_, Y.rows(), Y.cols());
         if (detail::rerun_on_copy(X, Y, ws, [&](const auto& C) { forward_batch(C, Y, ws, ex); })) return;
         ws.reserve_workers(ex.size());
@@ -228,6 +261,19 @@ public:
     }
 
 private:
+    // The accessors' checks, made in every build (the forward passes use unit() and router()).
+    index_t checked_unit(index_t t, index_t i) const {
+        detail::check_live(name, in_ != 0);
+        return unit(t, i);
+    }
+    index_t checked_router(index_t t, index_t i) const {
+        detail::check_live(name, in_ != 0);
+        return router(t, i);
+    }
+    void check_output_bias() const {
+        detail::check_live(name, in_ != 0);
+    }
+
     index_t unit(index_t t, index_t i) const noexcept {
         eigen_assert(t >= 0 && t < trees_ && i >= 0 && i < units_);
         return t * units_ + i;
@@ -331,12 +377,12 @@ private:
         for (index_t j = 0; j < m; ++j) Y.col(order[r.begin + j]) += Yg.col(j);
     }
 
-    index_t in_, out_, width_;
-    int depth_;
-    index_t trees_;
-    activation act_;
-    ff_variant variant_;
-    bool has_output_bias_;
+    index_t in_ = 0, out_ = 0, width_ = 0;
+    int depth_ = 0;
+    index_t trees_ = 0;
+    activation act_ = activation::gelu;
+    ff_variant variant_ = ff_variant::node_sum;
+    bool has_output_bias_ = false;
     index_t units_ = 0, routers_ = 0;
     index_t u_stride_ = 0, a_stride_ = 0, v_stride_ = 0, r_stride_ = 0;
     detail::aligned_buffer<Scalar> U_, A_, V_, R_, S_, c_;

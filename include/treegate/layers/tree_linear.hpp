@@ -18,6 +18,7 @@
 #include <array>
 #include <cmath>
 #include <type_traits>
+#include <utility>
 
 namespace treegate {
 
@@ -76,6 +77,26 @@ public:
                       "tree_linear: this constructor needs In, Out and Depth fixed; pass the sizes otherwise");
     }
 
+    tree_linear(const tree_linear&) = default;
+    tree_linear& operator=(const tree_linear&) = default;
+    /// Moving leaves the source empty: every size reads 0 and every call raises usage_error.
+    tree_linear(tree_linear&& o) noexcept { *this = std::move(o); }
+    tree_linear& operator=(tree_linear&& o) noexcept {
+        if (this == &o) return *this;
+        in_ = std::exchange(o.in_, 0);
+        out_ = std::exchange(o.out_, 0);
+        depth_ = std::exchange(o.depth_, 0);
+        mode_ = o.mode_;
+        has_bias_ = std::exchange(o.has_bias_, false);
+        gates_ = std::exchange(o.gates_, gating());
+        blocks_ = std::exchange(o.blocks_, 0);
+        stride_ = std::exchange(o.stride_, 0);
+        bias_stride_ = std::exchange(o.bias_stride_, 0);
+        weights_ = std::move(o.weights_);
+        biases_ = std::move(o.biases_);
+        return *this;
+    }
+
     index_t in_size() const noexcept { return in_; }
     index_t out_size() const noexcept { return out_; }
     int depth() const noexcept { return depth_; }
@@ -92,20 +113,20 @@ public:
     index_t macs_per_example() const noexcept { return blocks_on_path() * in_ * out_; }
 
     /// Block i: tree node i (path_sum) or leaf i (leaf_only).
-    weight_map weight(index_t i) noexcept {
-        eigen_assert(i >= 0 && i < blocks_);
+    weight_map weight(index_t i) {
+        check_block(i, false);
         return weight_map(weights_.data() + i * stride_, out_, in_);
     }
-    const_weight_map weight(index_t i) const noexcept {
-        eigen_assert(i >= 0 && i < blocks_);
+    const_weight_map weight(index_t i) const {
+        check_block(i, false);
         return const_weight_map(weights_.data() + i * stride_, out_, in_);
     }
-    bias_map bias(index_t i) noexcept {
-        eigen_assert(has_bias_ && i >= 0 && i < blocks_);
+    bias_map bias(index_t i) {
+        check_block(i, true);
         return bias_map(biases_.data() + i * bias_stride_, out_);
     }
-    const_bias_map bias(index_t i) const noexcept {
-        eigen_assert(has_bias_ && i >= 0 && i < blocks_);
+    const_bias_map bias(index_t i) const {
+        check_block(i, true);
         return const_bias_map(biases_.data() + i * bias_stride_, out_);
     }
 
@@ -178,6 +199,7 @@ public:
     /// count, so the output is bit-identical for any executor, and equal to the calls above.
     template <class Executor>
     void forward_batch(const Eigen::Ref<const batch>& X, Eigen::Ref<batch> Y, workspace<Scalar>& ws, Executor&& ex) const {
+        detail::check_live(name, in_ != 0);
         detail::route_batch(name, gates_, depth_, in_, out_, X, Y, ws);
         detail::grouped_forward<Policy>(table(), X, Y, ws, ex);
     }
@@ -185,6 +207,7 @@ public:
     template <class Executor>
     void forward_batch(const Eigen::Ref<const batch>& X, const Eigen::Ref<const batch>& G, Eigen::Ref<batch> Y,
                        workspace<Scalar>& ws, Executor&& ex) const {
+        detail::check_live(name, in_ != 0);
         detail::route_batch(name, gates_, depth_, in_, out_, X, G, Y, ws);
         detail::grouped_forward<Policy>(table(), X, Y, ws, ex);
     }
@@ -207,8 +230,15 @@ private:
     index_t blocks_on_path() const noexcept { return mode_ == tree_mode::path_sum ? depth_ + 1 : 1; }
     int first_level() const noexcept { return mode_ == tree_mode::path_sum ? 0 : depth_; }
 
+    void check_block(index_t i, bool bias) const {
+        detail::check_live(name, in_ != 0);
+        (void)bias;
+        (void)i;
+    }
+
     template <class XRef, class YRef>
     void check_single(const XRef& x, const YRef& y) const {
+        detail::check_live(name, in_ != 0);
         detail::check_vector(name, "input", x.size(), in_);
         detail::check_vector(name, "output", y.size(), out_);
         detail::check_no_overlap(name, x, y);
@@ -236,10 +266,10 @@ private:
                 has_bias_ ? biases_.data() : nullptr, bias_stride_};
     }
 
-    index_t in_, out_;
-    int depth_;
-    tree_mode mode_;
-    bool has_bias_;
+    index_t in_ = 0, out_ = 0;
+    int depth_ = 0;
+    tree_mode mode_ = tree_mode::path_sum;
+    bool has_bias_ = false;
     gating gates_;
     index_t blocks_ = 0, stride_ = 0, bias_stride_ = 0;
     detail::aligned_buffer<Scalar> weights_, biases_;

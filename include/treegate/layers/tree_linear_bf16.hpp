@@ -28,6 +28,7 @@
 #include "tree_linear.hpp"
 
 #include <array>
+#include <utility>
 
 namespace treegate {
 
@@ -53,7 +54,7 @@ public:
     /// Rounds every weight of `t` to bf16 (ties to even) and copies its biases, sizes, mode and gating.
     template <int In, int Out, int Depth, class P>
     explicit tree_linear_bf16(const tree_linear<float, In, Out, Depth, P>& t)
-        : in_(t.in_size()),
+        : in_(source_size(t.in_size())),
           out_(t.out_size()),
           depth_(t.depth()),
           mode_(t.mode()),
@@ -73,6 +74,26 @@ public:
         }
     }
 
+    tree_linear_bf16(const tree_linear_bf16&) = default;
+    tree_linear_bf16& operator=(const tree_linear_bf16&) = default;
+    /// Moving leaves the source empty: every size reads 0 and every call raises usage_error.
+    tree_linear_bf16(tree_linear_bf16&& o) noexcept { *this = std::move(o); }
+    tree_linear_bf16& operator=(tree_linear_bf16&& o) noexcept {
+        if (this == &o) return *this;
+        in_ = std::exchange(o.in_, 0);
+        out_ = std::exchange(o.out_, 0);
+        depth_ = std::exchange(o.depth_, 0);
+        mode_ = o.mode_;
+        has_bias_ = std::exchange(o.has_bias_, false);
+        gates_ = std::exchange(o.gates_, gating());
+        blocks_ = std::exchange(o.blocks_, 0);
+        stride_ = std::exchange(o.stride_, 0);
+        bias_stride_ = std::exchange(o.bias_stride_, 0);
+        weights_ = std::move(o.weights_);
+        biases_ = std::move(o.biases_);
+        return *this;
+    }
+
     index_t in_size() const noexcept { return in_; }
     index_t out_size() const noexcept { return out_; }
     int depth() const noexcept { return depth_; }
@@ -90,15 +111,15 @@ public:
 
     /// Block i as the float values the kernels multiply by (a copy: the storage is bf16).
     Eigen::MatrixXf weight(index_t i) const {
-        eigen_assert(i >= 0 && i < blocks_);
+        check_block(i, false);
         Eigen::MatrixXf w(out_, in_);
         const bf16* src = weights_.data() + i * stride_;
         for (index_t c = 0; c < in_; ++c)
             for (index_t r = 0; r < out_; ++r) w(r, c) = to_float(src[r + c * out_]);
         return w;
     }
-    const_bias_map bias(index_t i) const noexcept {
-        eigen_assert(has_bias_ && i >= 0 && i < blocks_);
+    const_bias_map bias(index_t i) const {
+        check_block(i, true);
         return const_bias_map(biases_.data() + i * bias_stride_, out_);
     }
 
@@ -137,6 +158,7 @@ public:
     /// The batched forward on an executor, as tree_linear's (bit-identical for any thread count).
     template <class Executor>
     void forward_batch(const Eigen::Ref<const batch>& X, Eigen::Ref<batch> Y, workspace<float>& ws, Executor&& ex) const {
+        detail::check_live(name, in_ != 0);
         detail::route_batch(name, gates_, depth_, in_, out_, X, Y, ws);
         detail::grouped_forward<Policy>(table(), X, Y, ws, ex);
     }
@@ -144,6 +166,7 @@ public:
     template <class Executor>
     void forward_batch(const Eigen::Ref<const batch>& X, const Eigen::Ref<const batch>& G, Eigen::Ref<batch> Y,
                        workspace<float>& ws, Executor&& ex) const {
+        detail::check_live(name, in_ != 0);
         detail::route_batch(name, gates_, depth_, in_, out_, X, G, Y, ws);
         detail::grouped_forward<Policy>(table(), X, Y, ws, ex);
     }
@@ -166,8 +189,20 @@ private:
     index_t blocks_on_path() const noexcept { return mode_ == tree_mode::path_sum ? depth_ + 1 : 1; }
     int first_level() const noexcept { return mode_ == tree_mode::path_sum ? 0 : depth_; }
 
+    static index_t source_size(index_t in) {
+        if (in == 0) detail::raise<usage_error>(name, ": the source tree_linear is empty (moved from)");
+        return in;
+    }
+
+    void check_block(index_t i, bool bias) const {
+        detail::check_live(name, in_ != 0);
+        (void)bias;
+        (void)i;
+    }
+
     template <class XRef, class YRef>
     void check_single(const XRef& x, const YRef& y) const {
+        detail::check_live(name, in_ != 0);
         detail::check_vector(name, "input", x.size(), in_);
         detail::check_vector(name, "output", y.size(), out_);
         detail::check_no_overlap(name, x, y);
@@ -191,10 +226,10 @@ private:
                 has_bias_ ? biases_.data() : nullptr, bias_stride_};
     }
 
-    index_t in_, out_;
-    int depth_;
-    tree_mode mode_;
-    bool has_bias_;
+    index_t in_ = 0, out_ = 0;
+    int depth_ = 0;
+    tree_mode mode_ = tree_mode::path_sum;
+    bool has_bias_ = false;
     gating gates_;
     index_t blocks_ = 0, stride_ = 0, bias_stride_ = 0;
     detail::aligned_buffer<bf16> weights_;
