@@ -461,3 +461,99 @@ TEST_CASE("misuse: a moved-from sequential refuses every call", "[misuse][moved]
     CHECK(a.forward_batch(X) == want);
     TG_CHECK_THROWS_WITH(treegate::usage_error, b.forward_batch(X), "moved from");
 }
+
+// ---- 4. indices are checked in every build ------------------------------------------------------
+
+// The topology stays usable at compile time, up to the deepest representable tree.
+static_assert(treegate::tree::node_count(3) == 15 && treegate::tree::leaf_count(62) == (index_t{1} << 62));
+static_assert(treegate::tree::node_count(62) == std::numeric_limits<index_t>::max());
+static_assert(treegate::tree::level_end(62) == std::numeric_limits<index_t>::max());
+static_assert(treegate::tree::path_node(5u, 3, 3) == 12 && treegate::tree::leaf_node(5u, 3) == 12);
+static_assert(treegate::tree::path_node(0xffffffffu, 32, 0) == 0);
+
+TEST_CASE("misuse: tree topology helpers reject depths and codes they cannot represent", "[misuse][index]") {
+    namespace tree = treegate::tree;
+    using treegate::config_error;
+    volatile int deep = 64, negative = -1;  // run time, not constant folding
+    TG_CHECK_THROWS_WITH(config_error, tree::node_count(deep), "node_count", "depth 64", "[0, 62]");
+    TG_CHECK_THROWS_WITH(config_error, tree::node_count(63), "node_count", "depth 63");
+    TG_CHECK_THROWS_WITH(config_error, tree::node_count(negative), "node_count", "depth -1");
+    TG_CHECK_THROWS_WITH(config_error, tree::leaf_count(63), "leaf_count", "depth 63");
+    TG_CHECK_THROWS_WITH(config_error, tree::internal_count(deep), "internal_count", "depth 64");
+    TG_CHECK_THROWS_WITH(config_error, tree::level_begin(63), "level_begin", "level 63");
+    TG_CHECK_THROWS_WITH(config_error, tree::level_begin(negative), "level_begin", "level -1");
+    TG_CHECK_THROWS_WITH(config_error, tree::level_end(63), "level_end", "level 63");
+    TG_CHECK_THROWS_WITH(config_error, tree::level_of(-3), "level_of", "node -3");
+    TG_CHECK_THROWS_WITH(config_error, tree::path_node(1u, 3, 4), "path_node", "level 4", "[0, 3]");
+    TG_CHECK_THROWS_WITH(config_error, tree::path_node(1u, 3, negative), "path_node", "level -1");
+    TG_CHECK_THROWS_WITH(config_error, tree::path_node(8u, 3, 3), "path_node", "code 8", "3 bits");
+    TG_CHECK_THROWS_WITH(config_error, tree::path_node(1u, 33, 1), "path_node", "depth 33");
+    TG_CHECK_THROWS_WITH(config_error, tree::leaf_node(8u, 3), "leaf_node", "code 8", "3 bits");
+    TG_CHECK_THROWS_WITH(config_error, tree::leaf_node(0u, deep), "leaf_node", "depth 64");
+    // The largest representable values are exact at run time too.
+    volatile int d62 = 62, d32 = 32;
+    CHECK(tree::node_count(d62) == std::numeric_limits<index_t>::max());
+    CHECK(tree::leaf_count(d62) == index_t{1} << 62);
+    CHECK(tree::level_begin(d62) == (index_t{1} << 62) - 1);
+    CHECK(tree::path_node(0xffffffffu, d32, 32) == (index_t{1} << 32) - 1 + 0xffffffffLL);
+    CHECK(tree::path_node(0x80000000u, d32, 1) == 2);
+    CHECK(tree::leaf_node(0xffffffffu, d32) == (index_t{1} << 32) - 1 + 0xffffffffLL);
+}
+
+TEST_CASE("misuse: tree_linear and tree_linear_bf16 check block indices in every build", "[misuse][index]") {
+    using treegate::usage_error;
+    treegate::tree_linear<float> t(4, 3, 3, tree_mode::path_sum, gating::from_input({0, 1, 2}));
+    treegate::tree_linear<float> nb(4, 3, 2, tree_mode::leaf_only, gating::from_input({0, 1}), false);
+    TG_CHECK_THROWS_WITH(usage_error, t.weight(15), "tree_linear", "block 15 is outside [0, 15)");
+    TG_CHECK_THROWS_WITH(usage_error, t.weight(-1), "tree_linear", "block -1 is outside [0, 15)");
+    TG_CHECK_THROWS_WITH(usage_error, std::as_const(t).weight(100), "tree_linear", "block 100 is outside [0, 15)");
+    TG_CHECK_THROWS_WITH(usage_error, t.bias(15), "tree_linear", "block 15 is outside [0, 15)");
+    TG_CHECK_THROWS_WITH(usage_error, std::as_const(t).bias(-2), "tree_linear", "block -2");
+    TG_CHECK_THROWS_WITH(usage_error, nb.bias(0), "tree_linear", "has no bias");
+    TG_CHECK_THROWS_WITH(usage_error, std::as_const(nb).bias(0), "tree_linear", "has no bias");
+    TG_CHECK_THROWS_WITH(usage_error, nb.weight(4), "tree_linear", "block 4 is outside [0, 4)");
+    TG_CHECK_THROWS_WITH(usage_error, t.block_on_path(0u, 4), "tree_linear", "level 4 is outside [0, 3]");
+    TG_CHECK_THROWS_WITH(usage_error, t.block_on_path(8u, 1), "tree_linear", "code 8");
+    TG_CHECK_THROWS_WITH(usage_error, nb.block_on_path(1u, 1), "tree_linear", "level 1", "leaf_only");
+    CHECK(t.block_on_path(5u, 3) == 12);
+    CHECK(nb.block_on_path(3u, 2) == 3);
+    CHECK_NOTHROW(t.weight(14));
+    CHECK_NOTHROW(t.bias(0));
+
+    const treegate::tree_linear_bf16<> b(t), bnb(nb);
+    TG_CHECK_THROWS_WITH(usage_error, b.weight(15), "tree_linear_bf16", "block 15 is outside [0, 15)");
+    TG_CHECK_THROWS_WITH(usage_error, b.bias(-1), "tree_linear_bf16", "block -1 is outside [0, 15)");
+    TG_CHECK_THROWS_WITH(usage_error, bnb.bias(0), "tree_linear_bf16", "has no bias");
+    TG_CHECK_THROWS_WITH(usage_error, b.block_on_path(0u, 5), "tree_linear_bf16", "level 5");
+    CHECK(b.block_on_path(5u, 3) == 12);
+}
+
+TEST_CASE("misuse: tree_feedforward dense and tree_linear_blocked check indices in every build", "[misuse][index]") {
+    using treegate::usage_error;
+    treegate::tree_feedforward<double> ns(4, 3, 2, 2, 2, activation::gelu, ff_variant::node_sum, false);
+    treegate::tree_feedforward<double> lm(4, 3, 2, 2, 1, activation::gelu, ff_variant::leaf_mlp);
+    TG_CHECK_THROWS_WITH(usage_error, ns.hidden_weight(2, 0), "tree_feedforward", "tree 2 is outside [0, 2)");
+    TG_CHECK_THROWS_WITH(usage_error, ns.hidden_weight(-1, 0), "tree_feedforward", "tree -1 is outside [0, 2)");
+    TG_CHECK_THROWS_WITH(usage_error, ns.hidden_weight(0, 7), "tree_feedforward", "unit 7 is outside [0, 7)");
+    TG_CHECK_THROWS_WITH(usage_error, std::as_const(ns).hidden_bias(1, -1), "tree_feedforward", "unit -1 is outside [0, 7)");
+    TG_CHECK_THROWS_WITH(usage_error, ns.output_weight(0, 9), "tree_feedforward", "unit 9 is outside [0, 7)");
+    TG_CHECK_THROWS_WITH(usage_error, lm.hidden_weight(0, 4), "tree_feedforward", "unit 4 is outside [0, 4)");
+    TG_CHECK_THROWS_WITH(usage_error, ns.router_weight(0, 0), "tree_feedforward", "router 0 is outside [0, 0)");
+    TG_CHECK_THROWS_WITH(usage_error, ns.router_bias(0, 0), "tree_feedforward", "router 0 is outside [0, 0)");
+    TG_CHECK_THROWS_WITH(usage_error, lm.router_weight(0, 3), "tree_feedforward", "router 3 is outside [0, 3)");
+    TG_CHECK_THROWS_WITH(usage_error, std::as_const(lm).router_bias(1, 0), "tree_feedforward", "tree 1 is outside [0, 1)");
+    TG_CHECK_THROWS_WITH(usage_error, ns.output_bias(), "tree_feedforward", "has no output bias");
+    TG_CHECK_THROWS_WITH(usage_error, std::as_const(ns).output_bias(), "tree_feedforward", "has no output bias");
+    CHECK_NOTHROW(lm.router_bias(0, 2));
+    CHECK_NOTHROW(lm.output_bias());
+    CHECK_NOTHROW(ns.hidden_weight(1, 6));
+
+    treegate::dense<float> d(3, 2, false);
+    TG_CHECK_THROWS_WITH(usage_error, d.bias(), "dense", "has no bias");
+    TG_CHECK_THROWS_WITH(usage_error, std::as_const(d).bias(), "dense", "has no bias");
+
+    treegate::tree_linear_blocked<float> b(3, 2, 1, tree_mode::path_sum, treegate::block_combine::sum, {{0}, {1}});
+    TG_CHECK_THROWS_WITH(usage_error, b.tree(2), "tree_linear_blocked", "tree 2 is outside [0, 2)");
+    TG_CHECK_THROWS_WITH(usage_error, std::as_const(b).tree(-1), "tree_linear_blocked", "tree -1 is outside [0, 2)");
+    CHECK_NOTHROW(b.tree(1));
+}

@@ -136,6 +136,7 @@ public:
 private:
     void check_bias() const {
         detail::check_live(name, in_ != 0);
+        if (!has_bias_) detail::raise<usage_error>(name, ": the layer has no bias");
     }
 
     index_t in_ = 0, out_ = 0;

@@ -41,6 +41,18 @@ inline void check_live(const char* layer, bool live) {
     if (!live) raise<usage_error>(layer, ": the layer is empty (moved from); assign a layer to it before use");
 }
 
+/// An accessor's index, checked in every build (accessors are not hot paths).
+inline void check_index(const char* layer, const char* what, index_t i, index_t count) {
+    if (i < 0 || i >= count) raise<usage_error>(layer, ": ", what, " ", i, " is outside [0, ", count, ")");
+}
+
+/// A (code, level) pair of a tree layer's block_on_path: levels [first, depth], a depth-bit code.
+inline void check_path(const char* layer, leaf_t code, int level, int depth, int first, const char* mode) {
+    if (level < first || level > depth)
+        raise<usage_error>(layer, ": level ", level, " is outside [", first, ", ", depth, "] (", mode, ")");
+    if (depth < 32 && (code >> depth) != 0) raise<usage_error>(layer, ": code ", code, " has more than ", depth, " bits");
+}
+
 /// The checks every batched forward makes before touching data.
 inline void check_batch(const char* layer, index_t in, index_t x_rows, index_t x_cols, index_t out, index_t y_rows,
                         index_t y_cols) {

@@ -264,14 +264,19 @@ private:
     // The accessors' checks, made in every build (the forward passes use unit() and router()).
     index_t checked_unit(index_t t, index_t i) const {
         detail::check_live(name, in_ != 0);
+        detail::check_index(name, "tree", t, trees_);
+        detail::check_index(name, "unit", i, units_);
         return unit(t, i);
     }
     index_t checked_router(index_t t, index_t i) const {
         detail::check_live(name, in_ != 0);
+        detail::check_index(name, "tree", t, trees_);
+        detail::check_index(name, "router", i, routers_);
         return router(t, i);
     }
     void check_output_bias() const {
         detail::check_live(name, in_ != 0);
+        if (!has_output_bias_) detail::raise<usage_error>(name, ": the layer has no output bias");
     }
 
     index_t unit(index_t t, index_t i) const noexcept {

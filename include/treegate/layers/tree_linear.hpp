@@ -131,8 +131,10 @@ public:
     }
 
     /// Block used at `level` by the path with bit pattern `code` (leaf_only: only level D has one).
-    index_t block_on_path(leaf_t code, int level) const noexcept {
-        return mode_ == tree_mode::path_sum ? tree::path_node(code, depth_, level) : static_cast<index_t>(code);
+    index_t block_on_path(leaf_t code, int level) const {
+        detail::check_live(name, in_ != 0);
+        detail::check_path(name, code, level, depth_, first_level(), to_string(mode_));
+        return path_block(code, level);
     }
 
     /// Uniform(-b, b) weights and biases with b = 1/sqrt(in) for a leaf table and
@@ -229,11 +231,14 @@ public:
 private:
     index_t blocks_on_path() const noexcept { return mode_ == tree_mode::path_sum ? depth_ + 1 : 1; }
     int first_level() const noexcept { return mode_ == tree_mode::path_sum ? 0 : depth_; }
+    index_t path_block(leaf_t code, int level) const noexcept {
+        return mode_ == tree_mode::path_sum ? tree::path_node(code, depth_, level) : static_cast<index_t>(code);
+    }
 
     void check_block(index_t i, bool bias) const {
         detail::check_live(name, in_ != 0);
-        (void)bias;
-        (void)i;
+        detail::check_index(name, "block", i, blocks_);
+        if (bias && !has_bias_) detail::raise<usage_error>(name, ": the layer has no bias (block ", i, ")");
     }
 
     template <class XRef, class YRef>
@@ -254,7 +259,7 @@ private:
         int count = 0;
         Eigen::Map<Eigen::Matrix<Scalar, Out, 1>> yv(y, out_);
         for (int level = first_level(); level <= depth_; ++level) {
-            const index_t b = block_on_path(code, level);
+            const index_t b = path_block(code, level);
             blocks[static_cast<std::size_t>(count++)] = weights_.data() + b * stride_;
             if (has_bias_) yv += const_bias_map(biases_.data() + b * bias_stride_, out_);
         }

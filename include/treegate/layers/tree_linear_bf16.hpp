@@ -124,8 +124,10 @@ public:
     }
 
     /// Block used at `level` by the path with bit pattern `code` (leaf_only: only level D has one).
-    index_t block_on_path(leaf_t code, int level) const noexcept {
-        return mode_ == tree_mode::path_sum ? tree::path_node(code, depth_, level) : static_cast<index_t>(code);
+    index_t block_on_path(leaf_t code, int level) const {
+        detail::check_live(name, in_ != 0);
+        detail::check_path(name, code, level, depth_, first_level(), to_string(mode_));
+        return path_block(code, level);
     }
 
     // ---- single example: never allocates -------------------------------------------------------
@@ -196,8 +198,11 @@ private:
 
     void check_block(index_t i, bool bias) const {
         detail::check_live(name, in_ != 0);
-        (void)bias;
-        (void)i;
+        detail::check_index(name, "block", i, blocks_);
+        if (bias && !has_bias_) detail::raise<usage_error>(name, ": the layer has no bias (block ", i, ")");
+    }
+    index_t path_block(leaf_t code, int level) const noexcept {
+        return mode_ == tree_mode::path_sum ? tree::path_node(code, depth_, level) : static_cast<index_t>(code);
     }
 
     template <class XRef, class YRef>
@@ -214,7 +219,7 @@ private:
         Eigen::Map<Eigen::VectorXf> yv(y, out_);
         yv.setZero();
         for (int level = first_level(); level <= depth_; ++level) {
-            const index_t b = block_on_path(code, level);
+            const index_t b = path_block(code, level);
             blocks[static_cast<std::size_t>(count++)] = weights_.data() + b * stride_;
             if (has_bias_) yv += const_bias_map(biases_.data() + b * bias_stride_, out_);
         }

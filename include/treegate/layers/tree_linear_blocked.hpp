@@ -133,7 +133,7 @@ public:
 private:
     void check_tree(index_t t) const {
         detail::check_live(name, !trees_.empty());
-        (void)t;
+        detail::check_index(name, "tree", t, tree_count());
     }
 
     block_combine combine_;
