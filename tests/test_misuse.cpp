@@ -557,3 +557,111 @@ TEST_CASE("misuse: tree_feedforward dense and tree_linear_blocked check indices 
     TG_CHECK_THROWS_WITH(usage_error, std::as_const(b).tree(-1), "tree_linear_blocked", "tree -1 is outside [0, 2)");
     CHECK_NOTHROW(b.tree(1));
 }
+
+// ---- 5. size arithmetic and memory ---------------------------------------------------------------
+
+namespace {
+
+/// what() of the config_error `f` raises ("" if none).
+template <class F>
+std::string config_message(F&& f) {
+    try {
+        f();
+    } catch (const treegate::config_error& e) {
+        return e.what();
+    }
+    return {};
+}
+
+}  // namespace
+
+TEST_CASE("misuse: block sizes next to the index limit are refused without a wrapped count", "[misuse][memory]") {
+    // 7 x (2^63 - 1) / 7 = 2^63 - 1 scalars per block: the product fits, rounding it up to a
+    // cache line does not. The message must name the layer and quote no negative count.
+    const index_t big = std::numeric_limits<index_t>::max() / 7;
+    const std::string tl = config_message([&] { treegate::tree_linear<float>(7, big, 0, tree_mode::path_sum); });
+    CAPTURE(tl);
+    CHECK(tl.find("tree_linear") != std::string::npos);
+    CHECK(tl.find('-') == std::string::npos);
+    const std::string ff = config_message([&] { treegate::tree_feedforward<float>(big, 3, 7, 0); });
+    CAPTURE(ff);
+    CHECK(ff.find("tree_feedforward") != std::string::npos);
+    CHECK(ff.find('-') == std::string::npos);
+    const std::string de = config_message([&] { treegate::dense<double>(7, big); });
+    CAPTURE(de);
+    CHECK(de.find("dense") != std::string::npos);
+    CHECK(de.find('-') == std::string::npos);
+    // The public rounding helper refuses as well instead of wrapping.
+    TG_CHECK_THROWS_WITH(treegate::config_error, treegate::detail::padded<float>(std::numeric_limits<index_t>::max() - 3),
+                         "overflows");
+}
+
+TEST_CASE("misuse: allocation errors quote the parameter count and the bytes with padding", "[misuse][memory]") {
+    // The same shape at depth 2 (7 blocks) gives the bytes per block; at depth 30 (2^31 - 1
+    // blocks, about 87 TB) the allocation fails and must quote parameter_count() and the bytes.
+    const treegate::tree_linear<float> small(100, 100, 2, tree_mode::path_sum, gating::external());
+    const index_t blocks = (index_t{1} << 31) - 1;
+    const index_t params = blocks * (100 * 100 + 100);
+    const index_t bytes = small.memory_bytes() / 7 * blocks;
+    const std::string msg =
+        config_message([] { treegate::tree_linear<float>(100, 100, 30, tree_mode::path_sum, gating::external()); });
+    CAPTURE(msg);
+    CHECK(msg.find("tree_linear") != std::string::npos);
+    CHECK(msg.find("cannot allocate") != std::string::npos);
+    CHECK(msg.find(std::to_string(params) + " parameters") != std::string::npos);
+    CHECK(msg.find(std::to_string(bytes) + " bytes") != std::string::npos);
+
+    const treegate::tree_feedforward<float> ff_small(1000, 1000, 1, 2);
+    const index_t ff_params = blocks * (1000 + 1 + 1000) + 1000;
+    const index_t ff_bytes = (ff_small.memory_bytes() - 1000 * 4) / 7 * blocks + 1000 * 4;
+    const std::string ff = config_message([] { treegate::tree_feedforward<float>(1000, 1000, 1, 30); });
+    CAPTURE(ff);
+    CHECK(ff.find(std::to_string(ff_params) + " parameters") != std::string::npos);
+    CHECK(ff.find(std::to_string(ff_bytes) + " bytes") != std::string::npos);
+}
+
+TEST_CASE("misuse: memory_bytes counts the padding, and padding never multiplies the memory", "[misuse][memory]") {
+    std::mt19937 g(41);
+    // Tiny blocks (1 x 1, width-1 biases) take what their parameters take, not a cache line each.
+    const treegate::tree_linear<float> one(1, 1, 3, tree_mode::path_sum, gating::external());
+    CHECK(one.memory_bytes() == one.parameter_count() * 4);
+    // The standard sizes are whole cache lines: no padding at all.
+    for (index_t n : {index_t{256}, index_t{512}, index_t{768}}) {
+        const treegate::tree_feedforward<float> ff(n, n, 1, 3);
+        CHECK(ff.memory_bytes() == ff.parameter_count() * 4);
+        const treegate::tree_linear<float> tl(n, n, 1, tree_mode::path_sum, gating::external());
+        CHECK(tl.memory_bytes() == tl.parameter_count() * 4);
+    }
+    // Random shapes: at least the parameters' bytes, at most 1/8 more (plus nothing for the
+    // unpadded small buffers), for every layer.
+    for (int trial = 0; trial < 40; ++trial) {
+        const index_t in = tg_test::uniform_index(g, 1, 70), out = tg_test::uniform_index(g, 1, 70);
+        const index_t w = tg_test::uniform_index(g, 1, 5);
+        const int depth = static_cast<int>(tg_test::uniform_index(g, 0, 3));
+        CAPTURE(in, out, w, depth);
+        const auto check = [](index_t bytes, index_t params, index_t scalar) {
+            CHECK(bytes >= params * scalar);
+            CHECK(bytes * 8 <= params * scalar * 9);
+        };
+        const treegate::tree_linear<double> tl(in, out, depth, tree_mode::leaf_only, gating::external());
+        check(tl.memory_bytes(), tl.parameter_count(), 8);
+        const treegate::tree_linear<float> tf(in, out, depth, tree_mode::path_sum, gating::external(), false);
+        check(tf.memory_bytes(), tf.parameter_count(), 4);
+        const treegate::tree_linear_bf16<> b(tf);
+        CHECK(b.memory_bytes() >= b.parameter_count() * 2);
+        CHECK(b.memory_bytes() * 8 <= b.parameter_count() * 2 * 9);
+        const treegate::tree_feedforward<float> ff(in, out, w, depth, 2, activation::gelu, ff_variant::leaf_mlp);
+        check(ff.memory_bytes(), ff.parameter_count(), 4);
+        const treegate::dense<float> d(in, out);
+        CHECK(d.memory_bytes() == d.parameter_count() * 4);
+        treegate::sequential seq(treegate::dense<float>(in, out), treegate::activation_layer<float>(activation::relu, out));
+        CHECK(seq.memory_bytes() == d.memory_bytes());
+        const treegate::tree_linear_blocked<float> bl(in, out, depth, tree_mode::path_sum, treegate::block_combine::sum,
+                                                      {std::vector<index_t>(static_cast<std::size_t>(depth), 0),
+                                                       std::vector<index_t>(static_cast<std::size_t>(depth), in - 1)});
+        CHECK(bl.memory_bytes() == 2 * treegate::tree_linear<float>(in, out, depth, tree_mode::path_sum,
+                                                                     gating::from_input(std::vector<index_t>(
+                                                                         static_cast<std::size_t>(depth), 0)))
+                                           .memory_bytes());
+    }
+}

@@ -43,6 +43,7 @@ public:
     index_t in_size() const noexcept { return size_; }
     index_t out_size() const noexcept { return size_; }
     index_t parameter_count() const noexcept { return 0; }
+    index_t memory_bytes() const noexcept { return 0; }
     index_t macs_per_example() const noexcept { return 0; }
     void initialize(std::uint64_t /*seed*/) noexcept {}
 

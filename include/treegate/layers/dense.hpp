@@ -39,8 +39,8 @@ public:
         : in_(detail::resolve_size(name, "input size", In, in)),
           out_(detail::resolve_size(name, "output size", Out, out)),
           has_bias_(bias),
-          weights_(detail::checked_mul(in_, out_, name, "parameter count"), name),
-          biases_(bias ? out_ : 0, name) {}
+          weights_(detail::checked_mul(in_, out_, name, "parameter count"), name, footprint_of(in_, out_, bias)),
+          biases_(bias ? out_ : 0, name, footprint_of(in_, out_, bias)) {}
 
     dense() : dense(In, Out) {
         static_assert(In != dynamic && Out != dynamic, "dense: the default constructor needs In and Out fixed");
@@ -65,6 +65,8 @@ public:
     bool has_bias() const noexcept { return has_bias_; }
     index_t parameter_count() const noexcept { return in_ * out_ + (has_bias_ ? out_ : 0); }
     index_t macs_per_example() const noexcept { return in_ * out_; }
+    /// Bytes the weights and the bias occupy.
+    index_t memory_bytes() const noexcept { return weights_.bytes() + biases_.bytes(); }
 
     weight_map weight() {
         detail::check_live(name, in_ != 0);
@@ -134,6 +136,11 @@ public:
     }
 
 private:
+    static detail::footprint footprint_of(index_t in, index_t out, bool bias) {
+        const index_t wn = detail::checked_mul(in, out, name, "parameter count"), bn = bias ? out : 0;
+        return {detail::checked_add(wn, bn, name, "parameter count"), detail::checked_bytes<Scalar>({wn, bn}, name)};
+    }
+
     void check_bias() const {
         detail::check_live(name, in_ != 0);
         if (!has_bias_) detail::raise<usage_error>(name, ": the layer has no bias");

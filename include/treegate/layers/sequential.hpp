@@ -72,6 +72,9 @@ public:
     index_t parameter_count() const noexcept {
         return std::apply([](const auto&... l) { return (index_t{0} + ... + l.parameter_count()); }, layers_);
     }
+    index_t memory_bytes() const noexcept {
+        return std::apply([](const auto&... l) { return (index_t{0} + ... + l.memory_bytes()); }, layers_);
+    }
     index_t macs_per_example() const noexcept {
         return std::apply([](const auto&... l) { return (index_t{0} + ... + l.macs_per_example()); }, layers_);
     }

@@ -86,18 +86,32 @@ public:
         detail::check_config(trees >= 1, name, ": tree count must be positive, got ", trees);
         units_ = variant_ == ff_variant::node_sum ? tree::node_count(depth_) : tree::leaf_count(depth_);
         routers_ = variant_ == ff_variant::leaf_mlp ? tree::internal_count(depth_) : 0;
-        u_stride_ = detail::padded<Scalar>(detail::checked_mul(width_, in_, name, "hidden block size"));
-        a_stride_ = detail::padded<Scalar>(width_);
-        v_stride_ = detail::padded<Scalar>(detail::checked_mul(out_, width_, name, "output block size"));
-        r_stride_ = detail::padded<Scalar>(in_);
+        const index_t u_size = detail::checked_mul(width_, in_, name, "hidden block size");
+        const index_t v_size = detail::checked_mul(out_, width_, name, "output block size");
+        u_stride_ = detail::block_stride<Scalar>(u_size, name, "hidden block size");
+        a_stride_ = detail::block_stride<Scalar>(width_, name, "hidden bias size");
+        v_stride_ = detail::block_stride<Scalar>(v_size, name, "output block size");
+        r_stride_ = detail::block_stride<Scalar>(in_, name, "router size");
         const index_t all_units = detail::checked_mul(trees_, units_, name, "unit count");
         const index_t all_routers = detail::checked_mul(trees_, routers_, name, "router count");
-        U_ = detail::aligned_buffer<Scalar>(detail::checked_mul(all_units, u_stride_, name, "parameter count"), name);
-        A_ = detail::aligned_buffer<Scalar>(detail::checked_mul(all_units, a_stride_, name, "parameter count"), name);
-        V_ = detail::aligned_buffer<Scalar>(detail::checked_mul(all_units, v_stride_, name, "parameter count"), name);
-        R_ = detail::aligned_buffer<Scalar>(detail::checked_mul(all_routers, r_stride_, name, "parameter count"), name);
-        S_ = detail::aligned_buffer<Scalar>(all_routers, name);
-        c_ = detail::aligned_buffer<Scalar>(has_output_bias_ ? out_ : 0, name);
+        const index_t un = detail::checked_mul(all_units, u_stride_, name, "parameter count");
+        const index_t an = detail::checked_mul(all_units, a_stride_, name, "parameter count");
+        const index_t vn = detail::checked_mul(all_units, v_stride_, name, "parameter count");
+        const index_t rn = detail::checked_mul(all_routers, r_stride_, name, "parameter count");
+        const index_t cn = has_output_bias_ ? out_ : 0;
+        const index_t per_unit = detail::checked_sum({u_size, width_, v_size}, name, "parameter count");
+        const index_t per_router = detail::checked_add(in_, 1, name, "parameter count");
+        const detail::footprint total{
+            detail::checked_sum({detail::checked_mul(all_units, per_unit, name, "parameter count"),
+                                 detail::checked_mul(all_routers, per_router, name, "parameter count"), cn},
+                                name, "parameter count"),
+            detail::checked_bytes<Scalar>({un, an, vn, rn, all_routers, cn}, name)};
+        U_ = detail::aligned_buffer<Scalar>(un, name, total);
+        A_ = detail::aligned_buffer<Scalar>(an, name, total);
+        V_ = detail::aligned_buffer<Scalar>(vn, name, total);
+        R_ = detail::aligned_buffer<Scalar>(rn, name, total);
+        S_ = detail::aligned_buffer<Scalar>(all_routers, name, total);
+        c_ = detail::aligned_buffer<Scalar>(cn, name, total);
     }
 
     /// All sizes fixed at compile time.
@@ -154,6 +168,11 @@ public:
     index_t parameter_count() const noexcept {
         return trees_ * (units_ * (width_ * in_ + width_ + out_ * width_) + routers_ * (in_ + 1)) +
                (has_output_bias_ ? out_ : 0);
+    }
+
+    /// Bytes all weights and biases occupy, padding between blocks included.
+    index_t memory_bytes() const noexcept {
+        return U_.bytes() + A_.bytes() + V_.bytes() + R_.bytes() + S_.bytes() + c_.bytes();
     }
 
     index_t macs_per_example() const noexcept {

@@ -64,10 +64,17 @@ public:
           gates_(std::move(gates)) {
         detail::check_gating(name, gates_, depth_, in_);
         blocks_ = mode_ == tree_mode::path_sum ? tree::node_count(depth_) : tree::leaf_count(depth_);
-        stride_ = detail::padded<Scalar>(detail::checked_mul(in_, out_, name, "block size"));
-        bias_stride_ = detail::padded<Scalar>(out_);
-        weights_ = detail::aligned_buffer<Scalar>(detail::checked_mul(blocks_, stride_, name, "parameter count"), name);
-        if (has_bias_) biases_ = detail::aligned_buffer<Scalar>(detail::checked_mul(blocks_, bias_stride_, name, "bias count"), name);
+        const index_t block = detail::checked_mul(in_, out_, name, "block size");
+        stride_ = detail::block_stride<Scalar>(block, name, "block size");
+        bias_stride_ = detail::block_stride<Scalar>(out_, name, "bias size");
+        const index_t wn = detail::checked_mul(blocks_, stride_, name, "parameter count");
+        const index_t bn = has_bias_ ? detail::checked_mul(blocks_, bias_stride_, name, "bias count") : 0;
+        const detail::footprint total{
+            detail::checked_mul(blocks_, detail::checked_sum({block, has_bias_ ? out_ : 0}, name, "parameter count"), name,
+                                "parameter count"),
+            detail::checked_bytes<Scalar>({wn, bn}, name)};
+        weights_ = detail::aligned_buffer<Scalar>(wn, name, total);
+        biases_ = detail::aligned_buffer<Scalar>(bn, name, total);
     }
 
     /// All sizes fixed at compile time.
@@ -108,6 +115,9 @@ public:
     index_t block_count() const noexcept { return blocks_; }
 
     index_t parameter_count() const noexcept { return blocks_ * (in_ * out_ + (has_bias_ ? out_ : 0)); }
+
+    /// Bytes the weights and biases occupy, padding between blocks included (README, "Errors").
+    index_t memory_bytes() const noexcept { return weights_.bytes() + biases_.bytes(); }
 
     /// Multiply-adds per example: (D+1) blocks on the path (path_sum) or one (leaf_only).
     index_t macs_per_example() const noexcept { return blocks_on_path() * in_ * out_; }

@@ -38,7 +38,7 @@ namespace treegate {
 /// overloads of gemm and path_sum (reference, eigen and avx2 do).
 ///
 /// Storage: like tree_linear, one buffer of blocks, each `Out x In` column-major and 64-byte
-/// aligned (stride padded to 32 bf16), block i = node i (path_sum) or leaf i (leaf_only); a
+/// aligned (the stride padded to a multiple of 32 bf16 where that costs at most 1/8), block i = node i (path_sum) or leaf i (leaf_only); a
 /// second buffer of float biases in the same order. To serve a path_sum tree as a flat table,
 /// flatten it first (in float, see layers/flatten.hpp) and convert the result.
 template <class Policy = kernels::default_policy>
@@ -61,10 +61,15 @@ public:
           has_bias_(t.has_bias()),
           gates_(t.gates()),
           blocks_(t.block_count()) {
-        stride_ = detail::padded<bf16>(detail::checked_mul(in_, out_, name, "block size"));
-        bias_stride_ = detail::padded<float>(out_);
-        weights_ = detail::aligned_buffer<bf16>(detail::checked_mul(blocks_, stride_, name, "parameter count"), name);
-        if (has_bias_) biases_ = detail::aligned_buffer<float>(detail::checked_mul(blocks_, bias_stride_, name, "bias count"), name);
+        stride_ = detail::block_stride<bf16>(detail::checked_mul(in_, out_, name, "block size"), name, "block size");
+        bias_stride_ = detail::block_stride<float>(out_, name, "bias size");
+        const index_t wn = detail::checked_mul(blocks_, stride_, name, "parameter count");
+        const index_t bn = has_bias_ ? detail::checked_mul(blocks_, bias_stride_, name, "bias count") : 0;
+        const detail::footprint total{t.parameter_count(), detail::checked_add(detail::checked_bytes<bf16>({wn}, name),
+                                                                               detail::checked_bytes<float>({bn}, name), name,
+                                                                               "byte count")};
+        weights_ = detail::aligned_buffer<bf16>(wn, name, total);
+        biases_ = detail::aligned_buffer<float>(bn, name, total);
         for (index_t b = 0; b < blocks_; ++b) {
             const auto w = t.weight(b);
             bf16* dst = weights_.data() + b * stride_;
@@ -107,7 +112,10 @@ public:
 
     /// Bytes of stored weights (bf16, padding between blocks included; biases not counted):
     /// about half of the float layer's.
-    index_t weight_bytes() const noexcept { return weights_.size() * static_cast<index_t>(sizeof(bf16)); }
+    index_t weight_bytes() const noexcept { return weights_.bytes(); }
+
+    /// Bytes of the bf16 weights and the float biases, padding included.
+    index_t memory_bytes() const noexcept { return weights_.bytes() + biases_.bytes(); }
 
     /// Block i as the float values the kernels multiply by (a copy: the storage is bf16).
     Eigen::MatrixXf weight(index_t i) const {

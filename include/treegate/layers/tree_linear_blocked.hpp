@@ -76,6 +76,11 @@ public:
     }
 
     index_t parameter_count() const noexcept { return trees_.empty() ? 0 : tree_count() * trees_.front().parameter_count(); }
+    index_t memory_bytes() const noexcept {
+        index_t bytes = 0;
+        for (const auto& t : trees_) bytes += t.memory_bytes();
+        return bytes;
+    }
     index_t macs_per_example() const noexcept { return trees_.empty() ? 0 : tree_count() * trees_.front().macs_per_example(); }
 
     /// Tree t is initialised with seed + t.
