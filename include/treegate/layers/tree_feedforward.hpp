@@ -32,7 +32,8 @@ inline const char* to_string(ff_variant v) noexcept { return v == ff_variant::no
 
 /// K parallel trees of depth D over the same input, outputs summed, plus an optional output bias.
 ///
-/// Storage, per tree t and unit i (a node in node_sum, a leaf in leaf_mlp), each block aligned:
+/// Storage, per tree t and unit i (a node in node_sum, a leaf in leaf_mlp), each block aligned
+/// where that costs at most 1/8 of it (detail::block_stride):
 /// hidden_weight(t, i) `Width x In`, hidden_bias(t, i) `Width`, output_weight(t, i) `Out x Width`
 /// (column-major); leaf_mlp adds router_weight(t, i) `In` and router_bias(t, i) for the
 /// internal nodes. Units are numbered in heap order, tree-major.

@@ -30,7 +30,8 @@ inline const char* to_string(tree_mode m) noexcept { return m == tree_mode::path
 
 /// A linear layer whose weights are selected per example by D gate bits.
 ///
-/// Storage: one contiguous buffer of blocks, each `Out x In` column-major and 64-byte aligned.
+/// Storage: one contiguous buffer of blocks, each `Out x In` column-major and 64-byte aligned
+/// where the padding costs at most 1/8 of a block (detail::block_stride).
 /// In `path_sum` mode block i is tree node i (heap order: level-major); in `leaf_only` mode
 /// block i is leaf i (leaf number = node - (2^D - 1)). Biases live in a second buffer, same order.
 template <class Scalar, int In = dynamic, int Out = dynamic, int Depth = dynamic, class Policy = kernels::default_policy>
