@@ -38,7 +38,7 @@ namespace treegate {
 /// overloads of gemm and path_sum (reference, eigen and avx2 do).
 ///
 /// Storage: like tree_linear, one buffer of blocks, each `Out x In` column-major and 64-byte
-/// aligned (the stride padded to a multiple of 32 bf16 where that costs at most 1/8), block i = node i (path_sum) or leaf i (leaf_only); a
+/// aligned (stride padded to 32 bf16), block i = node i (path_sum) or leaf i (leaf_only); a
 /// second buffer of float biases in the same order. To serve a path_sum tree as a flat table,
 /// flatten it first (in float, see layers/flatten.hpp) and convert the result.
 template <class Policy = kernels::default_policy>
@@ -61,7 +61,10 @@ public:
           has_bias_(t.has_bias()),
           gates_(t.gates()),
           blocks_(t.block_count()) {
-        stride_ = detail::block_stride<bf16>(detail::checked_mul(in_, out_, name, "block size"), name, "block size");
+        // Weight blocks are always whole cache lines (the documented layout above), biases only
+        // where that pays (detail::block_stride).
+        stride_ = detail::checked_add(detail::checked_mul(in_, out_, name, "block size"),
+                                      detail::line_padding<bf16>(in_ * out_), name, "block size");
         bias_stride_ = detail::block_stride<float>(out_, name, "bias size");
         const index_t wn = detail::checked_mul(blocks_, stride_, name, "parameter count");
         const index_t bn = has_bias_ ? detail::checked_mul(blocks_, bias_stride_, name, "bias count") : 0;
