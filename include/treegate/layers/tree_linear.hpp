@@ -28,6 +28,45 @@ enum class tree_mode { path_sum, leaf_only };
 
 inline const char* to_string(tree_mode m) noexcept { return m == tree_mode::path_sum ? "path_sum" : "leaf_only"; }
 
+namespace detail {
+
+/// The state tree_linear and its bf16 serving copy share: sizes, gating and the two buffers of
+/// blocks (weights of type W) and biases. Moving it leaves the source empty (every size 0),
+/// which is how a moved-from layer knows it has nothing to compute with.
+template <class W, class Scalar>
+struct tree_state {
+    index_t in_ = 0, out_ = 0;
+    int depth_ = 0;
+    tree_mode mode_ = tree_mode::path_sum;
+    bool has_bias_ = false;
+    gating gates_;
+    index_t blocks_ = 0, stride_ = 0, bias_stride_ = 0;
+    aligned_buffer<W> weights_;
+    aligned_buffer<Scalar> biases_;
+
+    tree_state() = default;
+    tree_state(const tree_state&) = default;
+    tree_state& operator=(const tree_state&) = default;
+    tree_state(tree_state&& o) noexcept { *this = std::move(o); }
+    tree_state& operator=(tree_state&& o) noexcept {
+        if (this == &o) return *this;
+        in_ = std::exchange(o.in_, 0);
+        out_ = std::exchange(o.out_, 0);
+        depth_ = std::exchange(o.depth_, 0);
+        mode_ = o.mode_;
+        has_bias_ = std::exchange(o.has_bias_, false);
+        gates_ = std::exchange(o.gates_, gating());
+        blocks_ = std::exchange(o.blocks_, 0);
+        stride_ = std::exchange(o.stride_, 0);
+        bias_stride_ = std::exchange(o.bias_stride_, 0);
+        weights_ = std::move(o.weights_);
+        biases_ = std::move(o.biases_);
+        return *this;
+    }
+};
+
+}  // namespace detail
+
 /// A linear layer whose weights are selected per example by D gate bits.
 ///
 /// Storage: one contiguous buffer of blocks, each `Out x In` column-major and 64-byte aligned
@@ -35,8 +74,12 @@ inline const char* to_string(tree_mode m) noexcept { return m == tree_mode::path
 /// In `path_sum` mode block i is tree node i (heap order: level-major); in `leaf_only` mode
 /// block i is leaf i (leaf number = node - (2^D - 1)). Biases live in a second buffer, same order.
 template <class Scalar, int In = dynamic, int Out = dynamic, int Depth = dynamic, class Policy = kernels::default_policy>
-class tree_linear {
+class tree_linear : private detail::tree_state<Scalar, Scalar> {
     static_assert(std::is_floating_point_v<Scalar>, "tree_linear: Scalar must be a floating-point type");
+    // Moving leaves the source empty (tree_state): every size reads 0 and every call raises usage_error.
+    using state = detail::tree_state<Scalar, Scalar>;
+    using state::in_, state::out_, state::depth_, state::mode_, state::has_bias_, state::gates_, state::blocks_,
+        state::stride_, state::bias_stride_, state::weights_, state::biases_;
     static_assert(In == dynamic || In > 0, "tree_linear: In must be positive or dynamic");
     static_assert(Out == dynamic || Out > 0, "tree_linear: Out must be positive or dynamic");
     static_assert(Depth == dynamic || (Depth >= 0 && Depth <= max_depth), "tree_linear: Depth must be in [0, 30] or dynamic");
@@ -56,13 +99,13 @@ public:
 
     /// Sizes at run time (they must match any that are fixed). Weights start at zero: call
     /// initialize(seed) or write them through weight(i) / bias(i).
-    tree_linear(index_t in, index_t out, int depth, tree_mode mode, gating gates = {}, bool bias = true)
-        : in_(detail::resolve_size(name, "input size", In, in)),
-          out_(detail::resolve_size(name, "output size", Out, out)),
-          depth_(detail::resolve_depth(name, Depth, depth)),
-          mode_(mode),
-          has_bias_(bias),
-          gates_(std::move(gates)) {
+    tree_linear(index_t in, index_t out, int depth, tree_mode mode, gating gates = {}, bool bias = true) {
+        in_ = detail::resolve_size(name, "input size", In, in);
+        out_ = detail::resolve_size(name, "output size", Out, out);
+        depth_ = detail::resolve_depth(name, Depth, depth);
+        mode_ = mode;
+        has_bias_ = bias;
+        gates_ = std::move(gates);
         detail::check_gating(name, gates_, depth_, in_);
         blocks_ = mode_ == tree_mode::path_sum ? tree::node_count(depth_) : tree::leaf_count(depth_);
         const index_t block = detail::checked_mul(in_, out_, name, "block size");
@@ -83,26 +126,6 @@ public:
         : tree_linear(In, Out, Depth, mode, std::move(gates), bias) {
         static_assert(In != dynamic && Out != dynamic && Depth != dynamic,
                       "tree_linear: this constructor needs In, Out and Depth fixed; pass the sizes otherwise");
-    }
-
-    tree_linear(const tree_linear&) = default;
-    tree_linear& operator=(const tree_linear&) = default;
-    /// Moving leaves the source empty: every size reads 0 and every call raises usage_error.
-    tree_linear(tree_linear&& o) noexcept { *this = std::move(o); }
-    tree_linear& operator=(tree_linear&& o) noexcept {
-        if (this == &o) return *this;
-        in_ = std::exchange(o.in_, 0);
-        out_ = std::exchange(o.out_, 0);
-        depth_ = std::exchange(o.depth_, 0);
-        mode_ = o.mode_;
-        has_bias_ = std::exchange(o.has_bias_, false);
-        gates_ = std::exchange(o.gates_, gating());
-        blocks_ = std::exchange(o.blocks_, 0);
-        stride_ = std::exchange(o.stride_, 0);
-        bias_stride_ = std::exchange(o.bias_stride_, 0);
-        weights_ = std::move(o.weights_);
-        biases_ = std::move(o.biases_);
-        return *this;
     }
 
     index_t in_size() const noexcept { return in_; }
@@ -281,14 +304,6 @@ private:
         return {in_, out_, depth_, mode_ == tree_mode::path_sum, weights_.data(), stride_,
                 has_bias_ ? biases_.data() : nullptr, bias_stride_};
     }
-
-    index_t in_ = 0, out_ = 0;
-    int depth_ = 0;
-    tree_mode mode_ = tree_mode::path_sum;
-    bool has_bias_ = false;
-    gating gates_;
-    index_t blocks_ = 0, stride_ = 0, bias_stride_ = 0;
-    detail::aligned_buffer<Scalar> weights_, biases_;
 };
 
 }  // namespace treegate

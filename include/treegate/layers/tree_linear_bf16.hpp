@@ -42,7 +42,12 @@ namespace treegate {
 /// second buffer of float biases in the same order. To serve a path_sum tree as a flat table,
 /// flatten it first (in float, see layers/flatten.hpp) and convert the result.
 template <class Policy = kernels::default_policy>
-class tree_linear_bf16 {
+class tree_linear_bf16 : private detail::tree_state<bf16, float> {
+    // Moving leaves the source empty (tree_state): every size reads 0 and every call raises usage_error.
+    using state = detail::tree_state<bf16, float>;
+    using state::in_, state::out_, state::depth_, state::mode_, state::has_bias_, state::gates_, state::blocks_,
+        state::stride_, state::bias_stride_, state::weights_, state::biases_;
+
 public:
     using scalar_type = float;
     using policy_type = Policy;
@@ -53,14 +58,14 @@ public:
 
     /// Rounds every weight of `t` to bf16 (ties to even) and copies its biases, sizes, mode and gating.
     template <int In, int Out, int Depth, class P>
-    explicit tree_linear_bf16(const tree_linear<float, In, Out, Depth, P>& t)
-        : in_(source_size(t.in_size())),
-          out_(t.out_size()),
-          depth_(t.depth()),
-          mode_(t.mode()),
-          has_bias_(t.has_bias()),
-          gates_(t.gates()),
-          blocks_(t.block_count()) {
+    explicit tree_linear_bf16(const tree_linear<float, In, Out, Depth, P>& t) {
+        in_ = source_size(t.in_size());
+        out_ = t.out_size();
+        depth_ = t.depth();
+        mode_ = t.mode();
+        has_bias_ = t.has_bias();
+        gates_ = t.gates();
+        blocks_ = t.block_count();
         // Weight blocks are always whole cache lines (the documented layout above), biases only
         // where that pays (detail::block_stride).
         stride_ = detail::checked_add(detail::checked_mul(in_, out_, name, "block size"),
@@ -80,26 +85,6 @@ public:
                 for (index_t r = 0; r < out_; ++r) dst[r + c * out_] = to_bf16(w(r, c));
             if (has_bias_) Eigen::Map<Eigen::VectorXf>(biases_.data() + b * bias_stride_, out_) = t.bias(b);
         }
-    }
-
-    tree_linear_bf16(const tree_linear_bf16&) = default;
-    tree_linear_bf16& operator=(const tree_linear_bf16&) = default;
-    /// Moving leaves the source empty: every size reads 0 and every call raises usage_error.
-    tree_linear_bf16(tree_linear_bf16&& o) noexcept { *this = std::move(o); }
-    tree_linear_bf16& operator=(tree_linear_bf16&& o) noexcept {
-        if (this == &o) return *this;
-        in_ = std::exchange(o.in_, 0);
-        out_ = std::exchange(o.out_, 0);
-        depth_ = std::exchange(o.depth_, 0);
-        mode_ = o.mode_;
-        has_bias_ = std::exchange(o.has_bias_, false);
-        gates_ = std::exchange(o.gates_, gating());
-        blocks_ = std::exchange(o.blocks_, 0);
-        stride_ = std::exchange(o.stride_, 0);
-        bias_stride_ = std::exchange(o.bias_stride_, 0);
-        weights_ = std::move(o.weights_);
-        biases_ = std::move(o.biases_);
-        return *this;
     }
 
     index_t in_size() const noexcept { return in_; }
@@ -241,15 +226,6 @@ private:
         return {in_, out_, depth_, mode_ == tree_mode::path_sum, weights_.data(), stride_,
                 has_bias_ ? biases_.data() : nullptr, bias_stride_};
     }
-
-    index_t in_ = 0, out_ = 0;
-    int depth_ = 0;
-    tree_mode mode_ = tree_mode::path_sum;
-    bool has_bias_ = false;
-    gating gates_;
-    index_t blocks_ = 0, stride_ = 0, bias_stride_ = 0;
-    detail::aligned_buffer<bf16> weights_;
-    detail::aligned_buffer<float> biases_;
 };
 
 }  // namespace treegate
