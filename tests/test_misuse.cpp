@@ -8,6 +8,7 @@
 #include <treegate/train/backward.hpp>
 
 #include <cmath>
+#include <initializer_list>
 #include <limits>
 #include <random>
 #include <string>
@@ -139,6 +140,16 @@ void check_single_overlap_refused(const Layer& layer, index_t k) {
     CHECK((buffer.array() == S(1)).all());  // refused before writing anything
 }
 
+/// Both of the above: batches of each size with Y starting at each of `batch_rows` of the
+/// buffer, single examples with y starting at each of `single_rows`.
+template <class Layer>
+void check_overlaps(const Layer& layer, std::initializer_list<index_t> sizes, std::initializer_list<index_t> batch_rows,
+                    std::initializer_list<index_t> single_rows, std::mt19937& g) {
+    for (index_t n : sizes)
+        for (index_t k : batch_rows) check_batch_overlap(layer, k, n, g);
+    for (index_t k : single_rows) check_single_overlap_refused(layer, k);
+}
+
 }  // namespace
 
 TEST_CASE("misuse: dense forward_batch into its own input gives W x", "[misuse][alias]") {
@@ -154,13 +165,8 @@ TEST_CASE("misuse: dense forward_batch into its own input gives W x", "[misuse][
     treegate::dense<double> sq(6, 6), tall(4, 9);
     sq.initialize(1);
     tall.initialize(2);
-    for (index_t n : {index_t{1}, index_t{7}, index_t{300}}) {
-        check_batch_overlap(sq, 0, n, g);
-        check_batch_overlap(sq, 3, n, g);
-        check_batch_overlap(tall, 2, n, g);
-    }
-    check_single_overlap_refused(sq, 0);
-    check_single_overlap_refused(tall, 3);
+    check_overlaps(sq, {1, 7, 300}, {0, 3}, {0}, g);
+    check_overlaps(tall, {1, 7, 300}, {2}, {3}, g);
 }
 
 TEST_CASE("misuse: tree_linear and its bf16 copy with overlapping input and output", "[misuse][alias]") {
@@ -169,15 +175,8 @@ TEST_CASE("misuse: tree_linear and its bf16 copy with overlapping input and outp
         treegate::tree_linear<float> t(6, 6, 3, mode, gating::from_input({0, 2, 5}));
         t.initialize(3);
         const treegate::tree_linear_bf16<> b(t);
-        for (index_t n : {index_t{1}, index_t{50}}) {
-            check_batch_overlap(t, 0, n, g);
-            check_batch_overlap(t, 4, n, g);
-            check_batch_overlap(b, 0, n, g);
-            check_batch_overlap(b, 2, n, g);
-        }
-        check_single_overlap_refused(t, 0);
-        check_single_overlap_refused(t, 5);
-        check_single_overlap_refused(b, 0);
+        check_overlaps(t, {1, 50}, {0, 4}, {0, 5}, g);
+        check_overlaps(b, {1, 50}, {0, 2}, {0}, g);
         vec<float> buffer = vec<float>::Ones(6);
         TG_CHECK_THROWS_WITH(treegate::usage_error, t.forward_add(buffer, buffer), "tree_linear", "output overlaps the input");
         // Input and output side by side in one buffer do not overlap and are accepted.
@@ -205,12 +204,7 @@ TEST_CASE("misuse: tree_feedforward with overlapping input and output", "[misuse
             CAPTURE(width, treegate::to_string(variant));
             treegate::tree_feedforward<double> f(7, 7, width, 2, 2, activation::gelu, variant);
             f.initialize(5);
-            for (index_t n : {index_t{1}, index_t{130}}) {
-                check_batch_overlap(f, 0, n, g);
-                check_batch_overlap(f, 3, n, g);
-            }
-            check_single_overlap_refused(f, 0);
-            check_single_overlap_refused(f, 6);
+            check_overlaps(f, {1, 130}, {0, 3}, {0, 6}, g);
         }
     // On a thread pool as well.
     treegate::tree_feedforward<float> f(8, 8, 1, 3, 1, activation::relu);
@@ -230,13 +224,7 @@ TEST_CASE("misuse: tree_linear_blocked with overlapping input and output", "[mis
         treegate::tree_linear_blocked<double> b(3, combine == treegate::block_combine::sum ? 6 : 3, 1, tree_mode::path_sum,
                                                 combine, {{0}, {2}});
         b.initialize(7);
-        for (index_t n : {index_t{1}, index_t{40}}) {
-            check_batch_overlap(b, 0, n, g);
-            check_batch_overlap(b, 1, n, g);
-            check_batch_overlap(b, 4, n, g);
-        }
-        check_single_overlap_refused(b, 0);
-        check_single_overlap_refused(b, 3);
+        check_overlaps(b, {1, 40}, {0, 1, 4}, {0, 3}, g);
     }
 }
 
@@ -256,13 +244,12 @@ TEST_CASE("misuse: activation_layer in place and with partial overlap", "[misuse
         layer.forward(x, x);
         CHECK(x == y);
         // Shifted by some rows or columns: computed as if separate.
-        check_batch_overlap(layer, 2, 300, g);
+        check_overlaps(layer, {300}, {2}, {2}, g);
         mat<float> M = tg_test::random_matrix<float>(9, 301, g);
         const mat<float> want_shift = layer.forward_batch(M.leftCols(300));
         auto Y = M.rightCols(300);
         layer.forward_batch(M.leftCols(300), Y, ws);
         CHECK(M.rightCols(300) == want_shift);
-        check_single_overlap_refused(layer, 2);
     }
 }
 
