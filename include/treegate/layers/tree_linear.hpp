@@ -63,6 +63,25 @@ struct tree_state {
         biases_ = std::move(o.biases_);
         return *this;
     }
+
+    // The checks of both layers' accessors and single-example calls, naming `layer`.
+    void check_block(const char* layer, index_t i, bool bias) const {
+        check_live(layer, in_ != 0);
+        check_index(layer, "block", i, blocks_);
+        if (bias && !has_bias_) raise<usage_error>(layer, ": the layer has no bias (block ", i, ")");
+    }
+
+    template <class XRef, class YRef>
+    void check_single(const char* layer, const XRef& x, const YRef& y) const {
+        check_live(layer, in_ != 0);
+        check_vector(layer, "input", x.size(), in_);
+        check_vector(layer, "output", y.size(), out_);
+        check_no_overlap(layer, x, y);
+    }
+
+    index_t path_block(leaf_t code, int level) const noexcept {
+        return mode_ == tree_mode::path_sum ? tree::path_node(code, depth_, level) : static_cast<index_t>(code);
+    }
 };
 
 }  // namespace detail
@@ -79,7 +98,8 @@ class tree_linear : private detail::tree_state<Scalar, Scalar> {
     // Moving leaves the source empty (tree_state): every size reads 0 and every call raises usage_error.
     using state = detail::tree_state<Scalar, Scalar>;
     using state::in_, state::out_, state::depth_, state::mode_, state::has_bias_, state::gates_, state::blocks_,
-        state::stride_, state::bias_stride_, state::weights_, state::biases_;
+        state::stride_, state::bias_stride_, state::weights_, state::biases_, state::check_block, state::check_single,
+        state::path_block;
     static_assert(In == dynamic || In > 0, "tree_linear: In must be positive or dynamic");
     static_assert(Out == dynamic || Out > 0, "tree_linear: Out must be positive or dynamic");
     static_assert(Depth == dynamic || (Depth >= 0 && Depth <= max_depth), "tree_linear: Depth must be in [0, 30] or dynamic");
@@ -148,19 +168,19 @@ public:
 
     /// Block i: tree node i (path_sum) or leaf i (leaf_only).
     weight_map weight(index_t i) {
-        check_block(i, false);
+        check_block(name, i, false);
         return weight_map(weights_.data() + i * stride_, out_, in_);
     }
     const_weight_map weight(index_t i) const {
-        check_block(i, false);
+        check_block(name, i, false);
         return const_weight_map(weights_.data() + i * stride_, out_, in_);
     }
     bias_map bias(index_t i) {
-        check_block(i, true);
+        check_block(name, i, true);
         return bias_map(biases_.data() + i * bias_stride_, out_);
     }
     const_bias_map bias(index_t i) const {
-        check_block(i, true);
+        check_block(name, i, true);
         return const_bias_map(biases_.data() + i * bias_stride_, out_);
     }
 
@@ -188,7 +208,7 @@ public:
 
     /// Gated by input entries (gating::from_input) or depth 0.
     void forward(const Eigen::Ref<const input_vector>& x, Eigen::Ref<output_vector> y) const {
-        check_single(x, y);
+        check_single(name, x, y);
         detail::check_config(!gates_.is_external() || depth_ == 0, name,
                              ": this layer is gated externally; pass the gate vector");
         forward_code(route_by_indices(x.data(), gates_.indices().data(), depth_), x.data(), y.data());
@@ -197,7 +217,7 @@ public:
     /// Gated by an external vector of D gate values (gates[0] decides level 1).
     void forward(const Eigen::Ref<const input_vector>& x, const Eigen::Ref<const gate_vector>& gates,
                  Eigen::Ref<output_vector> y) const {
-        check_single(x, y);
+        check_single(name, x, y);
         detail::check_config(gates_.is_external(), name, ": this layer is gated by its input; call forward(x, y)");
         detail::check_vector(name, "gate vector", gates.size(), depth_);
         forward_code(route_by_gates(gates.data(), 1, depth_), x.data(), y.data());
@@ -205,7 +225,7 @@ public:
 
     /// y += layer(x): for sums of layers (blocked trees, residual connections).
     void forward_add(const Eigen::Ref<const input_vector>& x, Eigen::Ref<output_vector> y) const {
-        check_single(x, y);
+        check_single(name, x, y);
         detail::check_config(!gates_.is_external() || depth_ == 0, name,
                              ": this layer is gated externally; pass the gate vector");
         accumulate_code(route_by_indices(x.data(), gates_.indices().data(), depth_), x.data(), y.data());
@@ -213,7 +233,7 @@ public:
 
     void forward_add(const Eigen::Ref<const input_vector>& x, const Eigen::Ref<const gate_vector>& gates,
                      Eigen::Ref<output_vector> y) const {
-        check_single(x, y);
+        check_single(name, x, y);
         detail::check_config(gates_.is_external(), name, ": this layer is gated by its input; call forward_add(x, y)");
         detail::check_vector(name, "gate vector", gates.size(), depth_);
         accumulate_code(route_by_gates(gates.data(), 1, depth_), x.data(), y.data());
@@ -265,23 +285,7 @@ public:
 private:
     index_t blocks_on_path() const noexcept { return mode_ == tree_mode::path_sum ? depth_ + 1 : 1; }
     int first_level() const noexcept { return mode_ == tree_mode::path_sum ? 0 : depth_; }
-    index_t path_block(leaf_t code, int level) const noexcept {
-        return mode_ == tree_mode::path_sum ? tree::path_node(code, depth_, level) : static_cast<index_t>(code);
-    }
 
-    void check_block(index_t i, bool bias) const {
-        detail::check_live(name, in_ != 0);
-        detail::check_index(name, "block", i, blocks_);
-        if (bias && !has_bias_) detail::raise<usage_error>(name, ": the layer has no bias (block ", i, ")");
-    }
-
-    template <class XRef, class YRef>
-    void check_single(const XRef& x, const YRef& y) const {
-        detail::check_live(name, in_ != 0);
-        detail::check_vector(name, "input", x.size(), in_);
-        detail::check_vector(name, "output", y.size(), out_);
-        detail::check_no_overlap(name, x, y);
-    }
 
     void forward_code(leaf_t code, const Scalar* x, Scalar* y) const noexcept {
         Eigen::Map<Eigen::Matrix<Scalar, Out, 1>>(y, out_).setZero();

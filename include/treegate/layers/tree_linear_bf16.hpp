@@ -46,7 +46,8 @@ class tree_linear_bf16 : private detail::tree_state<bf16, float> {
     // Moving leaves the source empty (tree_state): every size reads 0 and every call raises usage_error.
     using state = detail::tree_state<bf16, float>;
     using state::in_, state::out_, state::depth_, state::mode_, state::has_bias_, state::gates_, state::blocks_,
-        state::stride_, state::bias_stride_, state::weights_, state::biases_;
+        state::stride_, state::bias_stride_, state::weights_, state::biases_, state::check_block, state::check_single,
+        state::path_block;
 
 public:
     using scalar_type = float;
@@ -107,7 +108,7 @@ public:
 
     /// Block i as the float values the kernels multiply by (a copy: the storage is bf16).
     Eigen::MatrixXf weight(index_t i) const {
-        check_block(i, false);
+        check_block(name, i, false);
         Eigen::MatrixXf w(out_, in_);
         const bf16* src = weights_.data() + i * stride_;
         for (index_t c = 0; c < in_; ++c)
@@ -115,7 +116,7 @@ public:
         return w;
     }
     const_bias_map bias(index_t i) const {
-        check_block(i, true);
+        check_block(name, i, true);
         return const_bias_map(biases_.data() + i * bias_stride_, out_);
     }
 
@@ -129,14 +130,14 @@ public:
     // ---- single example: never allocates -------------------------------------------------------
 
     void forward(const Eigen::Ref<const vector>& x, Eigen::Ref<vector> y) const {
-        check_single(x, y);
+        check_single(name, x, y);
         detail::check_config(!gates_.is_external() || depth_ == 0, name,
                              ": this layer is gated externally; pass the gate vector");
         forward_code(route_by_indices(x.data(), gates_.indices().data(), depth_), x.data(), y.data());
     }
 
     void forward(const Eigen::Ref<const vector>& x, const Eigen::Ref<const vector>& gates, Eigen::Ref<vector> y) const {
-        check_single(x, y);
+        check_single(name, x, y);
         detail::check_config(gates_.is_external(), name, ": this layer is gated by its input; call forward(x, y)");
         detail::check_vector(name, "gate vector", gates.size(), depth_);
         forward_code(route_by_gates(gates.data(), 1, depth_), x.data(), y.data());
@@ -192,22 +193,6 @@ private:
         return in;
     }
 
-    void check_block(index_t i, bool bias) const {
-        detail::check_live(name, in_ != 0);
-        detail::check_index(name, "block", i, blocks_);
-        if (bias && !has_bias_) detail::raise<usage_error>(name, ": the layer has no bias (block ", i, ")");
-    }
-    index_t path_block(leaf_t code, int level) const noexcept {
-        return mode_ == tree_mode::path_sum ? tree::path_node(code, depth_, level) : static_cast<index_t>(code);
-    }
-
-    template <class XRef, class YRef>
-    void check_single(const XRef& x, const YRef& y) const {
-        detail::check_live(name, in_ != 0);
-        detail::check_vector(name, "input", x.size(), in_);
-        detail::check_vector(name, "output", y.size(), out_);
-        detail::check_no_overlap(name, x, y);
-    }
 
     void forward_code(leaf_t code, const float* x, float* y) const noexcept {
         std::array<const bf16*, max_depth + 1> blocks{};
