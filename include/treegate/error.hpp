@@ -28,6 +28,14 @@ public:
     using error::error;
 };
 
+/// A call the layer cannot serve as asked: an output that overlaps the input of a call that
+/// must read all of its input before writing, an index outside the layer's range, a layer that
+/// was moved from. Raised before anything is written.
+class usage_error : public error {
+public:
+    using error::error;
+};
+
 /// A model file is malformed or does not match the layer it is loaded into.
 class file_error : public error {
 public:

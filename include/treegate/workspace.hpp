@@ -49,6 +49,7 @@ struct workspace {
     level_schedule levels;
     scratch_matrix<Scalar> a, b, c;  // gathered inputs, permuted outputs, hidden activations
     scratch_matrix<Scalar> d;        // per-part outputs of composite layers (blocked trees)
+    scratch_matrix<Scalar> input;    // a copy of a batch whose output overlaps it (detail::rerun_on_copy)
     std::vector<node_piece> pieces;  // the current level's pieces in a threaded batch
 
     /// Makes sure workers 1 .. count-1 have their own scratch (call before running them).

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <type_traits>
+#include <utility>
 
 namespace treegate {
 
@@ -27,16 +28,30 @@ public:
 
     activation_layer(activation act, index_t size) : act_(act), size_(detail::resolve_size(name, "size", Size, size)) {}
 
+    activation_layer(const activation_layer&) = default;
+    activation_layer& operator=(const activation_layer&) = default;
+    /// Moving leaves the source empty (size 0), like the layers with weights: calls raise usage_error.
+    activation_layer(activation_layer&& o) noexcept : act_(o.act_), size_(std::exchange(o.size_, 0)) {}
+    activation_layer& operator=(activation_layer&& o) noexcept {
+        if (this == &o) return *this;
+        act_ = o.act_;
+        size_ = std::exchange(o.size_, 0);
+        return *this;
+    }
+
     activation kind() const noexcept { return act_; }
     index_t in_size() const noexcept { return size_; }
     index_t out_size() const noexcept { return size_; }
     index_t parameter_count() const noexcept { return 0; }
+    index_t memory_bytes() const noexcept { return 0; }
     index_t macs_per_example() const noexcept { return 0; }
     void initialize(std::uint64_t /*seed*/) noexcept {}
 
     void forward(const Eigen::Ref<const input_vector>& x, Eigen::Ref<output_vector> y) const {
+        detail::check_live(name, size_ != 0);
         detail::check_vector(name, "input", x.size(), size_);
         detail::check_vector(name, "output", y.size(), size_);
+        if (x.data() != y.data()) detail::check_no_overlap(name, x, y);  // in place is fine
         y = x;
         apply_inplace(act_, y.data(), size_);
     }
@@ -48,10 +63,13 @@ public:
     /// The batched forward on an executor (pieces of 256 examples; element-wise, so any split
     /// gives the same bits).
     template <class Executor>
-    void forward_batch(const Eigen::Ref<const batch>& X, Eigen::Ref<batch> Y, workspace<Scalar>& /*ws*/,
-                       Executor&& ex) const {
+    void forward_batch(const Eigen::Ref<const batch>& X, Eigen::Ref<batch> Y, workspace<Scalar>& ws, Executor&& ex) const {
         constexpr index_t chunk = 256;
+        detail::check_live(name, size_ != 0);
         detail::check_batch(name, size_, X.rows(), X.cols(), size_, Y.rows(), Y.cols());
+        // Element-wise: in place (the very same storage) is safe, any other overlap is not.
+        const bool in_place = X.data() == Y.data() && X.outerStride() == Y.outerStride();
+        if (!in_place && detail::rerun_on_copy(X, Y, ws, [&](const auto& C) { forward_batch(C, Y, ws, ex); })) return;
         parallel::for_each_chunk(ex, X.cols(), chunk, [&](index_t begin, index_t end, int) {
             for (index_t e = begin; e < end; ++e) {
                 Y.col(e) = X.col(e);

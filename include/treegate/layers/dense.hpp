@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cmath>
 #include <type_traits>
+#include <utility>
 
 namespace treegate {
 
@@ -38,11 +39,25 @@ public:
         : in_(detail::resolve_size(name, "input size", In, in)),
           out_(detail::resolve_size(name, "output size", Out, out)),
           has_bias_(bias),
-          weights_(detail::checked_mul(in_, out_, name, "parameter count"), name),
-          biases_(bias ? out_ : 0, name) {}
+          weights_(detail::checked_mul(in_, out_, name, "parameter count"), name, footprint_of(in_, out_, bias)),
+          biases_(bias ? out_ : 0, name, footprint_of(in_, out_, bias)) {}
 
     dense() : dense(In, Out) {
         static_assert(In != dynamic && Out != dynamic, "dense: the default constructor needs In and Out fixed");
+    }
+
+    dense(const dense&) = default;
+    dense& operator=(const dense&) = default;
+    /// Moving leaves the source empty: every size reads 0 and every call raises usage_error.
+    dense(dense&& o) noexcept { *this = std::move(o); }
+    dense& operator=(dense&& o) noexcept {
+        if (this == &o) return *this;
+        in_ = std::exchange(o.in_, 0);
+        out_ = std::exchange(o.out_, 0);
+        has_bias_ = std::exchange(o.has_bias_, false);
+        weights_ = std::move(o.weights_);
+        biases_ = std::move(o.biases_);
+        return *this;
     }
 
     index_t in_size() const noexcept { return in_; }
@@ -50,15 +65,23 @@ public:
     bool has_bias() const noexcept { return has_bias_; }
     index_t parameter_count() const noexcept { return in_ * out_ + (has_bias_ ? out_ : 0); }
     index_t macs_per_example() const noexcept { return in_ * out_; }
+    /// Bytes the weights and the bias occupy.
+    index_t memory_bytes() const noexcept { return weights_.bytes() + biases_.bytes(); }
 
-    weight_map weight() noexcept { return weight_map(weights_.data(), out_, in_); }
-    const_weight_map weight() const noexcept { return const_weight_map(weights_.data(), out_, in_); }
-    bias_map bias() noexcept {
-        eigen_assert(has_bias_);
+    weight_map weight() {
+        detail::check_live(name, in_ != 0);
+        return weight_map(weights_.data(), out_, in_);
+    }
+    const_weight_map weight() const {
+        detail::check_live(name, in_ != 0);
+        return const_weight_map(weights_.data(), out_, in_);
+    }
+    bias_map bias() {
+        check_bias();
         return bias_map(biases_.data(), out_);
     }
-    const_bias_map bias() const noexcept {
-        eigen_assert(has_bias_);
+    const_bias_map bias() const {
+        check_bias();
         return const_bias_map(biases_.data(), out_);
     }
 
@@ -70,10 +93,12 @@ public:
     }
 
     void forward(const Eigen::Ref<const input_vector>& x, Eigen::Ref<output_vector> y) const {
+        detail::check_live(name, in_ != 0);
         detail::check_vector(name, "input", x.size(), in_);
         detail::check_vector(name, "output", y.size(), out_);
+        detail::check_no_overlap(name, x, y);
         if (has_bias_)
-            y = bias();
+            y = const_bias_map(biases_.data(), out_);
         else
             y.setZero();
         Policy::gemv(out_, in_, weights_.data(), out_, x.data(), y.data());
@@ -86,15 +111,16 @@ public:
     /// The batched forward on an executor: pieces of 256 examples, the same for any executor,
     /// so the output is bit-identical for any thread count.
     template <class Executor>
-    void forward_batch(const Eigen::Ref<const batch>& X, Eigen::Ref<batch> Y, workspace<Scalar>& /*ws*/,
-                       Executor&& ex) const {
+    void forward_batch(const Eigen::Ref<const batch>& X, Eigen::Ref<batch> Y, workspace<Scalar>& ws, Executor&& ex) const {
         constexpr index_t chunk = 256;
+        detail::check_live(name, in_ != 0);
         detail::check_batch(name, in_, X.rows(), X.cols(), out_, Y.rows(), Y.cols());
+        if (detail::rerun_on_copy(X, Y, ws, [&](const auto& C) { forward_batch(C, Y, ws, ex); })) return;
         parallel::for_each_chunk(ex, X.cols(), chunk, [&](index_t e0, index_t end, int) {
             const index_t m = end - e0;
             auto Yc = Y.middleCols(e0, m);
             if (has_bias_)
-                Yc.colwise() = bias();
+                Yc.colwise() = const_bias_map(biases_.data(), out_);
             else
                 Yc.setZero();
             Policy::gemm(out_, in_, m, weights_.data(), out_, X.data() + e0 * X.outerStride(), X.outerStride(),
@@ -110,8 +136,18 @@ public:
     }
 
 private:
-    index_t in_, out_;
-    bool has_bias_;
+    static detail::footprint footprint_of(index_t in, index_t out, bool bias) {
+        const index_t wn = detail::checked_mul(in, out, name, "parameter count"), bn = bias ? out : 0;
+        return {detail::checked_add(wn, bn, name, "parameter count"), detail::checked_bytes<Scalar>({wn, bn}, name)};
+    }
+
+    void check_bias() const {
+        detail::check_live(name, in_ != 0);
+        if (!has_bias_) detail::raise<usage_error>(name, ": the layer has no bias");
+    }
+
+    index_t in_ = 0, out_ = 0;
+    bool has_bias_ = false;
     detail::aligned_buffer<Scalar> weights_, biases_;
 };
 

@@ -22,6 +22,7 @@ namespace treegate {
 /// weight on top of a single dense product's own error. Throws config_error unless `t` is path_sum.
 template <class Scalar, int In, int Out, int Depth, class Policy>
 tree_linear<Scalar, In, Out, Depth, Policy> flatten(const tree_linear<Scalar, In, Out, Depth, Policy>& t) {
+    detail::check_live("flatten: the tree_linear layer", t.in_size() != 0);
     detail::check_config(t.mode() == tree_mode::path_sum, "flatten: the tree_linear layer is ", to_string(t.mode()),
                          ", only a path_sum layer can be flattened");
     using dmat = Eigen::MatrixXd;

@@ -72,6 +72,9 @@ public:
     index_t parameter_count() const noexcept {
         return std::apply([](const auto&... l) { return (index_t{0} + ... + l.parameter_count()); }, layers_);
     }
+    index_t memory_bytes() const noexcept {
+        return std::apply([](const auto&... l) { return (index_t{0} + ... + l.memory_bytes()); }, layers_);
+    }
     index_t macs_per_example() const noexcept {
         return std::apply([](const auto&... l) { return (index_t{0} + ... + l.macs_per_example()); }, layers_);
     }
@@ -90,6 +93,7 @@ public:
     /// (bit-identical for any thread count).
     template <class Executor>
     void forward_batch(const Eigen::Ref<const batch>& X, Eigen::Ref<batch> Y, workspace_type& ws, Executor&& ex) const {
+        check_live();
         detail::check_batch(name, in_size(), X.rows(), X.cols(), out_size(), Y.rows(), Y.cols());
         run<0>(X, Y, ws, ex);
     }
@@ -103,12 +107,18 @@ public:
 
     /// One example; allocates only the first time `ws` meets this model.
     void forward(const Eigen::Ref<const vector>& x, Eigen::Ref<vector> y, workspace_type& ws) const {
+        check_live();
         detail::check_vector(name, "input", x.size(), in_size());
         detail::check_vector(name, "output", y.size(), out_size());
         run_single<0>(x, y, ws);
     }
 
 private:
+    // Moving a model moves its layers, which leaves each of them (and so the model) empty.
+    void check_live() const {
+        std::apply([](const auto&... l) { (detail::check_live(name, l.in_size() != 0), ...); }, layers_);
+    }
+
     template <std::size_t... I>
     void check_chain(std::index_sequence<I...>) const {
         (check_link<I>(), ...);

@@ -18,6 +18,7 @@
 #include <array>
 #include <cmath>
 #include <type_traits>
+#include <utility>
 
 namespace treegate {
 
@@ -31,7 +32,8 @@ inline const char* to_string(ff_variant v) noexcept { return v == ff_variant::no
 
 /// K parallel trees of depth D over the same input, outputs summed, plus an optional output bias.
 ///
-/// Storage, per tree t and unit i (a node in node_sum, a leaf in leaf_mlp), each block aligned:
+/// Storage, per tree t and unit i (a node in node_sum, a leaf in leaf_mlp), each block aligned
+/// where that costs at most 1/8 of it (detail::block_stride):
 /// hidden_weight(t, i) `Width x In`, hidden_bias(t, i) `Width`, output_weight(t, i) `Out x Width`
 /// (column-major); leaf_mlp adds router_weight(t, i) `In` and router_bias(t, i) for the
 /// internal nodes. Units are numbered in heap order, tree-major.
@@ -85,18 +87,32 @@ public:
         detail::check_config(trees >= 1, name, ": tree count must be positive, got ", trees);
         units_ = variant_ == ff_variant::node_sum ? tree::node_count(depth_) : tree::leaf_count(depth_);
         routers_ = variant_ == ff_variant::leaf_mlp ? tree::internal_count(depth_) : 0;
-        u_stride_ = detail::padded<Scalar>(detail::checked_mul(width_, in_, name, "hidden block size"));
-        a_stride_ = detail::padded<Scalar>(width_);
-        v_stride_ = detail::padded<Scalar>(detail::checked_mul(out_, width_, name, "output block size"));
-        r_stride_ = detail::padded<Scalar>(in_);
+        const index_t u_size = detail::checked_mul(width_, in_, name, "hidden block size");
+        const index_t v_size = detail::checked_mul(out_, width_, name, "output block size");
+        u_stride_ = detail::block_stride<Scalar>(u_size, name, "hidden block size");
+        a_stride_ = detail::block_stride<Scalar>(width_, name, "hidden bias size");
+        v_stride_ = detail::block_stride<Scalar>(v_size, name, "output block size");
+        r_stride_ = detail::block_stride<Scalar>(in_, name, "router size");
         const index_t all_units = detail::checked_mul(trees_, units_, name, "unit count");
         const index_t all_routers = detail::checked_mul(trees_, routers_, name, "router count");
-        U_ = detail::aligned_buffer<Scalar>(detail::checked_mul(all_units, u_stride_, name, "parameter count"), name);
-        A_ = detail::aligned_buffer<Scalar>(detail::checked_mul(all_units, a_stride_, name, "parameter count"), name);
-        V_ = detail::aligned_buffer<Scalar>(detail::checked_mul(all_units, v_stride_, name, "parameter count"), name);
-        R_ = detail::aligned_buffer<Scalar>(detail::checked_mul(all_routers, r_stride_, name, "parameter count"), name);
-        S_ = detail::aligned_buffer<Scalar>(all_routers, name);
-        c_ = detail::aligned_buffer<Scalar>(has_output_bias_ ? out_ : 0, name);
+        const index_t un = detail::checked_mul(all_units, u_stride_, name, "parameter count");
+        const index_t an = detail::checked_mul(all_units, a_stride_, name, "parameter count");
+        const index_t vn = detail::checked_mul(all_units, v_stride_, name, "parameter count");
+        const index_t rn = detail::checked_mul(all_routers, r_stride_, name, "parameter count");
+        const index_t cn = has_output_bias_ ? out_ : 0;
+        const index_t per_unit = detail::checked_sum({u_size, width_, v_size}, name, "parameter count");
+        const index_t per_router = detail::checked_add(in_, 1, name, "parameter count");
+        const detail::footprint total{
+            detail::checked_sum({detail::checked_mul(all_units, per_unit, name, "parameter count"),
+                                 detail::checked_mul(all_routers, per_router, name, "parameter count"), cn},
+                                name, "parameter count"),
+            detail::checked_bytes<Scalar>({un, an, vn, rn, all_routers, cn}, name)};
+        U_ = detail::aligned_buffer<Scalar>(un, name, total);
+        A_ = detail::aligned_buffer<Scalar>(an, name, total);
+        V_ = detail::aligned_buffer<Scalar>(vn, name, total);
+        R_ = detail::aligned_buffer<Scalar>(rn, name, total);
+        S_ = detail::aligned_buffer<Scalar>(all_routers, name, total);
+        c_ = detail::aligned_buffer<Scalar>(cn, name, total);
     }
 
     /// All sizes fixed at compile time.
@@ -105,6 +121,35 @@ public:
         : tree_feedforward(In, Out, Width, Depth, trees, act, variant, output_bias) {
         static_assert(In != dynamic && Out != dynamic && Width != dynamic && Depth != dynamic,
                       "tree_feedforward: this constructor needs In, Out, Width and Depth fixed");
+    }
+
+    tree_feedforward(const tree_feedforward&) = default;
+    tree_feedforward& operator=(const tree_feedforward&) = default;
+    /// Moving leaves the source empty: every size reads 0 and every call raises usage_error.
+    tree_feedforward(tree_feedforward&& o) noexcept { *this = std::move(o); }
+    tree_feedforward& operator=(tree_feedforward&& o) noexcept {
+        if (this == &o) return *this;
+        in_ = std::exchange(o.in_, 0);
+        out_ = std::exchange(o.out_, 0);
+        width_ = std::exchange(o.width_, 0);
+        depth_ = std::exchange(o.depth_, 0);
+        trees_ = std::exchange(o.trees_, 0);
+        act_ = o.act_;
+        variant_ = o.variant_;
+        has_output_bias_ = std::exchange(o.has_output_bias_, false);
+        units_ = std::exchange(o.units_, 0);
+        routers_ = std::exchange(o.routers_, 0);
+        u_stride_ = std::exchange(o.u_stride_, 0);
+        a_stride_ = std::exchange(o.a_stride_, 0);
+        v_stride_ = std::exchange(o.v_stride_, 0);
+        r_stride_ = std::exchange(o.r_stride_, 0);
+        U_ = std::move(o.U_);
+        A_ = std::move(o.A_);
+        V_ = std::move(o.V_);
+        R_ = std::move(o.R_);
+        S_ = std::move(o.S_);
+        c_ = std::move(o.c_);
+        return *this;
     }
 
     index_t in_size() const noexcept { return in_; }
@@ -126,31 +171,37 @@ public:
                (has_output_bias_ ? out_ : 0);
     }
 
+    /// Bytes all weights and biases occupy, padding between blocks included.
+    index_t memory_bytes() const noexcept {
+        return U_.bytes() + A_.bytes() + V_.bytes() + R_.bytes() + S_.bytes() + c_.bytes();
+    }
+
     index_t macs_per_example() const noexcept {
         const index_t mlp = width_ * in_ + out_ * width_;
         return variant_ == ff_variant::node_sum ? trees_ * (depth_ + 1) * mlp : trees_ * (depth_ * in_ + mlp);
     }
 
-    hidden_weight_map hidden_weight(index_t t, index_t i) noexcept { return {U_.data() + unit(t, i) * u_stride_, width_, in_}; }
-    const_hidden_weight_map hidden_weight(index_t t, index_t i) const noexcept {
-        return {U_.data() + unit(t, i) * u_stride_, width_, in_};
+    // Unit i of tree t: node i (node_sum) or leaf i (leaf_mlp); router i: internal node i.
+    hidden_weight_map hidden_weight(index_t t, index_t i) { return {U_.data() + checked_unit(t, i) * u_stride_, width_, in_}; }
+    const_hidden_weight_map hidden_weight(index_t t, index_t i) const {
+        return {U_.data() + checked_unit(t, i) * u_stride_, width_, in_};
     }
-    hidden_bias_map hidden_bias(index_t t, index_t i) noexcept { return {A_.data() + unit(t, i) * a_stride_, width_}; }
-    const_hidden_bias_map hidden_bias(index_t t, index_t i) const noexcept { return {A_.data() + unit(t, i) * a_stride_, width_}; }
-    output_weight_map output_weight(index_t t, index_t i) noexcept { return {V_.data() + unit(t, i) * v_stride_, out_, width_}; }
-    const_output_weight_map output_weight(index_t t, index_t i) const noexcept {
-        return {V_.data() + unit(t, i) * v_stride_, out_, width_};
+    hidden_bias_map hidden_bias(index_t t, index_t i) { return {A_.data() + checked_unit(t, i) * a_stride_, width_}; }
+    const_hidden_bias_map hidden_bias(index_t t, index_t i) const { return {A_.data() + checked_unit(t, i) * a_stride_, width_}; }
+    output_weight_map output_weight(index_t t, index_t i) { return {V_.data() + checked_unit(t, i) * v_stride_, out_, width_}; }
+    const_output_weight_map output_weight(index_t t, index_t i) const {
+        return {V_.data() + checked_unit(t, i) * v_stride_, out_, width_};
     }
-    router_map router_weight(index_t t, index_t i) noexcept { return {R_.data() + router(t, i) * r_stride_, in_}; }
-    const_router_map router_weight(index_t t, index_t i) const noexcept { return {R_.data() + router(t, i) * r_stride_, in_}; }
-    Scalar& router_bias(index_t t, index_t i) noexcept { return S_.data()[router(t, i)]; }
-    const Scalar& router_bias(index_t t, index_t i) const noexcept { return S_.data()[router(t, i)]; }
-    output_bias_map output_bias() noexcept {
-        eigen_assert(has_output_bias_);
+    router_map router_weight(index_t t, index_t i) { return {R_.data() + checked_router(t, i) * r_stride_, in_}; }
+    const_router_map router_weight(index_t t, index_t i) const { return {R_.data() + checked_router(t, i) * r_stride_, in_}; }
+    Scalar& router_bias(index_t t, index_t i) { return S_.data()[checked_router(t, i)]; }
+    const Scalar& router_bias(index_t t, index_t i) const { return S_.data()[checked_router(t, i)]; }
+    output_bias_map output_bias() {
+        check_output_bias();
         return {c_.data(), out_};
     }
-    const_output_bias_map output_bias() const noexcept {
-        eigen_assert(has_output_bias_);
+    const_output_bias_map output_bias() const {
+        check_output_bias();
         return {c_.data(), out_};
     }
 
@@ -177,10 +228,12 @@ public:
     // ---- single example: never allocates -------------------------------------------------------
 
     void forward(const Eigen::Ref<const input_vector>& x, Eigen::Ref<output_vector> y) const {
+        detail::check_live(name, in_ != 0);
         detail::check_vector(name, "input", x.size(), in_);
         detail::check_vector(name, "output", y.size(), out_);
+        detail::check_no_overlap(name, x, y);
         if (has_output_bias_)
-            y = output_bias();
+            y = const_output_bias_map(c_.data(), out_);
         else
             y.setZero();
         for (index_t t = 0; t < trees_; ++t) {
@@ -211,7 +264,9 @@ public:
     /// output is bit-identical for any executor and thread count.
     template <class Executor>
     void forward_batch(const Eigen::Ref<const batch>& X, Eigen::Ref<batch> Y, workspace<Scalar>& ws, Executor&& ex) const {
+        detail::check_live(name, in_ != 0);
         detail::check_batch(name, in_, X.rows(), X.cols(), out_, Y.rows(), Y.cols());
+        if (detail::rerun_on_copy(X, Y, ws, [&](const auto& C) { forward_batch(C, Y, ws, ex); })) return;
         ws.reserve_workers(ex.size());
         parallel::for_each_chunk(ex, X.cols(), batch_tile, [&](index_t t0, index_t end, int worker) {
             forward_tile(X.middleCols(t0, end - t0), Y.middleCols(t0, end - t0), ws.worker(worker));
@@ -226,6 +281,24 @@ public:
     }
 
 private:
+    // The accessors' checks, made in every build (the forward passes use unit() and router()).
+    index_t checked_unit(index_t t, index_t i) const {
+        detail::check_live(name, in_ != 0);
+        detail::check_index(name, "tree", t, trees_);
+        detail::check_index(name, "unit", i, units_);
+        return unit(t, i);
+    }
+    index_t checked_router(index_t t, index_t i) const {
+        detail::check_live(name, in_ != 0);
+        detail::check_index(name, "tree", t, trees_);
+        detail::check_index(name, "router", i, routers_);
+        return router(t, i);
+    }
+    void check_output_bias() const {
+        detail::check_live(name, in_ != 0);
+        if (!has_output_bias_) detail::raise<usage_error>(name, ": the layer has no output bias");
+    }
+
     index_t unit(index_t t, index_t i) const noexcept {
         eigen_assert(t >= 0 && t < trees_ && i >= 0 && i < units_);
         return t * units_ + i;
@@ -329,12 +402,12 @@ private:
         for (index_t j = 0; j < m; ++j) Y.col(order[r.begin + j]) += Yg.col(j);
     }
 
-    index_t in_, out_, width_;
-    int depth_;
-    index_t trees_;
-    activation act_;
-    ff_variant variant_;
-    bool has_output_bias_;
+    index_t in_ = 0, out_ = 0, width_ = 0;
+    int depth_ = 0;
+    index_t trees_ = 0;
+    activation act_ = activation::gelu;
+    ff_variant variant_ = ff_variant::node_sum;
+    bool has_output_bias_ = false;
     index_t units_ = 0, routers_ = 0;
     index_t u_stride_ = 0, a_stride_ = 0, v_stride_ = 0, r_stride_ = 0;
     detail::aligned_buffer<Scalar> U_, A_, V_, R_, S_, c_;

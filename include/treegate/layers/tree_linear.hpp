@@ -18,6 +18,7 @@
 #include <array>
 #include <cmath>
 #include <type_traits>
+#include <utility>
 
 namespace treegate {
 
@@ -27,14 +28,78 @@ enum class tree_mode { path_sum, leaf_only };
 
 inline const char* to_string(tree_mode m) noexcept { return m == tree_mode::path_sum ? "path_sum" : "leaf_only"; }
 
+namespace detail {
+
+/// The state tree_linear and its bf16 serving copy share: sizes, gating and the two buffers of
+/// blocks (weights of type W) and biases. Moving it leaves the source empty (every size 0),
+/// which is how a moved-from layer knows it has nothing to compute with.
+template <class W, class Scalar>
+struct tree_state {
+    index_t in_ = 0, out_ = 0;
+    int depth_ = 0;
+    tree_mode mode_ = tree_mode::path_sum;
+    bool has_bias_ = false;
+    gating gates_;
+    index_t blocks_ = 0, stride_ = 0, bias_stride_ = 0;
+    aligned_buffer<W> weights_;
+    aligned_buffer<Scalar> biases_;
+
+    tree_state() = default;
+    tree_state(const tree_state&) = default;
+    tree_state& operator=(const tree_state&) = default;
+    tree_state(tree_state&& o) noexcept { *this = std::move(o); }
+    tree_state& operator=(tree_state&& o) noexcept {
+        if (this == &o) return *this;
+        in_ = std::exchange(o.in_, 0);
+        out_ = std::exchange(o.out_, 0);
+        depth_ = std::exchange(o.depth_, 0);
+        mode_ = o.mode_;
+        has_bias_ = std::exchange(o.has_bias_, false);
+        gates_ = std::exchange(o.gates_, gating());
+        blocks_ = std::exchange(o.blocks_, 0);
+        stride_ = std::exchange(o.stride_, 0);
+        bias_stride_ = std::exchange(o.bias_stride_, 0);
+        weights_ = std::move(o.weights_);
+        biases_ = std::move(o.biases_);
+        return *this;
+    }
+
+    // The checks of both layers' accessors and single-example calls, naming `layer`.
+    void check_block(const char* layer, index_t i, bool bias) const {
+        check_live(layer, in_ != 0);
+        check_index(layer, "block", i, blocks_);
+        if (bias && !has_bias_) raise<usage_error>(layer, ": the layer has no bias (block ", i, ")");
+    }
+
+    template <class XRef, class YRef>
+    void check_single(const char* layer, const XRef& x, const YRef& y) const {
+        check_live(layer, in_ != 0);
+        check_vector(layer, "input", x.size(), in_);
+        check_vector(layer, "output", y.size(), out_);
+        check_no_overlap(layer, x, y);
+    }
+
+    index_t path_block(leaf_t code, int level) const noexcept {
+        return mode_ == tree_mode::path_sum ? tree::path_node(code, depth_, level) : static_cast<index_t>(code);
+    }
+};
+
+}  // namespace detail
+
 /// A linear layer whose weights are selected per example by D gate bits.
 ///
-/// Storage: one contiguous buffer of blocks, each `Out x In` column-major and 64-byte aligned.
+/// Storage: one contiguous buffer of blocks, each `Out x In` column-major and 64-byte aligned
+/// where the padding costs at most 1/8 of a block (detail::block_stride).
 /// In `path_sum` mode block i is tree node i (heap order: level-major); in `leaf_only` mode
 /// block i is leaf i (leaf number = node - (2^D - 1)). Biases live in a second buffer, same order.
 template <class Scalar, int In = dynamic, int Out = dynamic, int Depth = dynamic, class Policy = kernels::default_policy>
-class tree_linear {
+class tree_linear : private detail::tree_state<Scalar, Scalar> {
     static_assert(std::is_floating_point_v<Scalar>, "tree_linear: Scalar must be a floating-point type");
+    // Moving leaves the source empty (tree_state): every size reads 0 and every call raises usage_error.
+    using state = detail::tree_state<Scalar, Scalar>;
+    using state::in_, state::out_, state::depth_, state::mode_, state::has_bias_, state::gates_, state::blocks_,
+        state::stride_, state::bias_stride_, state::weights_, state::biases_, state::check_block, state::check_single,
+        state::path_block;
     static_assert(In == dynamic || In > 0, "tree_linear: In must be positive or dynamic");
     static_assert(Out == dynamic || Out > 0, "tree_linear: Out must be positive or dynamic");
     static_assert(Depth == dynamic || (Depth >= 0 && Depth <= max_depth), "tree_linear: Depth must be in [0, 30] or dynamic");
@@ -54,19 +119,26 @@ public:
 
     /// Sizes at run time (they must match any that are fixed). Weights start at zero: call
     /// initialize(seed) or write them through weight(i) / bias(i).
-    tree_linear(index_t in, index_t out, int depth, tree_mode mode, gating gates = {}, bool bias = true)
-        : in_(detail::resolve_size(name, "input size", In, in)),
-          out_(detail::resolve_size(name, "output size", Out, out)),
-          depth_(detail::resolve_depth(name, Depth, depth)),
-          mode_(mode),
-          has_bias_(bias),
-          gates_(std::move(gates)) {
+    tree_linear(index_t in, index_t out, int depth, tree_mode mode, gating gates = {}, bool bias = true) {
+        in_ = detail::resolve_size(name, "input size", In, in);
+        out_ = detail::resolve_size(name, "output size", Out, out);
+        depth_ = detail::resolve_depth(name, Depth, depth);
+        mode_ = mode;
+        has_bias_ = bias;
+        gates_ = std::move(gates);
         detail::check_gating(name, gates_, depth_, in_);
         blocks_ = mode_ == tree_mode::path_sum ? tree::node_count(depth_) : tree::leaf_count(depth_);
-        stride_ = detail::padded<Scalar>(detail::checked_mul(in_, out_, name, "block size"));
-        bias_stride_ = detail::padded<Scalar>(out_);
-        weights_ = detail::aligned_buffer<Scalar>(detail::checked_mul(blocks_, stride_, name, "parameter count"), name);
-        if (has_bias_) biases_ = detail::aligned_buffer<Scalar>(detail::checked_mul(blocks_, bias_stride_, name, "bias count"), name);
+        const index_t block = detail::checked_mul(in_, out_, name, "block size");
+        stride_ = detail::block_stride<Scalar>(block, name, "block size");
+        bias_stride_ = detail::block_stride<Scalar>(out_, name, "bias size");
+        const index_t wn = detail::checked_mul(blocks_, stride_, name, "parameter count");
+        const index_t bn = has_bias_ ? detail::checked_mul(blocks_, bias_stride_, name, "bias count") : 0;
+        const detail::footprint total{
+            detail::checked_mul(blocks_, detail::checked_sum({block, has_bias_ ? out_ : 0}, name, "parameter count"), name,
+                                "parameter count"),
+            detail::checked_bytes<Scalar>({wn, bn}, name)};
+        weights_ = detail::aligned_buffer<Scalar>(wn, name, total);
+        biases_ = detail::aligned_buffer<Scalar>(bn, name, total);
     }
 
     /// All sizes fixed at compile time.
@@ -88,30 +160,35 @@ public:
 
     index_t parameter_count() const noexcept { return blocks_ * (in_ * out_ + (has_bias_ ? out_ : 0)); }
 
+    /// Bytes the weights and biases occupy, padding between blocks included (README, "Errors").
+    index_t memory_bytes() const noexcept { return weights_.bytes() + biases_.bytes(); }
+
     /// Multiply-adds per example: (D+1) blocks on the path (path_sum) or one (leaf_only).
     index_t macs_per_example() const noexcept { return blocks_on_path() * in_ * out_; }
 
     /// Block i: tree node i (path_sum) or leaf i (leaf_only).
-    weight_map weight(index_t i) noexcept {
-        eigen_assert(i >= 0 && i < blocks_);
+    weight_map weight(index_t i) {
+        check_block(name, i, false);
         return weight_map(weights_.data() + i * stride_, out_, in_);
     }
-    const_weight_map weight(index_t i) const noexcept {
-        eigen_assert(i >= 0 && i < blocks_);
+    const_weight_map weight(index_t i) const {
+        check_block(name, i, false);
         return const_weight_map(weights_.data() + i * stride_, out_, in_);
     }
-    bias_map bias(index_t i) noexcept {
-        eigen_assert(has_bias_ && i >= 0 && i < blocks_);
+    bias_map bias(index_t i) {
+        check_block(name, i, true);
         return bias_map(biases_.data() + i * bias_stride_, out_);
     }
-    const_bias_map bias(index_t i) const noexcept {
-        eigen_assert(has_bias_ && i >= 0 && i < blocks_);
+    const_bias_map bias(index_t i) const {
+        check_block(name, i, true);
         return const_bias_map(biases_.data() + i * bias_stride_, out_);
     }
 
     /// Block used at `level` by the path with bit pattern `code` (leaf_only: only level D has one).
-    index_t block_on_path(leaf_t code, int level) const noexcept {
-        return mode_ == tree_mode::path_sum ? tree::path_node(code, depth_, level) : static_cast<index_t>(code);
+    index_t block_on_path(leaf_t code, int level) const {
+        detail::check_live(name, in_ != 0);
+        detail::check_path(name, code, level, depth_, first_level(), to_string(mode_));
+        return path_block(code, level);
     }
 
     /// Uniform(-b, b) weights and biases with b = 1/sqrt(in) for a leaf table and
@@ -131,7 +208,7 @@ public:
 
     /// Gated by input entries (gating::from_input) or depth 0.
     void forward(const Eigen::Ref<const input_vector>& x, Eigen::Ref<output_vector> y) const {
-        check_single(x.size(), y.size());
+        check_single(name, x, y);
         detail::check_config(!gates_.is_external() || depth_ == 0, name,
                              ": this layer is gated externally; pass the gate vector");
         forward_code(route_by_indices(x.data(), gates_.indices().data(), depth_), x.data(), y.data());
@@ -140,7 +217,7 @@ public:
     /// Gated by an external vector of D gate values (gates[0] decides level 1).
     void forward(const Eigen::Ref<const input_vector>& x, const Eigen::Ref<const gate_vector>& gates,
                  Eigen::Ref<output_vector> y) const {
-        check_single(x.size(), y.size());
+        check_single(name, x, y);
         detail::check_config(gates_.is_external(), name, ": this layer is gated by its input; call forward(x, y)");
         detail::check_vector(name, "gate vector", gates.size(), depth_);
         forward_code(route_by_gates(gates.data(), 1, depth_), x.data(), y.data());
@@ -148,7 +225,7 @@ public:
 
     /// y += layer(x): for sums of layers (blocked trees, residual connections).
     void forward_add(const Eigen::Ref<const input_vector>& x, Eigen::Ref<output_vector> y) const {
-        check_single(x.size(), y.size());
+        check_single(name, x, y);
         detail::check_config(!gates_.is_external() || depth_ == 0, name,
                              ": this layer is gated externally; pass the gate vector");
         accumulate_code(route_by_indices(x.data(), gates_.indices().data(), depth_), x.data(), y.data());
@@ -156,7 +233,7 @@ public:
 
     void forward_add(const Eigen::Ref<const input_vector>& x, const Eigen::Ref<const gate_vector>& gates,
                      Eigen::Ref<output_vector> y) const {
-        check_single(x.size(), y.size());
+        check_single(name, x, y);
         detail::check_config(gates_.is_external(), name, ": this layer is gated by its input; call forward_add(x, y)");
         detail::check_vector(name, "gate vector", gates.size(), depth_);
         accumulate_code(route_by_gates(gates.data(), 1, depth_), x.data(), y.data());
@@ -178,6 +255,7 @@ public:
     /// count, so the output is bit-identical for any executor, and equal to the calls above.
     template <class Executor>
     void forward_batch(const Eigen::Ref<const batch>& X, Eigen::Ref<batch> Y, workspace<Scalar>& ws, Executor&& ex) const {
+        detail::check_live(name, in_ != 0);
         detail::route_batch(name, gates_, depth_, in_, out_, X, Y, ws);
         detail::grouped_forward<Policy>(table(), X, Y, ws, ex);
     }
@@ -185,6 +263,7 @@ public:
     template <class Executor>
     void forward_batch(const Eigen::Ref<const batch>& X, const Eigen::Ref<const batch>& G, Eigen::Ref<batch> Y,
                        workspace<Scalar>& ws, Executor&& ex) const {
+        detail::check_live(name, in_ != 0);
         detail::route_batch(name, gates_, depth_, in_, out_, X, G, Y, ws);
         detail::grouped_forward<Policy>(table(), X, Y, ws, ex);
     }
@@ -207,10 +286,6 @@ private:
     index_t blocks_on_path() const noexcept { return mode_ == tree_mode::path_sum ? depth_ + 1 : 1; }
     int first_level() const noexcept { return mode_ == tree_mode::path_sum ? 0 : depth_; }
 
-    void check_single(index_t x_size, index_t y_size) const {
-        detail::check_vector(name, "input", x_size, in_);
-        detail::check_vector(name, "output", y_size, out_);
-    }
 
     void forward_code(leaf_t code, const Scalar* x, Scalar* y) const noexcept {
         Eigen::Map<Eigen::Matrix<Scalar, Out, 1>>(y, out_).setZero();
@@ -222,7 +297,7 @@ private:
         int count = 0;
         Eigen::Map<Eigen::Matrix<Scalar, Out, 1>> yv(y, out_);
         for (int level = first_level(); level <= depth_; ++level) {
-            const index_t b = block_on_path(code, level);
+            const index_t b = path_block(code, level);
             blocks[static_cast<std::size_t>(count++)] = weights_.data() + b * stride_;
             if (has_bias_) yv += const_bias_map(biases_.data() + b * bias_stride_, out_);
         }
@@ -233,14 +308,6 @@ private:
         return {in_, out_, depth_, mode_ == tree_mode::path_sum, weights_.data(), stride_,
                 has_bias_ ? biases_.data() : nullptr, bias_stride_};
     }
-
-    index_t in_, out_;
-    int depth_;
-    tree_mode mode_;
-    bool has_bias_;
-    gating gates_;
-    index_t blocks_ = 0, stride_ = 0, bias_stride_ = 0;
-    detail::aligned_buffer<Scalar> weights_, biases_;
 };
 
 }  // namespace treegate

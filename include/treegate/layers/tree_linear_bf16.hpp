@@ -28,6 +28,7 @@
 #include "tree_linear.hpp"
 
 #include <array>
+#include <utility>
 
 namespace treegate {
 
@@ -41,7 +42,13 @@ namespace treegate {
 /// second buffer of float biases in the same order. To serve a path_sum tree as a flat table,
 /// flatten it first (in float, see layers/flatten.hpp) and convert the result.
 template <class Policy = kernels::default_policy>
-class tree_linear_bf16 {
+class tree_linear_bf16 : private detail::tree_state<bf16, float> {
+    // Moving leaves the source empty (tree_state): every size reads 0 and every call raises usage_error.
+    using state = detail::tree_state<bf16, float>;
+    using state::in_, state::out_, state::depth_, state::mode_, state::has_bias_, state::gates_, state::blocks_,
+        state::stride_, state::bias_stride_, state::weights_, state::biases_, state::check_block, state::check_single,
+        state::path_block;
+
 public:
     using scalar_type = float;
     using policy_type = Policy;
@@ -52,18 +59,26 @@ public:
 
     /// Rounds every weight of `t` to bf16 (ties to even) and copies its biases, sizes, mode and gating.
     template <int In, int Out, int Depth, class P>
-    explicit tree_linear_bf16(const tree_linear<float, In, Out, Depth, P>& t)
-        : in_(t.in_size()),
-          out_(t.out_size()),
-          depth_(t.depth()),
-          mode_(t.mode()),
-          has_bias_(t.has_bias()),
-          gates_(t.gates()),
-          blocks_(t.block_count()) {
-        stride_ = detail::padded<bf16>(detail::checked_mul(in_, out_, name, "block size"));
-        bias_stride_ = detail::padded<float>(out_);
-        weights_ = detail::aligned_buffer<bf16>(detail::checked_mul(blocks_, stride_, name, "parameter count"), name);
-        if (has_bias_) biases_ = detail::aligned_buffer<float>(detail::checked_mul(blocks_, bias_stride_, name, "bias count"), name);
+    explicit tree_linear_bf16(const tree_linear<float, In, Out, Depth, P>& t) {
+        in_ = source_size(t.in_size());
+        out_ = t.out_size();
+        depth_ = t.depth();
+        mode_ = t.mode();
+        has_bias_ = t.has_bias();
+        gates_ = t.gates();
+        blocks_ = t.block_count();
+        // Weight blocks are always whole cache lines (the documented layout above), biases only
+        // where that pays (detail::block_stride).
+        stride_ = detail::checked_add(detail::checked_mul(in_, out_, name, "block size"),
+                                      detail::line_padding<bf16>(in_ * out_), name, "block size");
+        bias_stride_ = detail::block_stride<float>(out_, name, "bias size");
+        const index_t wn = detail::checked_mul(blocks_, stride_, name, "parameter count");
+        const index_t bn = has_bias_ ? detail::checked_mul(blocks_, bias_stride_, name, "bias count") : 0;
+        const detail::footprint total{t.parameter_count(), detail::checked_add(detail::checked_bytes<bf16>({wn}, name),
+                                                                               detail::checked_bytes<float>({bn}, name), name,
+                                                                               "byte count")};
+        weights_ = detail::aligned_buffer<bf16>(wn, name, total);
+        biases_ = detail::aligned_buffer<float>(bn, name, total);
         for (index_t b = 0; b < blocks_; ++b) {
             const auto w = t.weight(b);
             bf16* dst = weights_.data() + b * stride_;
@@ -86,38 +101,43 @@ public:
 
     /// Bytes of stored weights (bf16, padding between blocks included; biases not counted):
     /// about half of the float layer's.
-    index_t weight_bytes() const noexcept { return weights_.size() * static_cast<index_t>(sizeof(bf16)); }
+    index_t weight_bytes() const noexcept { return weights_.bytes(); }
+
+    /// Bytes of the bf16 weights and the float biases, padding included.
+    index_t memory_bytes() const noexcept { return weights_.bytes() + biases_.bytes(); }
 
     /// Block i as the float values the kernels multiply by (a copy: the storage is bf16).
     Eigen::MatrixXf weight(index_t i) const {
-        eigen_assert(i >= 0 && i < blocks_);
+        check_block(name, i, false);
         Eigen::MatrixXf w(out_, in_);
         const bf16* src = weights_.data() + i * stride_;
         for (index_t c = 0; c < in_; ++c)
             for (index_t r = 0; r < out_; ++r) w(r, c) = to_float(src[r + c * out_]);
         return w;
     }
-    const_bias_map bias(index_t i) const noexcept {
-        eigen_assert(has_bias_ && i >= 0 && i < blocks_);
+    const_bias_map bias(index_t i) const {
+        check_block(name, i, true);
         return const_bias_map(biases_.data() + i * bias_stride_, out_);
     }
 
     /// Block used at `level` by the path with bit pattern `code` (leaf_only: only level D has one).
-    index_t block_on_path(leaf_t code, int level) const noexcept {
-        return mode_ == tree_mode::path_sum ? tree::path_node(code, depth_, level) : static_cast<index_t>(code);
+    index_t block_on_path(leaf_t code, int level) const {
+        detail::check_live(name, in_ != 0);
+        detail::check_path(name, code, level, depth_, first_level(), to_string(mode_));
+        return path_block(code, level);
     }
 
     // ---- single example: never allocates -------------------------------------------------------
 
     void forward(const Eigen::Ref<const vector>& x, Eigen::Ref<vector> y) const {
-        check_single(x.size(), y.size());
+        check_single(name, x, y);
         detail::check_config(!gates_.is_external() || depth_ == 0, name,
                              ": this layer is gated externally; pass the gate vector");
         forward_code(route_by_indices(x.data(), gates_.indices().data(), depth_), x.data(), y.data());
     }
 
     void forward(const Eigen::Ref<const vector>& x, const Eigen::Ref<const vector>& gates, Eigen::Ref<vector> y) const {
-        check_single(x.size(), y.size());
+        check_single(name, x, y);
         detail::check_config(gates_.is_external(), name, ": this layer is gated by its input; call forward(x, y)");
         detail::check_vector(name, "gate vector", gates.size(), depth_);
         forward_code(route_by_gates(gates.data(), 1, depth_), x.data(), y.data());
@@ -137,6 +157,7 @@ public:
     /// The batched forward on an executor, as tree_linear's (bit-identical for any thread count).
     template <class Executor>
     void forward_batch(const Eigen::Ref<const batch>& X, Eigen::Ref<batch> Y, workspace<float>& ws, Executor&& ex) const {
+        detail::check_live(name, in_ != 0);
         detail::route_batch(name, gates_, depth_, in_, out_, X, Y, ws);
         detail::grouped_forward<Policy>(table(), X, Y, ws, ex);
     }
@@ -144,6 +165,7 @@ public:
     template <class Executor>
     void forward_batch(const Eigen::Ref<const batch>& X, const Eigen::Ref<const batch>& G, Eigen::Ref<batch> Y,
                        workspace<float>& ws, Executor&& ex) const {
+        detail::check_live(name, in_ != 0);
         detail::route_batch(name, gates_, depth_, in_, out_, X, G, Y, ws);
         detail::grouped_forward<Policy>(table(), X, Y, ws, ex);
     }
@@ -166,10 +188,11 @@ private:
     index_t blocks_on_path() const noexcept { return mode_ == tree_mode::path_sum ? depth_ + 1 : 1; }
     int first_level() const noexcept { return mode_ == tree_mode::path_sum ? 0 : depth_; }
 
-    void check_single(index_t x_size, index_t y_size) const {
-        detail::check_vector(name, "input", x_size, in_);
-        detail::check_vector(name, "output", y_size, out_);
+    static index_t source_size(index_t in) {
+        if (in == 0) detail::raise<usage_error>(name, ": the source tree_linear is empty (moved from)");
+        return in;
     }
+
 
     void forward_code(leaf_t code, const float* x, float* y) const noexcept {
         std::array<const bf16*, max_depth + 1> blocks{};
@@ -177,7 +200,7 @@ private:
         Eigen::Map<Eigen::VectorXf> yv(y, out_);
         yv.setZero();
         for (int level = first_level(); level <= depth_; ++level) {
-            const index_t b = block_on_path(code, level);
+            const index_t b = path_block(code, level);
             blocks[static_cast<std::size_t>(count++)] = weights_.data() + b * stride_;
             if (has_bias_) yv += const_bias_map(biases_.data() + b * bias_stride_, out_);
         }
@@ -188,15 +211,6 @@ private:
         return {in_, out_, depth_, mode_ == tree_mode::path_sum, weights_.data(), stride_,
                 has_bias_ ? biases_.data() : nullptr, bias_stride_};
     }
-
-    index_t in_, out_;
-    int depth_;
-    tree_mode mode_;
-    bool has_bias_;
-    gating gates_;
-    index_t blocks_ = 0, stride_ = 0, bias_stride_ = 0;
-    detail::aligned_buffer<bf16> weights_;
-    detail::aligned_buffer<float> biases_;
 };
 
 }  // namespace treegate

@@ -46,19 +46,42 @@ public:
         }
     }
 
+    tree_linear_blocked(const tree_linear_blocked&) = default;
+    tree_linear_blocked& operator=(const tree_linear_blocked&) = default;
+    /// Moving leaves the source empty (no trees): every size reads 0 and every call raises usage_error.
+    tree_linear_blocked(tree_linear_blocked&& o) noexcept : combine_(o.combine_), trees_(std::move(o.trees_)) { o.trees_.clear(); }
+    tree_linear_blocked& operator=(tree_linear_blocked&& o) noexcept {
+        if (this == &o) return *this;
+        combine_ = o.combine_;
+        trees_ = std::move(o.trees_);
+        o.trees_.clear();
+        return *this;
+    }
+
     index_t tree_count() const noexcept { return static_cast<index_t>(trees_.size()); }
     block_combine combine() const noexcept { return combine_; }
-    index_t slice_in() const noexcept { return trees_.front().in_size(); }
-    index_t slice_out() const noexcept { return trees_.front().out_size(); }
+    index_t slice_in() const noexcept { return trees_.empty() ? 0 : trees_.front().in_size(); }
+    index_t slice_out() const noexcept { return trees_.empty() ? 0 : trees_.front().out_size(); }
     index_t in_size() const noexcept { return tree_count() * slice_in(); }
     index_t out_size() const noexcept { return combine_ == block_combine::sum ? slice_out() : tree_count() * slice_out(); }
-    int depth() const noexcept { return trees_.front().depth(); }
+    int depth() const noexcept { return trees_.empty() ? 0 : trees_.front().depth(); }
 
-    tree_type& tree(index_t t) noexcept { return trees_[static_cast<std::size_t>(t)]; }
-    const tree_type& tree(index_t t) const noexcept { return trees_[static_cast<std::size_t>(t)]; }
+    tree_type& tree(index_t t) {
+        check_tree(t);
+        return trees_[static_cast<std::size_t>(t)];
+    }
+    const tree_type& tree(index_t t) const {
+        check_tree(t);
+        return trees_[static_cast<std::size_t>(t)];
+    }
 
-    index_t parameter_count() const noexcept { return tree_count() * trees_.front().parameter_count(); }
-    index_t macs_per_example() const noexcept { return tree_count() * trees_.front().macs_per_example(); }
+    index_t parameter_count() const noexcept { return trees_.empty() ? 0 : tree_count() * trees_.front().parameter_count(); }
+    index_t memory_bytes() const noexcept {
+        index_t bytes = 0;
+        for (const auto& t : trees_) bytes += t.memory_bytes();
+        return bytes;
+    }
+    index_t macs_per_example() const noexcept { return trees_.empty() ? 0 : tree_count() * trees_.front().macs_per_example(); }
 
     /// Tree t is initialised with seed + t.
     void initialize(std::uint64_t seed) noexcept {
@@ -66,8 +89,10 @@ public:
     }
 
     void forward(const Eigen::Ref<const input_vector>& x, Eigen::Ref<output_vector> y) const {
+        detail::check_live(name, !trees_.empty());
         detail::check_vector(name, "input", x.size(), in_size());
         detail::check_vector(name, "output", y.size(), out_size());
+        detail::check_no_overlap(name, x, y);
         const index_t si = slice_in(), so = slice_out();
         if (combine_ == block_combine::sum) y.setZero();
         for (index_t t = 0; t < tree_count(); ++t) {
@@ -86,7 +111,9 @@ public:
     /// executor (bit-identical for any thread count, see tree_linear).
     template <class Executor>
     void forward_batch(const Eigen::Ref<const batch>& X, Eigen::Ref<batch> Y, workspace<Scalar>& ws, Executor&& ex) const {
+        detail::check_live(name, !trees_.empty());
         detail::check_batch(name, in_size(), X.rows(), X.cols(), out_size(), Y.rows(), Y.cols());
+        if (detail::rerun_on_copy(X, Y, ws, [&](const auto& C) { forward_batch(C, Y, ws, ex); })) return;
         const index_t si = slice_in(), so = slice_out();
         if (combine_ == block_combine::concat) {
             for (index_t t = 0; t < tree_count(); ++t)
@@ -109,6 +136,11 @@ public:
     }
 
 private:
+    void check_tree(index_t t) const {
+        detail::check_live(name, !trees_.empty());
+        detail::check_index(name, "tree", t, tree_count());
+    }
+
     block_combine combine_;
     std::vector<tree_type> trees_;
 };

@@ -28,7 +28,9 @@
 
 namespace treegate::train {
 
-/// d act(v) / dv at the pre-activation v. ReLU takes 0 at v = 0 (as PyTorch does).
+/// d act(v) / dv at the pre-activation v. ReLU takes 0 at v = 0 (as PyTorch does) and NaN at
+/// v = NaN, so a NaN forward value cannot turn into a finite (zero) gradient; the smooth
+/// activations give NaN there by themselves, identity's derivative stays 1.
 template <class Scalar>
 inline Scalar activation_derivative(activation a, Scalar v) noexcept {
     using std::erf;
@@ -36,7 +38,7 @@ inline Scalar activation_derivative(activation a, Scalar v) noexcept {
     using std::tanh;
     switch (a) {
         case activation::identity: return Scalar(1);
-        case activation::relu: return v > Scalar(0) ? Scalar(1) : Scalar(0);
+        case activation::relu: return v > Scalar(0) ? Scalar(1) : v <= Scalar(0) ? Scalar(0) : v;
         case activation::gelu: {
             // Phi(v) + v phi(v)
             const Scalar cdf = Scalar(0.5) * (Scalar(1) + erf(v * Scalar(0.70710678118654752440)));
