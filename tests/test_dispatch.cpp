@@ -5,6 +5,10 @@
 
 #include <treegate/kernels/dispatch.hpp>
 #include <treegate/kernels/policy.hpp>
+#include <treegate/layers/dense.hpp>
+#include <treegate/layers/tree_feedforward.hpp>
+#include <treegate/layers/tree_linear.hpp>
+#include <treegate/layers/tree_linear_bf16.hpp>
 
 #include <cstdlib>
 #include <exception>
@@ -242,4 +246,31 @@ TEST_CASE("a dispatch kernel bound with a bad TREEGATE_ISA ends the program with
     const float a[3] = {1, 2, 3};
     const float s = treegate::kernels::dispatch::dot<float>(3, a, a);
     CHECK(s == 14.0f);  // reached only with a valid TREEGATE_ISA
+}
+
+// Run by ctest under TREEGATE_ISA=avx9000 as well as normally: a layer on the default policy
+// binds the dispatch in its constructor, so a bad value is a config_error from the constructor
+// (naming TREEGATE_ISA), never std::terminate in a kernel; with a good value it constructs.
+TEST_CASE("layers on the dispatch policy report a bad TREEGATE_ISA from their constructors", "[dispatch]") {
+    const char* env = std::getenv("TREEGATE_ISA");
+    bool bad = false;
+    try {
+        (void)treegate::kernels::select_isa(env);
+    } catch (const treegate::config_error&) {
+        bad = true;
+    }
+    CAPTURE(env == nullptr ? "(unset)" : env);
+    const auto make_all = [] {
+        treegate::dense<float> d(3, 2);
+        treegate::tree_linear<float> t(4, 3, 2, treegate::tree_mode::path_sum, treegate::gating::from_input({0, 1}));
+        treegate::tree_feedforward<float> f(4, 3, 1, 2);
+        const treegate::tree_linear_bf16<> h(t);
+        (void)d;
+        (void)f;
+        (void)h;
+    };
+    if (bad)
+        TG_CHECK_THROWS_WITH(treegate::config_error, make_all(), "TREEGATE_ISA");
+    else
+        CHECK_NOTHROW(make_all());
 }

@@ -40,7 +40,9 @@ public:
           out_(detail::resolve_size(name, "output size", Out, out)),
           has_bias_(bias),
           weights_(detail::checked_mul(in_, out_, name, "parameter count"), name, footprint_of(in_, out_, bias)),
-          biases_(bias ? out_ : 0, name, footprint_of(in_, out_, bias)) {}
+          biases_(bias ? out_ : 0, name, footprint_of(in_, out_, bias)) {
+        kernels::prepare<Policy>();  // a bad TREEGATE_ISA is an exception here, not in a kernel
+    }
 
     dense() : dense(In, Out) {
         static_assert(In != dynamic && Out != dynamic, "dense: the default constructor needs In and Out fixed");

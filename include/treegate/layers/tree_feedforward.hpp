@@ -84,6 +84,7 @@ public:
           act_(act),
           variant_(variant),
           has_output_bias_(output_bias) {
+        kernels::prepare<Policy>();  // a bad TREEGATE_ISA is an exception here, not in a kernel
         detail::check_config(trees >= 1, name, ": tree count must be positive, got ", trees);
         units_ = variant_ == ff_variant::node_sum ? tree::node_count(depth_) : tree::leaf_count(depth_);
         routers_ = variant_ == ff_variant::leaf_mlp ? tree::internal_count(depth_) : 0;

@@ -120,6 +120,7 @@ public:
     /// Sizes at run time (they must match any that are fixed). Weights start at zero: call
     /// initialize(seed) or write them through weight(i) / bias(i).
     tree_linear(index_t in, index_t out, int depth, tree_mode mode, gating gates = {}, bool bias = true) {
+        kernels::prepare<Policy>();  // a bad TREEGATE_ISA is an exception here, not in a kernel
         in_ = detail::resolve_size(name, "input size", In, in);
         out_ = detail::resolve_size(name, "output size", Out, out);
         depth_ = detail::resolve_depth(name, Depth, depth);

@@ -60,6 +60,7 @@ public:
     /// Rounds every weight of `t` to bf16 (ties to even) and copies its biases, sizes, mode and gating.
     template <int In, int Out, int Depth, class P>
     explicit tree_linear_bf16(const tree_linear<float, In, Out, Depth, P>& t) {
+        kernels::prepare<Policy>();  // a bad TREEGATE_ISA is an exception here, not in a kernel
         in_ = source_size(t.in_size());
         out_ = t.out_size();
         depth_ = t.depth();
