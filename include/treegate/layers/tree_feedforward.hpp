@@ -6,6 +6,7 @@
 
 #include "../activation.hpp"
 #include "../detail/aligned_buffer.hpp"
+#include "../detail/prefetch.hpp"
 #include "../detail/random.hpp"
 #include "../kernels/policy.hpp"
 #include "../parallel/executor.hpp"
@@ -183,6 +184,12 @@ public:
             y = output_bias();
         else
             y.setZero();
+        if (fused()) {
+            const Scalar* xs[1] = {x.data()};
+            Scalar* ys[1] = {y.data()};
+            for (index_t t = 0; t < trees_; ++t) fused_paths(t, 1, xs, ys);
+            return;
+        }
         for (index_t t = 0; t < trees_; ++t) {
             index_t node = 0;
             if (variant_ == ff_variant::node_sum) {
@@ -245,6 +252,19 @@ private:
             Y.colwise() = output_bias();
         else
             Y.setZero();
+        if (fused()) {
+            const Scalar* xs[fused_group];
+            Scalar* ys[fused_group];
+            for (index_t e0 = 0; e0 < n; e0 += fused_group) {
+                const int m = static_cast<int>(std::min<index_t>(fused_group, n - e0));
+                for (int k = 0; k < m; ++k) {
+                    xs[k] = X.data() + (e0 + k) * X.outerStride();
+                    ys[k] = Y.data() + (e0 + k) * Y.outerStride();
+                }
+                for (index_t t = 0; t < trees_; ++t) fused_paths(t, m, xs, ys);
+            }
+            return;
+        }
         ws.bits.resize(static_cast<std::size_t>(n));
         for (index_t t = 0; t < trees_; ++t) {
             ws.levels.reset(n);
@@ -267,6 +287,59 @@ private:
                 }
                 if (level < depth_) ws.levels.split(ws.bits.data());
             }
+        }
+    }
+
+    // Width-1 node_sum (UltraFastBERT) takes the fused path below in both forwards; leaf_mlp and
+    // wider nodes keep the level-by-level groups, whose per-node GEMMs it would not speed up.
+    bool fused() const noexcept { return width_ == 1 && variant_ == ff_variant::node_sum; }
+
+    // Examples routed together by fused_paths: their dependent dots are issued side by side, so
+    // one example's load and FMA latencies hide behind the others'.
+    static constexpr int fused_group = 8;
+
+    // Tree t, width-1 node_sum, for examples xs[0..m) (m <= fused_group): ys[k] += sum_j
+    // act(pre_j) V_{p_j} over the path p_0 .. p_D of example k, pre_j = U_{p_j} . x + a_{p_j}.
+    // The whole path is routed first (a node's dot decides its child, so the dots are a
+    // dependent chain); the D+1 output vectors are then summed into y in one pass that holds a
+    // chunk of y in registers, so y is read and written once per tree instead of once per level.
+    // While a level's dots run, both children's U vectors are prefetched (the bit that picks
+    // one is not known yet), and the visited node's V is prefetched to L2 for the final pass.
+    void fused_paths(index_t t, int m, const Scalar* const* xs, Scalar* const* ys) const noexcept {
+        constexpr int levels_max = max_depth + 1;
+        const int levels = depth_ + 1;
+        const auto u_bytes = static_cast<std::size_t>(in_) * sizeof(Scalar);
+        const auto v_bytes = static_cast<std::size_t>(out_) * sizeof(Scalar);
+        std::array<index_t, fused_group> node{};
+        std::array<const Scalar*, fused_group> u;
+        std::array<Scalar, fused_group> pre;
+        std::array<Scalar, fused_group * levels_max> alpha;
+        std::array<const Scalar*, fused_group * levels_max> v;
+        for (int level = 0; level < levels; ++level) {
+            for (int k = 0; k < m; ++k) {
+                const index_t g = unit(t, node[static_cast<std::size_t>(k)]);
+                u[static_cast<std::size_t>(k)] = U_.data() + g * u_stride_;
+                if (level < depth_) {
+                    const index_t c = unit(t, tree::child(node[static_cast<std::size_t>(k)], 0));
+                    detail::prefetch_range(U_.data() + c * u_stride_, u_bytes);
+                    detail::prefetch_range(U_.data() + (c + 1) * u_stride_, u_bytes);
+                }
+            }
+            Policy::dot_many(in_, m, u.data(), xs, pre.data());
+            for (int k = 0; k < m; ++k) {
+                const auto kk = static_cast<std::size_t>(k);
+                const index_t g = unit(t, node[kk]);
+                const Scalar p = pre[kk] + A_.data()[g * a_stride_];
+                const auto at = kk * levels_max + static_cast<std::size_t>(level);
+                alpha[at] = apply(act_, p);
+                v[at] = V_.data() + g * v_stride_;
+                detail::prefetch_range<detail::prefetch_to::l2>(v[at], v_bytes);
+                node[kk] = tree::child(node[kk], tree::gate_bit(p));
+            }
+        }
+        for (int k = 0; k < m; ++k) {
+            const auto at = static_cast<std::size_t>(k) * levels_max;
+            Policy::axpy_many(out_, levels, alpha.data() + at, v.data() + at, ys[k]);
         }
     }
 
@@ -301,8 +374,8 @@ private:
         const Scalar* a = A_.data() + g * a_stride_;
         const Scalar* V = V_.data() + g * v_stride_;
         if (width_ == 1) {
-            // Width-1 nodes: fused dot, activation and axpy per example; the node's two vectors
-            // stay in cache for the whole group.
+            // Width-1 leaf_mlp leaves: dot, activation and axpy per example; the leaf's two
+            // vectors stay in cache for the whole group.
             for (index_t p = r.begin; p < r.end; ++p) {
                 const index_t e = order[p];
                 const Scalar pre = Policy::dot(in_, U, X.data() + e * X.outerStride()) + a[0];
