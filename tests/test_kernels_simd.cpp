@@ -3,6 +3,8 @@
 // unreadable guard page so that a read past the end crashes; then the layers with Policy = avx2.
 #include "test_support.hpp"
 
+#include "kernel_buffers.hpp"
+
 #include <treegate/kernels/avx2.hpp>
 #include <treegate/kernels/native.hpp>
 #include <treegate/layers/tree_feedforward.hpp>
@@ -16,73 +18,12 @@
 #include <type_traits>
 #include <vector>
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#include <unistd.h>
-#endif
-
 using treegate::index_t;
 using treegate::kernels::avx2;
 using treegate::kernels::reference;
 using namespace tg_test;
 
 namespace {
-
-/// n floats whose last one ends exactly where an inaccessible page begins (Linux), so any read
-/// or write past the end faults; elsewhere a plain vector. Unaligned whenever n is not a
-/// multiple of 1024, which also exercises the kernels' unaligned loads.
-class guarded_floats {
-public:
-    explicit guarded_floats(index_t n) : n_(n) {
-#if defined(__linux__)
-        const auto page = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
-        const std::size_t bytes = static_cast<std::size_t>(n) * sizeof(float);
-        const std::size_t pages = (bytes + page - 1) / page;
-        size_ = (pages + 1) * page;
-        void* p = mmap(nullptr, size_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        REQUIRE(p != MAP_FAILED);
-        base_ = static_cast<char*>(p);
-        REQUIRE(mprotect(base_ + pages * page, page, PROT_NONE) == 0);
-        data_ = reinterpret_cast<float*>(base_ + pages * page - bytes);
-#else
-        storage_.resize(static_cast<std::size_t>(n) + 1);
-        data_ = storage_.data();
-#endif
-    }
-    ~guarded_floats() {
-#if defined(__linux__)
-        munmap(base_, size_);
-#endif
-    }
-    guarded_floats(const guarded_floats&) = delete;
-    guarded_floats& operator=(const guarded_floats&) = delete;
-
-    float* data() noexcept { return data_; }
-    index_t size() const noexcept { return n_; }
-    float& operator[](index_t i) noexcept { return data_[i]; }
-
-private:
-    index_t n_;
-    float* data_ = nullptr;
-#if defined(__linux__)
-    char* base_ = nullptr;
-    std::size_t size_ = 0;
-#else
-    std::vector<float> storage_;
-#endif
-};
-
-void fill(guarded_floats& b, std::mt19937& g) {
-    for (index_t i = 0; i < b.size(); ++i) b[i] = static_cast<float>(uniform(g));
-}
-
-/// A column-major rows x cols view of a buffer with leading dimension ld, in double.
-Eigen::MatrixXd to_double(const float* p, index_t rows, index_t cols, index_t ld) {
-    Eigen::MatrixXd m(rows, cols);
-    for (index_t c = 0; c < cols; ++c)
-        for (index_t r = 0; r < rows; ++r) m(r, c) = static_cast<double>(p[r + c * ld]);
-    return m;
-}
 
 /// Sizes: every value 1..17 (all SIMD tails around one and two registers), then random ones up
 /// to 70 and a few up to 300.

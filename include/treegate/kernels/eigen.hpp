@@ -82,6 +82,22 @@ struct eigen {
     static void axpy(index_t n, Scalar alpha, const Scalar* x, Scalar* y) noexcept {
         mvec<Scalar>(y, n) += alpha * cvec<Scalar>(x, n);
     }
+
+    template <class Scalar>
+    static void dot_many(index_t n, int count, const Scalar* const* a, const Scalar* const* b, Scalar* out) noexcept {
+        for (int k = 0; k < count; ++k) out[k] = dot(n, a[k], b[k]);
+    }
+
+    // Blocks of y small enough to stay in L1 while every x[k] is added to them, so y crosses
+    // the memory bus once however large count is.
+    template <class Scalar>
+    static void axpy_many(index_t n, int count, const Scalar* alpha, const Scalar* const* x, Scalar* y) noexcept {
+        constexpr index_t chunk = 1024;
+        for (index_t i0 = 0; i0 < n; i0 += chunk) {
+            const index_t m = n - i0 < chunk ? n - i0 : chunk;
+            for (int k = 0; k < count; ++k) mvec<Scalar>(y + i0, m) += alpha[k] * cvec<Scalar>(x[k] + i0, m);
+        }
+    }
 };
 
 }  // namespace treegate::kernels

@@ -17,6 +17,14 @@ namespace treegate::kernels {
 ///   path_sum(rows, cols, blocks, count, x, y)     y += sum_k blocks[k] * x   (each ld = rows)
 ///   dot(n, a, b) -> Scalar                        sum_i a[i] * b[i]
 ///   axpy(n, alpha, x, y)                          y += alpha * x
+///   dot_many(n, count, a, b, out)                 out[k] = sum_i a[k][i] * b[k][i], k < count
+///                                                 (overwrites out; count independent dots of
+///                                                 length n, 0 <= count <= 16; SIMD policies
+///                                                 interleave them so their latencies overlap)
+///   axpy_many(n, count, alpha, x, y)              y[i] += sum_k alpha[k] * x[k][i], k < count
+///                                                 (0 <= count <= 64; SIMD policies keep a chunk
+///                                                 of y in registers across every k, so y is read
+///                                                 and written once)
 ///
 /// Reduced-precision storage: gemm, gemv and path_sum also take `const bf16*` weights with
 /// `float` inputs and outputs. The weights are widened to float exactly and every product and
@@ -73,6 +81,20 @@ struct reference {
     template <class Scalar>
     static void axpy(index_t n, Scalar alpha, const Scalar* x, Scalar* y) noexcept {
         for (index_t i = 0; i < n; ++i) y[i] += alpha * x[i];
+    }
+
+    template <class Scalar>
+    static void dot_many(index_t n, int count, const Scalar* const* a, const Scalar* const* b, Scalar* out) noexcept {
+        for (int k = 0; k < count; ++k) out[k] = dot(n, a[k], b[k]);
+    }
+
+    template <class Scalar>
+    static void axpy_many(index_t n, int count, const Scalar* alpha, const Scalar* const* x, Scalar* y) noexcept {
+        for (index_t i = 0; i < n; ++i) {
+            Scalar s(0);
+            for (int k = 0; k < count; ++k) s += alpha[k] * x[k][i];
+            y[i] += s;
+        }
     }
 };
 

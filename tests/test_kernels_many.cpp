@@ -1,0 +1,110 @@
+// dot_many and axpy_many of every kernel policy against plain loops in double, over odd lengths
+// (1, 7, 13, 768, 1001, ...) and every count the interface allows, with guard-paged inputs.
+#include "test_support.hpp"
+
+#include "kernel_buffers.hpp"
+
+#include <treegate/kernels/avx2.hpp>
+#include <treegate/kernels/eigen.hpp>
+#include <treegate/kernels/reference.hpp>
+
+#include <cmath>
+#include <limits>
+#include <memory>
+#include <random>
+#include <vector>
+
+using treegate::index_t;
+using namespace tg_test;
+
+namespace {
+
+std::vector<index_t> many_lengths() { return {0, 1, 2, 7, 8, 9, 13, 15, 16, 17, 31, 33, 64, 65, 129, 768, 1001}; }
+
+template <class Scalar>
+using guarded_list = std::vector<std::unique_ptr<guarded<Scalar>>>;
+
+template <class Scalar>
+guarded_list<Scalar> random_vectors(int count, index_t n, std::mt19937& g) {
+    guarded_list<Scalar> v;
+    for (int k = 0; k < count; ++k) {
+        v.push_back(std::make_unique<guarded<Scalar>>(n));
+        fill(*v.back(), g);
+    }
+    return v;
+}
+
+template <class Scalar>
+std::vector<const Scalar*> pointers(const guarded_list<Scalar>& v) {
+    std::vector<const Scalar*> p;
+    for (const auto& b : v) p.push_back(b->data());
+    return p;
+}
+
+/// out[k] = sum_i a[k][i] b[k][i] for count <= 16 dots of length n; out[count..16] untouched.
+template <class Policy, class Scalar>
+void check_dot_many(index_t n, int count, std::mt19937& g) {
+    CAPTURE(Policy::name(), n, count);
+    const auto a = random_vectors<Scalar>(count, n, g), b = random_vectors<Scalar>(count, n, g);
+    const auto pa = pointers(a), pb = pointers(b);
+    std::vector<Scalar> out(17, Scalar(12345));
+    Policy::template dot_many<Scalar>(n, count, pa.data(), pb.data(), out.data());
+    Eigen::MatrixXd got(1, count), want(1, count), scale(1, count);
+    for (int k = 0; k < count; ++k) {
+        double s = 0, t = 0;
+        for (index_t i = 0; i < n; ++i) {
+            const double p = static_cast<double>(pa[static_cast<std::size_t>(k)][i]) *
+                             static_cast<double>(pb[static_cast<std::size_t>(k)][i]);
+            s += p;
+            t += std::abs(p);
+        }
+        want(0, k) = s;
+        scale(0, k) = t;
+        got(0, k) = static_cast<double>(out[static_cast<std::size_t>(k)]);
+    }
+    CHECK(close_report<Scalar>(got, want, scale, static_cast<double>(n)) == "");
+    for (std::size_t k = static_cast<std::size_t>(count); k < out.size(); ++k) CHECK(out[k] == Scalar(12345));
+}
+
+/// y[i] += sum_k alpha[k] x[k][i] for count <= 64 vectors of length n.
+template <class Policy, class Scalar>
+void check_axpy_many(index_t n, int count, std::mt19937& g) {
+    CAPTURE(Policy::name(), n, count);
+    const auto x = random_vectors<Scalar>(count, n, g);
+    const auto px = pointers(x);
+    std::vector<Scalar> alpha(static_cast<std::size_t>(count));
+    for (auto& a : alpha) a = static_cast<Scalar>(uniform(g));
+    guarded<Scalar> y(n);
+    fill(y, g);
+    Eigen::MatrixXd want = to_double(y.data(), n, 1, n), scale = want.cwiseAbs();
+    for (index_t i = 0; i < n; ++i)
+        for (int k = 0; k < count; ++k) {
+            const double p = static_cast<double>(alpha[static_cast<std::size_t>(k)]) *
+                             static_cast<double>(px[static_cast<std::size_t>(k)][i]);
+            want(i, 0) += p;
+            scale(i, 0) += std::abs(p);
+        }
+    Policy::template axpy_many<Scalar>(n, count, alpha.data(), px.data(), y.data());
+    CHECK(close_report<Scalar>(to_double(y.data(), n, 1, n), want, scale, static_cast<double>(count + 1)) == "");
+}
+
+template <class Policy, class Scalar>
+void check_many(std::mt19937& g) {
+    for (index_t n : many_lengths()) {
+        for (int count = 0; count <= 16; ++count) check_dot_many<Policy, Scalar>(n, count, g);
+        for (int count : {0, 1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64})
+            check_axpy_many<Policy, Scalar>(n, count, g);
+    }
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("dot_many and axpy_many match plain loops", "[kernels][many]", float, double) {
+    std::mt19937 g(std::is_same_v<TestType, float> ? 811u : 812u);
+    check_many<treegate::kernels::reference, TestType>(g);
+    check_many<treegate::kernels::eigen, TestType>(g);
+    if (treegate::kernels::cpu_supports_avx2())
+        check_many<treegate::kernels::avx2, TestType>(g);
+    else
+        WARN("this CPU (or build) has no AVX2 + FMA: the avx2 dot_many / axpy_many are not tested");
+}
