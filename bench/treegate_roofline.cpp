@@ -3,7 +3,7 @@
 // time against its roofline and against dense baselines, one `case=...` line per case.
 //
 //   treegate_roofline [--policy auto|eigen|avx2|native] [--quick] [--threads N] [--per-case-limits] [--cpu-time] [--bf16]
-//                     [--json FILE]
+//                     [--json FILE] [--only NAME]
 //
 // --bf16 also runs PS-latency, PS-deep and LO-batch (and their -flat variants) with the weights
 // stored as bf16 (tree_linear_bf16, float activations and accumulation): case names get a
@@ -80,6 +80,7 @@ using clock_type = std::chrono::steady_clock;
 struct options {
     std::string policy = "auto";  // avx2 where the CPU has it, else eigen
     std::string json;             // --json FILE: the same figures as one JSON document
+    std::string only;             // --only NAME: just the cases whose names start with NAME
     bool quick = false;
     bool per_case_limits = false;
     bool bf16 = false;
@@ -985,14 +986,15 @@ template <class P>
 void run_all(const options& o, const machine& m) {
     std::printf("policy=%s threads=%d clock=%s\n", P::name(), g_threads, g_cpu_time ? "thread-cpu-time" : "wall");
     g_report.run.set("policy", P::name());
-    if (g_threads == 1)
-        tree_linear_case<P>({"PS-latency", 512, 512, 8, tree_mode::path_sum, 1}, true, o, m, o.bf16);
-    else
+    auto wanted = [&](const char* name) { return std::string(name).rfind(o.only, 0) == 0; };
+    if (g_threads > 1)
         std::printf("PS-latency skipped: one example per call runs on one thread\n");
-    tree_linear_case<P>({"PS-batch", 512, 512, 6, tree_mode::path_sum, 1024}, true, o, m);
-    tree_linear_case<P>({"PS-deep", 256, 256, 10, tree_mode::path_sum, 256}, true, o, m, o.bf16);
-    fff_case<P>(o, m);
-    tree_linear_case<P>({"LO-batch", 512, 512, 8, tree_mode::leaf_only, 1024}, false, o, m, o.bf16);
+    else if (wanted("PS-latency"))
+        tree_linear_case<P>({"PS-latency", 512, 512, 8, tree_mode::path_sum, 1}, true, o, m, o.bf16);
+    if (wanted("PS-batch")) tree_linear_case<P>({"PS-batch", 512, 512, 6, tree_mode::path_sum, 1024}, true, o, m);
+    if (wanted("PS-deep")) tree_linear_case<P>({"PS-deep", 256, 256, 10, tree_mode::path_sum, 256}, true, o, m, o.bf16);
+    if (wanted("UF-fff")) fff_case<P>(o, m);
+    if (wanted("LO-batch")) tree_linear_case<P>({"LO-batch", 512, 512, 8, tree_mode::leaf_only, 1024}, false, o, m, o.bf16);
 }
 
 /// The CPU's "model name" from /proc/cpuinfo ("unknown" elsewhere).
@@ -1052,6 +1054,8 @@ options parse(int argc, char** argv) {
             o.json = argv[++i];
         } else if (a.rfind("--json=", 0) == 0) {
             o.json = a.substr(7);
+        } else if (a == "--only" && i + 1 < argc) {
+            o.only = argv[++i];
         } else if (a == "--policy" && i + 1 < argc) {
             o.policy = argv[++i];
         } else if (a.rfind("--policy=", 0) == 0) {
@@ -1061,7 +1065,7 @@ options parse(int argc, char** argv) {
         } else if (a.rfind("--threads=", 0) == 0) {
             o.threads = std::atoi(a.c_str() + 10);
         } else if (a == "--help" || a == "-h") {
-            std::printf("usage: treegate_roofline [--policy auto|eigen|avx2|native] [--quick] [--threads N] [--per-case-limits] [--cpu-time] [--bf16] [--json FILE]\n");
+            std::printf("usage: treegate_roofline [--policy auto|eigen|avx2|native] [--quick] [--threads N] [--per-case-limits] [--cpu-time] [--bf16] [--json FILE] [--only NAME]\n");
             std::exit(0);
         } else {
             fail("unknown option '" + a + "' (try --help)");

@@ -6,7 +6,7 @@
 
 #include "../activation.hpp"
 #include "../detail/aligned_buffer.hpp"
-#include "../detail/prefetch.hpp"
+#include "../detail/fused_paths.hpp"
 #include "../detail/random.hpp"
 #include "../kernels/policy.hpp"
 #include "../parallel/executor.hpp"
@@ -187,7 +187,7 @@ public:
         if (fused()) {
             const Scalar* xs[1] = {x.data()};
             Scalar* ys[1] = {y.data()};
-            for (index_t t = 0; t < trees_; ++t) fused_paths(t, 1, xs, ys);
+            for (index_t t = 0; t < trees_; ++t) fused_view(t).forward(1, xs, ys);
             return;
         }
         for (index_t t = 0; t < trees_; ++t) {
@@ -220,6 +220,7 @@ public:
     void forward_batch(const Eigen::Ref<const batch>& X, Eigen::Ref<batch> Y, workspace<Scalar>& ws, Executor&& ex) const {
         detail::check_batch(name, in_, X.rows(), X.cols(), out_, Y.rows(), Y.cols());
         ws.reserve_workers(ex.size());
+        if (fused_sorted(X, Y, ws, ex)) return;
         parallel::for_each_chunk(ex, X.cols(), batch_tile, [&](index_t t0, index_t end, int worker) {
             forward_tile(X.middleCols(t0, end - t0), Y.middleCols(t0, end - t0), ws.worker(worker));
         });
@@ -261,7 +262,7 @@ private:
                     xs[k] = X.data() + (e0 + k) * X.outerStride();
                     ys[k] = Y.data() + (e0 + k) * Y.outerStride();
                 }
-                for (index_t t = 0; t < trees_; ++t) fused_paths(t, m, xs, ys);
+                for (index_t t = 0; t < trees_; ++t) fused_view(t).forward(m, xs, ys);
             }
             return;
         }
@@ -294,54 +295,49 @@ private:
     // wider nodes keep the level-by-level groups, whose per-node GEMMs it would not speed up.
     bool fused() const noexcept { return width_ == 1 && variant_ == ff_variant::node_sum; }
 
-    // Examples routed together by fused_paths: their dependent dots are issued side by side, so
-    // one example's load and FMA latencies hide behind the others'.
-    static constexpr int fused_group = 8;
-
-    // Tree t, width-1 node_sum, for examples xs[0..m) (m <= fused_group): ys[k] += sum_j
-    // act(pre_j) V_{p_j} over the path p_0 .. p_D of example k, pre_j = U_{p_j} . x + a_{p_j}.
-    // The whole path is routed first (a node's dot decides its child, so the dots are a
-    // dependent chain); the D+1 output vectors are then summed into y in one pass that holds a
-    // chunk of y in registers, so y is read and written once per tree instead of once per level.
-    // While a level's dots run, both children's U vectors are prefetched (the bit that picks
-    // one is not known yet), and the visited node's V is prefetched to L2 for the final pass.
-    void fused_paths(index_t t, int m, const Scalar* const* xs, Scalar* const* ys) const noexcept {
-        constexpr int levels_max = max_depth + 1;
-        const int levels = depth_ + 1;
-        const auto u_bytes = static_cast<std::size_t>(in_) * sizeof(Scalar);
-        const auto v_bytes = static_cast<std::size_t>(out_) * sizeof(Scalar);
-        std::array<index_t, fused_group> node{};
-        std::array<const Scalar*, fused_group> u;
-        std::array<Scalar, fused_group> pre;
-        std::array<Scalar, fused_group * levels_max> alpha;
-        std::array<const Scalar*, fused_group * levels_max> v;
-        for (int level = 0; level < levels; ++level) {
-            for (int k = 0; k < m; ++k) {
-                const index_t g = unit(t, node[static_cast<std::size_t>(k)]);
-                u[static_cast<std::size_t>(k)] = U_.data() + g * u_stride_;
-                if (level < depth_) {
-                    const index_t c = unit(t, tree::child(node[static_cast<std::size_t>(k)], 0));
-                    detail::prefetch_range(U_.data() + c * u_stride_, u_bytes);
-                    detail::prefetch_range(U_.data() + (c + 1) * u_stride_, u_bytes);
-                }
-            }
-            Policy::dot_many(in_, m, u.data(), xs, pre.data());
-            for (int k = 0; k < m; ++k) {
-                const auto kk = static_cast<std::size_t>(k);
-                const index_t g = unit(t, node[kk]);
-                const Scalar p = pre[kk] + A_.data()[g * a_stride_];
-                const auto at = kk * levels_max + static_cast<std::size_t>(level);
-                alpha[at] = apply(act_, p);
-                v[at] = V_.data() + g * v_stride_;
-                detail::prefetch_range<detail::prefetch_to::l2>(v[at], v_bytes);
-                node[kk] = tree::child(node[kk], tree::gate_bit(p));
-            }
-        }
-        for (int k = 0; k < m; ++k) {
-            const auto at = static_cast<std::size_t>(k) * levels_max;
-            Policy::axpy_many(out_, levels, alpha.data() + at, v.data() + at, ys[k]);
-        }
+    detail::fused_tree<Scalar, Policy> fused_view(index_t t) const noexcept {
+        const index_t g = unit(t, 0);
+        return {in_,     out_,     depth_,    act_,     U_.data() + g * u_stride_, A_.data() + g * a_stride_,
+                V_.data() + g * v_stride_, u_stride_, a_stride_, v_stride_};
     }
+
+    // The deep levels' weights the sorted batch path keeps in L2 per subtree (a few hundred KiB
+    // leaves room for the top levels and the streamed inputs in a 1-2 MiB L2).
+    static constexpr std::size_t fused_subtree_bytes = std::size_t{512} << 10;
+
+    // Large fused batches (width-1 node_sum, at least 8 examples per subtree): each tree in two
+    // phases (detail::fused_tree::split): the top levels tile by tile, then the subtrees, one
+    // piece per subtree, on the examples sorted by the subtree they reached. Each example's
+    // column of Y is written by one piece only and its result does not depend on the pieces,
+    // so the output is bit-identical for any thread count (and to the tiled path). Returns
+    // false where the tiled path serves instead (small batches, trees whose weights fit).
+    template <class Executor>
+    bool fused_sorted(const Eigen::Ref<const batch>& X, Eigen::Ref<batch> Y, workspace<Scalar>& ws, Executor& ex) const {
+        if (!fused()) return false;
+        const index_t n = X.cols();
+        const int s = fused_view(0).split(fused_subtree_bytes);
+        if (s == 0 || n < (index_t{8} << s)) return false;
+        Scalar* top = ws.c.view(s, n).data();
+        ws.codes.resize(static_cast<std::size_t>(n));
+        for (index_t t = 0; t < trees_; ++t) {
+            const detail::fused_tree<Scalar, Policy> f = fused_view(t);
+            parallel::for_each_chunk(ex, n, batch_tile, [&](index_t b, index_t e, int) {
+                f.route_top(X.data(), X.outerStride(), b, e, s, top, ws.codes.data());
+            });
+            ws.leaves.build(ws.codes.data(), n, s);
+            const Scalar* init = t == 0 && has_output_bias_ ? c_.data() : nullptr;
+            const bool zero = t == 0 && !has_output_bias_;
+            parallel::for_each_chunk(ex, tree::leaf_count(s), 1, [&](index_t k, index_t, int) {
+                const group_range r = ws.leaves.node_range(s, k);
+                f.route_bottom(X.data(), X.outerStride(), Y.data(), Y.outerStride(), ws.leaves.order(), r.begin, r.end, s,
+                               static_cast<leaf_t>(k), top, init, zero);
+            });
+        }
+        return true;
+    }
+
+    // Examples per group of the tiled fused path.
+    static constexpr int fused_group = detail::fused_tree<Scalar, Policy>::group;
 
     // y += V act(U x + a) for one example; returns the bit of the first pre-activation.
     int unit_forward(index_t g, const Scalar* x, Scalar* y) const noexcept {
