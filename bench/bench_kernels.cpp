@@ -1,14 +1,17 @@
 // bench_kernels — Google Benchmark of each kernel-policy function and of the tree_linear layer,
-// for the reference, eigen and avx2 policies, with FLOP/s and bytes/s counters.
+// for the reference, eigen, avx2, avx512 and dispatch policies, with FLOP/s and bytes/s counters.
 //
 //   bench_kernels [--benchmark_filter=...] [--benchmark_format=json]
 //
 // Kernel sizes are chosen on both sides of the caches: a 512 x 512 block (1 MiB, from L2/L3)
-// and a path of 9 such blocks spread over 512 MiB (from memory). avx2 benchmarks are
-// registered only when the CPU has AVX2 and FMA. The `*_bf16` kernels take bf16 weights (float
+// and a path of 9 such blocks spread over 512 MiB (from memory). avx2 and avx512 benchmarks
+// are registered only when the CPU runs them; `dispatch` runs the level it binds to (printed
+// first; TREEGATE_ISA forces one). The `*_bf16` kernels take bf16 weights (float
 // inputs, outputs and accumulation); their bytes/s counts 2 bytes per weight.
 #include <treegate/bf16.hpp>
 #include <treegate/kernels/avx2.hpp>
+#include <treegate/kernels/avx512.hpp>
+#include <treegate/kernels/dispatch.hpp>
 #include <treegate/kernels/eigen.hpp>
 #include <treegate/kernels/reference.hpp>
 #include <treegate/layers/tree_feedforward.hpp>
@@ -17,6 +20,7 @@
 #include <benchmark/benchmark.h>
 
 #include <cstdint>
+#include <cstdio>
 #include <random>
 #include <string>
 #include <vector>
@@ -136,6 +140,30 @@ void bm_dot_axpy(benchmark::State& state) {
     set_counters(state, 4.0 * static_cast<double>(n), 4.0 * static_cast<double>(4 * n));
 }
 
+// dot_many / axpy_many as a fused width-1 node group uses them: `count` dots of length n, then
+// y += the count vectors scaled by the results.
+template <class P>
+void bm_dot_axpy_many(benchmark::State& state) {
+    const index_t n = state.range(0);
+    const int count = static_cast<int>(state.range(1));
+    const matf A = matf::Random(n, count), B = matf::Random(n, count);
+    std::vector<const float*> a, b;
+    for (int k = 0; k < count; ++k) {
+        a.push_back(A.data() + k * n);
+        b.push_back(B.data() + k * n);
+    }
+    std::vector<float> s(static_cast<std::size_t>(count));
+    vecf y = vecf::Zero(n);
+    for (auto _ : state) {
+        P::template dot_many<float>(n, count, a.data(), b.data(), s.data());
+        for (auto& v : s) v *= 1e-6f;
+        P::template axpy_many<float>(n, count, s.data(), b.data(), y.data());
+        benchmark::DoNotOptimize(y.data());
+        benchmark::ClobberMemory();
+    }
+    set_counters(state, 4.0 * static_cast<double>(n * count), 4.0 * static_cast<double>(3 * n * count + 2 * n));
+}
+
 template <class P>
 void bm_tree_linear_batch(benchmark::State& state) {
     const index_t in = state.range(0), batch = state.range(2);
@@ -189,6 +217,7 @@ void register_policy(bool with_reference_sizes_only) {
     for (index_t n : {1, 2, 4, 16, 64}) gemm16->Args({512, 512, n});
     if (!with_reference_sizes_only) gemm16->Args({512, 512, 1024});
     benchmark::RegisterBenchmark(("dot_axpy/" + p).c_str(), bm_dot_axpy<P>)->Arg(768);
+    benchmark::RegisterBenchmark(("dot_axpy_many/" + p).c_str(), bm_dot_axpy_many<P>)->Args({768, 4})->Args({768, 16});
     if (!with_reference_sizes_only) {
         benchmark::RegisterBenchmark(("tree_linear_batch/" + p).c_str(), bm_tree_linear_batch<P>)
             ->Args({512, 6, 1024})
@@ -208,6 +237,11 @@ int main(int argc, char** argv) {
     register_policy<treegate::kernels::reference>(true);
     register_policy<treegate::kernels::eigen>(false);
     if (treegate::kernels::cpu_supports_avx2()) register_policy<treegate::kernels::avx2>(false);
+    if (treegate::kernels::cpu_supports_avx512()) register_policy<treegate::kernels::avx512>(false);
+    // Binding here, outside the timed loops, also reports a bad TREEGATE_ISA as an exception.
+    std::printf("dispatch: %s (best on this CPU: %s)\n", treegate::kernels::to_string(treegate::kernels::active_isa()),
+                treegate::kernels::to_string(treegate::kernels::best_isa()));
+    register_policy<treegate::kernels::dispatch>(false);
     benchmark::RunSpecifiedBenchmarks();
     benchmark::Shutdown();
     return 0;

@@ -5,6 +5,8 @@
 
 #include <treegate/bf16.hpp>
 #include <treegate/kernels/avx2.hpp>
+#include <treegate/kernels/avx512.hpp>
+#include <treegate/kernels/dispatch.hpp>
 #include <treegate/layers/flatten.hpp>
 #include <treegate/layers/tree_linear.hpp>
 #include <treegate/layers/tree_linear_bf16.hpp>
@@ -75,6 +77,11 @@ void for_each_policy(F&& f) {
         f(treegate::kernels::avx2{});
     else
         WARN("this CPU (or build) has no AVX2 + FMA: the avx2 bf16 kernels are not tested");
+    if (treegate::kernels::cpu_supports_avx512())
+        f(treegate::kernels::avx512{});
+    else
+        WARN("this CPU (or build) lacks AVX-512 F/BW/VL/DQ: the avx512 bf16 kernels are not tested");
+    f(treegate::kernels::dispatch{});
 }
 
 }  // namespace

@@ -214,7 +214,7 @@ TEST_CASE("umbrella header and version", "[packaging]") {
     CHECK(treegate::max_depth == 30);
     CHECK(std::string(treegate::kernels::reference::name()) == "reference");
     CHECK(std::string(treegate::kernels::eigen::name()) == "eigen");
-    CHECK(std::is_same_v<treegate::kernels::default_policy, treegate::kernels::eigen>);
+    CHECK(std::is_same_v<treegate::kernels::default_policy, treegate::kernels::dispatch>);
     CHECK(std::string(treegate::to_string(tree_mode::path_sum)) == "path_sum");
     CHECK(std::string(treegate::to_string(tree_mode::leaf_only)) == "leaf_only");
 }

@@ -5,6 +5,8 @@
 #include "kernel_buffers.hpp"
 
 #include <treegate/kernels/avx2.hpp>
+#include <treegate/kernels/avx512.hpp>
+#include <treegate/kernels/dispatch.hpp>
 #include <treegate/kernels/eigen.hpp>
 #include <treegate/kernels/reference.hpp>
 
@@ -107,4 +109,9 @@ TEMPLATE_TEST_CASE("dot_many and axpy_many match plain loops", "[kernels][many]"
         check_many<treegate::kernels::avx2, TestType>(g);
     else
         WARN("this CPU (or build) has no AVX2 + FMA: the avx2 dot_many / axpy_many are not tested");
+    if (treegate::kernels::cpu_supports_avx512())
+        check_many<treegate::kernels::avx512, TestType>(g);
+    else
+        WARN("this CPU (or build) lacks AVX-512 F/BW/VL/DQ: the avx512 dot_many / axpy_many are not tested");
+    check_many<treegate::kernels::dispatch, TestType>(g);
 }

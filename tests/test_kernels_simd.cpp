@@ -1,11 +1,13 @@
-// The `avx2` kernel policy against the `reference` policy run in double (the exact result to
-// the tests' accuracy), over random and odd sizes, with every input placed flush against an
-// unreadable guard page so that a read past the end crashes; then the layers with Policy = avx2.
+// The SIMD kernel policies (avx2, avx512, and dispatch on its bound level) against the `reference` policy run in double (the exact
+// result to the tests' accuracy), over random and odd sizes, with every input placed flush against
+// an unreadable guard page so that a read past the end crashes; then the layers with each policy.
 #include "test_support.hpp"
 
 #include "kernel_buffers.hpp"
 
 #include <treegate/kernels/avx2.hpp>
+#include <treegate/kernels/avx512.hpp>
+#include <treegate/kernels/dispatch.hpp>
 #include <treegate/kernels/native.hpp>
 #include <treegate/layers/tree_feedforward.hpp>
 #include <treegate/layers/tree_linear.hpp>
@@ -13,6 +15,7 @@
 #include <cmath>
 #include <cstddef>
 #include <limits>
+#include <memory>
 #include <cstdint>
 #include <random>
 #include <type_traits>
@@ -20,6 +23,8 @@
 
 using treegate::index_t;
 using treegate::kernels::avx2;
+using treegate::kernels::avx512;
+using treegate::kernels::dispatch;
 using treegate::kernels::reference;
 using namespace tg_test;
 
@@ -37,10 +42,20 @@ std::vector<index_t> test_sizes(std::mt19937& g) {
     return s;
 }
 
-bool skip_without_avx2() {
-    if (treegate::kernels::cpu_supports_avx2()) return false;
-    WARN("this CPU (or build) has no AVX2 + FMA: the avx2 kernel tests are skipped");
-    return true;
+/// True (after saying so) when this CPU or build cannot run policy P's kernels.
+template <class P>
+bool skip_without() {
+    if constexpr (std::is_same_v<P, dispatch>) {
+        return false;  // runs everywhere, on the level it is bound to
+    } else if constexpr (std::is_same_v<P, avx512>) {
+        if (treegate::kernels::cpu_supports_avx512()) return false;
+        WARN("this CPU (or build) lacks AVX-512 F/BW/VL/DQ: the avx512 kernel tests are skipped");
+        return true;
+    } else {
+        if (treegate::kernels::cpu_supports_avx2()) return false;
+        WARN("this CPU (or build) has no AVX2 + FMA: the avx2 kernel tests are skipped");
+        return true;
+    }
 }
 
 /// Y(rows x n, ld ldy) += W(rows x cols, ldw) X(cols x n, ldx) by `Policy`, checked against
@@ -69,10 +84,36 @@ void check_gemm(index_t rows, index_t cols, index_t n, index_t ldw, index_t ldx,
     }
 }
 
+/// The bf16-weight gemm of `Policy` against the exact product of the widened weights (the same
+/// tolerance as the float kernels: cols + 1 float roundings), inputs against guard pages.
+template <class Policy>
+void check_gemm_bf16(index_t rows, index_t cols, index_t n, index_t ldw, index_t ldx, index_t ldy, std::mt19937& g) {
+    CAPTURE(rows, cols, n, ldw, ldx, ldy);
+    guarded<treegate::bf16> W(ldw * (cols - 1) + rows);
+    guarded_floats X(ldx * (n - 1) + cols), Y(ldy * (n - 1) + rows);
+    for (index_t i = 0; i < W.size(); ++i) W[i] = treegate::to_bf16(static_cast<float>(uniform(g)));
+    fill(X, g);
+    fill(Y, g);
+    Eigen::MatrixXd Wd(rows, cols);
+    for (index_t c = 0; c < cols; ++c)
+        for (index_t r = 0; r < rows; ++r) Wd(r, c) = static_cast<double>(treegate::to_float(W[r + c * ldw]));
+    const Eigen::MatrixXd Xd = to_double(X.data(), cols, n, ldx);
+    const Eigen::MatrixXd Y0 = to_double(Y.data(), ldy, n - 1, ldy);
+    Eigen::MatrixXd want = to_double(Y.data(), rows, n, ldy);
+    const Eigen::MatrixXd scale = want.cwiseAbs() + Wd.cwiseAbs() * Xd.cwiseAbs();
+    want += Wd * Xd;
+    Policy::gemm(rows, cols, n, W.data(), ldw, X.data(), ldx, Y.data(), ldy);
+    CHECK(close_report<float>(to_double(Y.data(), rows, n, ldy), want, scale, static_cast<double>(cols + 1)) == "");
+    if (n > 1 && ldy > rows) {
+        const Eigen::MatrixXd after = to_double(Y.data(), ldy, n - 1, ldy);
+        CHECK((after.bottomRows(ldy - rows) - Y0.bottomRows(ldy - rows)).cwiseAbs().maxCoeff() == 0.0);
+    }
+}
+
 }  // namespace
 
-TEST_CASE("avx2 gemv matches the reference policy over odd sizes and strides", "[kernels][avx2]") {
-    if (skip_without_avx2()) return;
+TEMPLATE_TEST_CASE("simd gemv matches the reference policy over odd sizes and strides", "[kernels][simd]", avx2, avx512, dispatch) {
+    if (skip_without<TestType>()) return;
     std::mt19937 g(101);
     const auto sizes = test_sizes(g);
     for (index_t rows : sizes)
@@ -88,17 +129,18 @@ TEST_CASE("avx2 gemv matches the reference policy over odd sizes and strides", "
             Eigen::VectorXd want = to_double(y.data(), rows, 1, rows), scale = want.cwiseAbs();
             reference::gemv<double>(rows, cols, Wd.data(), rows, xd.data(), want.data());
             reference::gemv<double>(rows, cols, Wa.data(), rows, xa.data(), scale.data());
-            avx2::gemv<float>(rows, cols, W.data(), ld, x.data(), y.data());
+            TestType::template gemv<float>(rows, cols, W.data(), ld, x.data(), y.data());
             CHECK(close_report<float>(to_double(y.data(), rows, 1, rows), want, scale, static_cast<double>(cols + 1)) == "");
         }
 }
 
-TEST_CASE("avx2 gemm matches the reference policy for small and large groups", "[kernels][avx2]") {
-    if (skip_without_avx2()) return;
+TEMPLATE_TEST_CASE("simd gemm matches the reference policy for small and large groups", "[kernels][simd]", avx2, avx512, dispatch) {
+    if (skip_without<TestType>()) return;
     std::mt19937 g(202);
-    // Every small-group width (1..4), the packed kernel's column tails (5..13) and larger groups;
-    // rows and cols cover the 16-row panel's tails and the 256-column k-blocking.
-    const index_t ns[] = {1, 2, 3, 4, 5, 6, 7, 8, 11, 12, 13, 37};
+    // Every small-group width (2..16), the packed kernels' column tails (6-wide avx2, 12-wide
+    // avx512: n = 17..29) and several column blocks (37, 61); rows and cols cover the 16- and
+    // 32-row panels' tails and the 256-column k-blocking.
+    const index_t ns[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 23, 29, 37, 61};
     const index_t dims[] = {1, 3, 7, 8, 9, 15, 16, 17, 31, 33, 64, 70};
     for (index_t n : ns)
         for (index_t rows : dims)
@@ -106,18 +148,18 @@ TEST_CASE("avx2 gemm matches the reference policy for small and large groups", "
                 const index_t ldw = rows + uniform_index(g, 0, 5);
                 const index_t ldx = cols + uniform_index(g, 0, 5);
                 const index_t ldy = rows + uniform_index(g, 0, 5);
-                check_gemm<avx2>(rows, cols, n, ldw, ldx, ldy, g);
+                check_gemm<TestType>(rows, cols, n, ldw, ldx, ldy, g);
             }
     for (int i = 0; i < 12; ++i) {
         const index_t rows = uniform_index(g, 1, 300), cols = uniform_index(g, 1, 300), n = uniform_index(g, 1, 40);
-        check_gemm<avx2>(rows, cols, n, rows + uniform_index(g, 0, 3), cols + uniform_index(g, 0, 3),
+        check_gemm<TestType>(rows, cols, n, rows + uniform_index(g, 0, 3), cols + uniform_index(g, 0, 3),
                          rows + uniform_index(g, 0, 3), g);
     }
-    check_gemm<avx2>(300, 290, 20, 300, 290, 300, g);  // more than one k-block
+    check_gemm<TestType>(300, 290, 20, 300, 290, 300, g);  // more than one k-block
 }
 
-TEST_CASE("avx2 path_sum matches the reference policy", "[kernels][avx2]") {
-    if (skip_without_avx2()) return;
+TEMPLATE_TEST_CASE("simd path_sum matches the reference policy", "[kernels][simd]", avx2, avx512, dispatch) {
+    if (skip_without<TestType>()) return;
     std::mt19937 g(303);
     const auto sizes = test_sizes(g);
     for (index_t rows : sizes)
@@ -143,14 +185,14 @@ TEST_CASE("avx2 path_sum matches the reference policy", "[kernels][avx2]") {
                 reference::gemv<double>(rows, cols, Wd.data(), rows, xd.data(), want.data());
                 reference::gemv<double>(rows, cols, Wa.data(), rows, xa.data(), scale.data());
             }
-            avx2::path_sum<float>(rows, cols, blocks.data(), count, x.data(), y.data());
+            TestType::template path_sum<float>(rows, cols, blocks.data(), count, x.data(), y.data());
             CHECK(close_report<float>(to_double(y.data(), rows, 1, rows), want, scale,
                                       static_cast<double>(count * cols + 1)) == "");
         }
 }
 
-TEST_CASE("avx2 dot and axpy match the reference policy", "[kernels][avx2]") {
-    if (skip_without_avx2()) return;
+TEMPLATE_TEST_CASE("simd dot and axpy match the reference policy", "[kernels][simd]", avx2, avx512, dispatch) {
+    if (skip_without<TestType>()) return;
     std::mt19937 g(404);
     std::vector<index_t> ns;
     for (index_t n = 0; n <= 70; ++n) ns.push_back(n);
@@ -166,33 +208,33 @@ TEST_CASE("avx2 dot and axpy match the reference policy", "[kernels][avx2]") {
         Eigen::MatrixXd want(1, 1), scale(1, 1), got(1, 1);
         want(0, 0) = reference::dot<double>(n, ad.data(), bd.data());
         scale(0, 0) = reference::dot<double>(n, aa.data(), ba.data());
-        got(0, 0) = static_cast<double>(avx2::dot<float>(n, a.data(), b.data()));
+        got(0, 0) = static_cast<double>(TestType::template dot<float>(n, a.data(), b.data()));
         CHECK(close_report<float>(got, want, scale, static_cast<double>(n)) == "");
 
         const float alpha = static_cast<float>(uniform(g));
         Eigen::VectorXd yw = to_double(y.data(), n, 1, n), ys = yw.cwiseAbs();
         reference::axpy<double>(n, static_cast<double>(alpha), ad.data(), yw.data());
         reference::axpy<double>(n, std::abs(static_cast<double>(alpha)), aa.data(), ys.data());
-        avx2::axpy<float>(n, alpha, a.data(), y.data());
+        TestType::template axpy<float>(n, alpha, a.data(), y.data());
         CHECK(close_report<float>(to_double(y.data(), n, 1, n), yw, ys, 2.0) == "");
     }
 }
 
-TEST_CASE("avx2 policy forwards double to eigen and native is a known policy", "[kernels][avx2]") {
+TEMPLATE_TEST_CASE("simd policies forward double to eigen and native is a known policy", "[kernels][simd]", avx2, avx512, dispatch) {
     STATIC_REQUIRE(std::is_same_v<treegate::kernels::native, treegate::kernels::avx2> ||
                    std::is_same_v<treegate::kernels::native, treegate::kernels::eigen>);
     // double never reaches the intrinsics, so it runs on any CPU.
     std::mt19937 g(505);
     const Eigen::MatrixXd W = random_matrix<double>(13, 11, g), X = random_matrix<double>(11, 5, g);
     Eigen::MatrixXd Y = Eigen::MatrixXd::Zero(13, 5);
-    avx2::gemm<double>(13, 11, 5, W.data(), 13, X.data(), 11, Y.data(), 13);
+    TestType::template gemm<double>(13, 11, 5, W.data(), 13, X.data(), 11, Y.data(), 13);
     CHECK(((W * X) - Y).cwiseAbs().maxCoeff() <= 1e-13);
-    CHECK(avx2::dot<double>(11, X.data(), X.data() + 11) == Catch::Approx(X.col(0).dot(X.col(1))));
+    CHECK(TestType::template dot<double>(11, X.data(), X.data() + 11) == Catch::Approx(X.col(0).dot(X.col(1))));
 }
 
-TEST_CASE("tree_linear with the avx2 policy matches the oracle", "[kernels][avx2][tree_linear]") {
-    if (skip_without_avx2()) return;
-    using layer_t = treegate::tree_linear<float, treegate::dynamic, treegate::dynamic, treegate::dynamic, avx2>;
+TEMPLATE_TEST_CASE("tree_linear with a simd policy matches the oracle", "[kernels][simd][tree_linear]", avx2, avx512, dispatch) {
+    if (skip_without<TestType>()) return;
+    using layer_t = treegate::tree_linear<float, treegate::dynamic, treegate::dynamic, treegate::dynamic, TestType>;
     const treegate::tree_mode mode = GENERATE(treegate::tree_mode::path_sum, treegate::tree_mode::leaf_only);
     const bool external = GENERATE(false, true);
     CAPTURE(treegate::to_string(mode), external);
@@ -236,10 +278,10 @@ TEST_CASE("tree_linear with the avx2 policy matches the oracle", "[kernels][avx2
     }
 }
 
-TEST_CASE("tree_feedforward with the avx2 policy matches the reference policy", "[kernels][avx2][tree_feedforward]") {
-    if (skip_without_avx2()) return;
+TEMPLATE_TEST_CASE("tree_feedforward with a simd policy matches the reference policy", "[kernels][simd][tree_feedforward]", avx2, avx512, dispatch) {
+    if (skip_without<TestType>()) return;
     using avx_t = treegate::tree_feedforward<float, treegate::dynamic, treegate::dynamic, treegate::dynamic,
-                                             treegate::dynamic, avx2>;
+                                             treegate::dynamic, TestType>;
     using ref_t = treegate::tree_feedforward<float, treegate::dynamic, treegate::dynamic, treegate::dynamic,
                                              treegate::dynamic, reference>;
     const index_t width = GENERATE(index_t{1}, index_t{3}, index_t{17});
@@ -276,4 +318,60 @@ TEST_CASE("tree_feedforward with the avx2 policy matches the reference policy", 
             CHECK((y - Yr.col(e)).cwiseAbs().maxCoeff() <= tol);
         }
     }
+}
+
+TEMPLATE_TEST_CASE("simd bf16-weight gemm, gemv and path_sum match the widened product", "[kernels][simd][bf16]", avx2,
+                   avx512, dispatch) {
+    if (skip_without<TestType>()) return;
+    std::mt19937 g(909);
+    const index_t ns[] = {1, 2, 3, 4, 5, 7, 9, 10, 11, 12, 13, 16, 17, 20, 29, 37};
+    const index_t dims[] = {1, 3, 8, 15, 16, 17, 31, 32, 33, 47, 70};
+    for (index_t n : ns)
+        for (index_t rows : dims)
+            for (index_t cols : dims) {
+                const index_t ldw = rows + (uniform_index(g, 0, 2) == 0 ? 0 : uniform_index(g, 1, 5));
+                check_gemm_bf16<TestType>(rows, cols, n, ldw, cols + uniform_index(g, 0, 3), rows + uniform_index(g, 0, 3), g);
+            }
+    // More rows than the small-group kernels widen at a time (1024), and more than one k-block.
+    check_gemm_bf16<TestType>(1100, 9, 5, 1101, 9, 1100, g);
+    check_gemm_bf16<TestType>(300, 290, 20, 301, 290, 300, g);
+    // gemv with ld > rows, and path_sum over blocks of ld = rows, the last at a guard page.
+    for (index_t rows : dims)
+        for (index_t cols : dims) {
+            CAPTURE(rows, cols);
+            const index_t ld = rows + uniform_index(g, 1, 4);
+            guarded<treegate::bf16> W(ld * (cols - 1) + rows);
+            guarded_floats x(cols), y(rows), z(rows);
+            for (index_t i = 0; i < W.size(); ++i) W[i] = treegate::to_bf16(static_cast<float>(uniform(g)));
+            fill(x, g);
+            fill(y, g);
+            fill(z, g);
+            Eigen::MatrixXd Wd(rows, cols);
+            for (index_t c = 0; c < cols; ++c)
+                for (index_t r = 0; r < rows; ++r) Wd(r, c) = static_cast<double>(treegate::to_float(W[r + c * ld]));
+            const Eigen::MatrixXd xd = to_double(x.data(), cols, 1, cols);
+            Eigen::MatrixXd want = to_double(y.data(), rows, 1, rows);
+            const Eigen::MatrixXd scale = want.cwiseAbs() + Wd.cwiseAbs() * xd.cwiseAbs();
+            want += Wd * xd;
+            TestType::gemv(rows, cols, W.data(), ld, x.data(), y.data());
+            CHECK(close_report<float>(to_double(y.data(), rows, 1, rows), want, scale, static_cast<double>(cols + 1)) == "");
+
+            const int count = static_cast<int>(uniform_index(g, 1, 5));
+            std::vector<std::unique_ptr<guarded<treegate::bf16>>> blocks;
+            std::vector<const treegate::bf16*> ptrs;
+            Eigen::MatrixXd pwant = to_double(z.data(), rows, 1, rows), pscale = pwant.cwiseAbs();
+            for (int k = 0; k < count; ++k) {
+                blocks.push_back(std::make_unique<guarded<treegate::bf16>>(rows * cols));
+                auto& b = *blocks.back();
+                for (index_t i = 0; i < b.size(); ++i) b[i] = treegate::to_bf16(static_cast<float>(uniform(g)));
+                ptrs.push_back(b.data());
+                Eigen::MatrixXd Bw(rows, cols);
+                for (index_t i = 0; i < rows * cols; ++i) Bw(i % rows, i / rows) = static_cast<double>(treegate::to_float(b[i]));
+                pwant += Bw * xd;
+                pscale += Bw.cwiseAbs() * xd.cwiseAbs();
+            }
+            TestType::path_sum(rows, cols, ptrs.data(), count, x.data(), z.data());
+            CHECK(close_report<float>(to_double(z.data(), rows, 1, rows), pwant, pscale, static_cast<double>(count * cols + 1)) ==
+                  "");
+        }
 }

@@ -4,6 +4,8 @@
 #include "test_support.hpp"
 
 #include <treegate/kernels/avx2.hpp>
+#include <treegate/kernels/avx512.hpp>
+#include <treegate/kernels/dispatch.hpp>
 #include <treegate/layers/tree_linear_bf16.hpp>
 #include <treegate/parallel/thread_pool.hpp>
 #include <treegate/treegate.hpp>
@@ -117,6 +119,8 @@ TEST_CASE("threaded tree_linear is bit-identical to the serial batch for any thr
     check_tree_linear_threads<treegate::kernels::reference>(g);
     check_tree_linear_threads<treegate::kernels::eigen>(g);
     if (treegate::kernels::cpu_supports_avx2()) check_tree_linear_threads<treegate::kernels::avx2>(g);
+    if (treegate::kernels::cpu_supports_avx512()) check_tree_linear_threads<treegate::kernels::avx512>(g);
+    check_tree_linear_threads<treegate::kernels::dispatch>(g);
 }
 
 TEST_CASE("threaded tree_linear is close to the reference oracle and handles empty batches", "[parallel]") {

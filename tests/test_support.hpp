@@ -43,8 +43,11 @@ struct sp {
     using scalar = Scalar;
     using policy = Policy;
 };
+/// `dispatch` runs on every CPU (on the level it is bound to); avx2 and avx512 are not listed
+/// because they need a CPU check first (test_kernels_simd.cpp runs the layers with them).
 using scalar_policy_list = std::tuple<sp<float, treegate::kernels::reference>, sp<float, treegate::kernels::eigen>,
-                                      sp<double, treegate::kernels::reference>, sp<double, treegate::kernels::eigen>>;
+                                      sp<float, treegate::kernels::dispatch>, sp<double, treegate::kernels::reference>,
+                                      sp<double, treegate::kernels::eigen>, sp<double, treegate::kernels::dispatch>>;
 
 // ---- random data from explicit seeds (runs are identical) --------------------------------------
 

@@ -39,6 +39,7 @@
 #include "../config.hpp"
 #include "cpu_features.hpp"
 #include "eigen.hpp"
+#include "simd_policy.hpp"
 #include "x86/avx2_gemm.hpp"
 #include "x86/avx2_gemv.hpp"
 #include "x86/avx2_vector.hpp"
@@ -58,110 +59,44 @@ inline bool cpu_supports_avx2() noexcept {
 #endif
 }
 
-/// AVX2 + FMA kernels for `float` (same interface as `reference`, see kernels/reference.hpp);
-/// other scalars, and builds without the kernels (not x86-64, not GCC/Clang), use `eigen`.
-/// Only call it where cpu_supports_avx2() is true.
-struct avx2 {
-    static constexpr const char* name() noexcept { return "avx2"; }
+namespace detail {
 
-    template <class Scalar>
-    static void gemm(index_t rows, index_t cols, index_t n, const Scalar* W, index_t ldw, const Scalar* X, index_t ldx,
-                     Scalar* Y, index_t ldy) noexcept {
+/// The avx2 kernels as float_simd_policy wants them (kernels/simd_policy.hpp).
+struct avx2_float_kernels {
+    static constexpr bool available = TREEGATE_DETAIL_AVX2_KERNELS != 0;
 #if TREEGATE_DETAIL_AVX2_KERNELS
-        if constexpr (std::is_same_v<Scalar, float>)
-            detail::avx2_kernels::gemm(rows, cols, n, W, ldw, X, ldx, Y, ldy);
-        else
-#endif
-            eigen::gemm(rows, cols, n, W, ldw, X, ldx, Y, ldy);
-    }
-
-    template <class Scalar>
-    static void gemv(index_t rows, index_t cols, const Scalar* W, index_t ldw, const Scalar* x, Scalar* y) noexcept {
-#if TREEGATE_DETAIL_AVX2_KERNELS
-        if constexpr (std::is_same_v<Scalar, float>)
-            detail::avx2_kernels::gemv(rows, cols, W, ldw, x, y);
-        else
-#endif
-            eigen::gemv(rows, cols, W, ldw, x, y);
-    }
-
-    template <class Scalar>
-    static void path_sum(index_t rows, index_t cols, const Scalar* const* blocks, int count, const Scalar* x,
-                         Scalar* y) noexcept {
-#if TREEGATE_DETAIL_AVX2_KERNELS
-        if constexpr (std::is_same_v<Scalar, float>)
-            detail::avx2_kernels::path_sum(rows, cols, blocks, count, x, y);
-        else
-#endif
-            eigen::path_sum(rows, cols, blocks, count, x, y);
-    }
-
-    // bf16 weights, float inputs and outputs (see kernels/reference.hpp): widened in registers,
-    // products and sums in float. Without the kernels (not x86-64 GCC/Clang), eigen's versions.
-    static void gemm(index_t rows, index_t cols, index_t n, const bf16* W, index_t ldw, const float* X, index_t ldx,
+    template <class T>
+    static void gemm(index_t rows, index_t cols, index_t n, const T* W, index_t ldw, const float* X, index_t ldx,
                      float* Y, index_t ldy) noexcept {
-#if TREEGATE_DETAIL_AVX2_KERNELS
-        detail::avx2_kernels::gemm(rows, cols, n, W, ldw, X, ldx, Y, ldy);
-#else
-        eigen::gemm(rows, cols, n, W, ldw, X, ldx, Y, ldy);
-#endif
+        avx2_kernels::gemm(rows, cols, n, W, ldw, X, ldx, Y, ldy);
     }
-
-    static void gemv(index_t rows, index_t cols, const bf16* W, index_t ldw, const float* x, float* y) noexcept {
-#if TREEGATE_DETAIL_AVX2_KERNELS
-        detail::avx2_kernels::gemv(rows, cols, W, ldw, x, y);
-#else
-        eigen::gemv(rows, cols, W, ldw, x, y);
-#endif
+    template <class T>
+    static void gemv(index_t rows, index_t cols, const T* W, index_t ldw, const float* x, float* y) noexcept {
+        avx2_kernels::gemv(rows, cols, W, ldw, x, y);
     }
-
-    static void path_sum(index_t rows, index_t cols, const bf16* const* blocks, int count, const float* x,
+    template <class T>
+    static void path_sum(index_t rows, index_t cols, const T* const* blocks, int count, const float* x,
                          float* y) noexcept {
-#if TREEGATE_DETAIL_AVX2_KERNELS
-        detail::avx2_kernels::path_sum(rows, cols, blocks, count, x, y);
-#else
-        eigen::path_sum(rows, cols, blocks, count, x, y);
-#endif
+        avx2_kernels::path_sum(rows, cols, blocks, count, x, y);
     }
+    static float dot(index_t n, const float* a, const float* b) noexcept { return avx2_kernels::dot(n, a, b); }
+    static void axpy(index_t n, float alpha, const float* x, float* y) noexcept { avx2_kernels::axpy(n, alpha, x, y); }
+    static void dot_many(index_t n, int count, const float* const* a, const float* const* b, float* out) noexcept {
+        avx2_kernels::dot_many(n, count, a, b, out);
+    }
+    static void axpy_many(index_t n, int count, const float* alpha, const float* const* x, float* y) noexcept {
+        avx2_kernels::axpy_many(n, count, alpha, x, y);
+    }
+#endif
+};
 
-    template <class Scalar>
-    static Scalar dot(index_t n, const Scalar* a, const Scalar* b) noexcept {
-#if TREEGATE_DETAIL_AVX2_KERNELS
-        if constexpr (std::is_same_v<Scalar, float>)
-            return detail::avx2_kernels::dot(n, a, b);
-        else
-#endif
-            return eigen::dot(n, a, b);
-    }
+}  // namespace detail
 
-    template <class Scalar>
-    static void axpy(index_t n, Scalar alpha, const Scalar* x, Scalar* y) noexcept {
-#if TREEGATE_DETAIL_AVX2_KERNELS
-        if constexpr (std::is_same_v<Scalar, float>)
-            detail::avx2_kernels::axpy(n, alpha, x, y);
-        else
-#endif
-            eigen::axpy(n, alpha, x, y);
-    }
-    template <class Scalar>
-    static void dot_many(index_t n, int count, const Scalar* const* a, const Scalar* const* b, Scalar* out) noexcept {
-#if TREEGATE_DETAIL_AVX2_KERNELS
-        if constexpr (std::is_same_v<Scalar, float>)
-            detail::avx2_kernels::dot_many(n, count, a, b, out);
-        else
-#endif
-            eigen::dot_many(n, count, a, b, out);
-    }
-
-    template <class Scalar>
-    static void axpy_many(index_t n, int count, const Scalar* alpha, const Scalar* const* x, Scalar* y) noexcept {
-#if TREEGATE_DETAIL_AVX2_KERNELS
-        if constexpr (std::is_same_v<Scalar, float>)
-            detail::avx2_kernels::axpy_many(n, count, alpha, x, y);
-        else
-#endif
-            eigen::axpy_many(n, count, alpha, x, y);
-    }
+/// AVX2 + FMA kernels for `float` and bf16 weights (same interface as `reference`, see
+/// kernels/reference.hpp); other scalars, and builds without the kernels (not x86-64, not
+/// GCC/Clang), use `eigen`. Only call it where cpu_supports_avx2() is true.
+struct avx2 : detail::float_simd_policy<detail::avx2_float_kernels> {
+    static constexpr const char* name() noexcept { return "avx2"; }
 };
 
 }  // namespace treegate::kernels

@@ -3,13 +3,15 @@
 #ifndef TREEGATE_KERNELS_POLICY_HPP
 #define TREEGATE_KERNELS_POLICY_HPP
 
+#include "dispatch.hpp"
 #include "eigen.hpp"
 #include "reference.hpp"
 
 namespace treegate::kernels {
 
-/// The policy layers use unless told otherwise.
-using default_policy = eigen;
+/// The policy layers use unless told otherwise: the best kernels this CPU runs, chosen once
+/// per process (kernels/dispatch.hpp; TREEGATE_ISA overrides the choice).
+using default_policy = dispatch;
 
 }  // namespace treegate::kernels
 
