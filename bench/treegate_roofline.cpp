@@ -2,7 +2,7 @@
 // standard cases of the README's "Benchmarks" section (plus the flattened path_sum cases) and prints each one's
 // time against its roofline and against dense baselines, one `case=...` line per case.
 //
-//   treegate_roofline [--policy auto|eigen|avx2|native] [--quick] [--threads N] [--per-case-limits] [--cpu-time] [--bf16]
+//   treegate_roofline [--policy auto|eigen|avx2|avx512|dispatch|native] [--quick] [--threads N] [--per-case-limits] [--cpu-time] [--bf16]
 //                     [--json FILE] [--only NAME]
 //
 // --bf16 also runs PS-latency, PS-deep and LO-batch (and their -flat variants) with the weights
@@ -25,6 +25,8 @@
 // the peak, N readers of disjoint parts of the buffer for the bandwidth; the dense baselines
 // split their columns over the same pool.
 #include <treegate/kernels/avx2.hpp>
+#include <treegate/kernels/avx512.hpp>
+#include <treegate/kernels/dispatch.hpp>
 #include <treegate/kernels/eigen.hpp>
 #include <treegate/kernels/native.hpp>
 #include <treegate/kernels/reference.hpp>
@@ -78,7 +80,7 @@ using vecf = Eigen::VectorXf;
 using clock_type = std::chrono::steady_clock;
 
 struct options {
-    std::string policy = "auto";  // avx2 where the CPU has it, else eigen
+    std::string policy = "auto";  // dispatch: the widest ISA this CPU runs (or TREEGATE_ISA)
     std::string json;             // --json FILE: the same figures as one JSON document
     std::string only;             // --only NAME: just the cases whose names start with NAME
     bool quick = false;
@@ -269,6 +271,8 @@ const std::vector<gemm_impl>& gemm_impls() {
     static const std::vector<gemm_impl> impls = [] {
         std::vector<gemm_impl> v{{"eigen", &gemm_eigen}};
         if (treegate::kernels::cpu_supports_avx2()) v.push_back({"avx2", &gemm_policy<treegate::kernels::avx2>});
+        if (treegate::kernels::cpu_supports_avx512()) v.push_back({"avx512", &gemm_policy<treegate::kernels::avx512>});
+        v.push_back({"dispatch", &gemm_policy<treegate::kernels::dispatch>});
         return v;
     }();
     return impls;
@@ -1010,7 +1014,7 @@ std::string cpu_model() {
 }
 
 /// The widest instruction set the kernels use on this CPU.
-const char* active_isa() { return treegate::kernels::cpu_supports_avx2() ? "avx2+fma" : "sse2 (eigen)"; }
+const char* active_isa() { return treegate::kernels::to_string(treegate::kernels::active_isa()); }
 
 #if TREEGATE_ROOFLINE_JSON
 nlohmann::json to_json(const record& r) {
@@ -1065,15 +1069,16 @@ options parse(int argc, char** argv) {
         } else if (a.rfind("--threads=", 0) == 0) {
             o.threads = std::atoi(a.c_str() + 10);
         } else if (a == "--help" || a == "-h") {
-            std::printf("usage: treegate_roofline [--policy auto|eigen|avx2|native] [--quick] [--threads N] [--per-case-limits] [--cpu-time] [--bf16] [--json FILE] [--only NAME]\n");
+            std::printf("usage: treegate_roofline [--policy auto|eigen|avx2|avx512|dispatch|native] [--quick] [--threads N] [--per-case-limits] [--cpu-time] [--bf16] [--json FILE] [--only NAME]\n");
             std::exit(0);
         } else {
             fail("unknown option '" + a + "' (try --help)");
         }
     }
-    if (o.policy != "auto" && o.policy != "eigen" && o.policy != "avx2" && o.policy != "native")
-        fail("--policy must be auto, eigen, avx2 or native");
-    if (o.policy == "auto") o.policy = treegate::kernels::cpu_supports_avx2() ? "avx2" : "eigen";
+    if (o.policy != "auto" && o.policy != "eigen" && o.policy != "avx2" && o.policy != "avx512" && o.policy != "dispatch" &&
+        o.policy != "native")
+        fail("--policy must be auto, eigen, avx2, avx512, dispatch or native");
+    if (o.policy == "auto") o.policy = "dispatch";
     if (o.threads < 1) fail("--threads must be at least 1");
     return o;
 }
@@ -1092,6 +1097,8 @@ int main(int argc, char** argv) {
         std::printf("threads=%d: batched cases on a pool of %d threads\n", o.threads, o.threads);
     }
     if (o.policy == "avx2" && !treegate::kernels::cpu_supports_avx2()) fail("--policy avx2: this CPU or build has no AVX2+FMA");
+    if (o.policy == "avx512" && !treegate::kernels::cpu_supports_avx512())
+        fail("--policy avx512: this CPU or build has no AVX-512 F/BW/VL/DQ");
 #if !TREEGATE_ROOFLINE_JSON
     if (!o.json.empty()) fail("--json: this build has no nlohmann_json (Debian: nlohmann-json3-dev)");
 #endif
@@ -1105,6 +1112,10 @@ int main(int argc, char** argv) {
         run_all<treegate::kernels::eigen>(o, m);
     else if (o.policy == "avx2")
         run_all<treegate::kernels::avx2>(o, m);
+    else if (o.policy == "avx512")
+        run_all<treegate::kernels::avx512>(o, m);
+    else if (o.policy == "dispatch")
+        run_all<treegate::kernels::dispatch>(o, m);
     else
         run_all<treegate::kernels::native>(o, m);
     std::printf("end of run:\n");

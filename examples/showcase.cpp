@@ -2,6 +2,8 @@
 // Builds tree layers and dense layers of equal parameter count, runs them, and prints the
 // capacity-to-computation ratio (parameters / MACs per example) next to measured timings.
 #include <treegate/kernels/avx2.hpp>
+#include <treegate/kernels/avx512.hpp>
+#include <treegate/kernels/dispatch.hpp>
 #include <treegate/treegate.hpp>
 
 #include <algorithm>
@@ -56,6 +58,8 @@ fastest fastest_policy(double flops, F&& time_with) {
     };
     one(treegate::kernels::eigen{});
     if (treegate::kernels::cpu_supports_avx2()) one(treegate::kernels::avx2{});
+    if (treegate::kernels::cpu_supports_avx512()) one(treegate::kernels::avx512{});
+    one(treegate::kernels::dispatch{});
     best.rates += " GFLOP/s, fastest " + best.by;
     return best;
 }
@@ -87,7 +91,7 @@ int main() {
                 treegate::version_string());
     std::printf("cpu: %s; isa: %s; tree layers on the default policy (%s); each dense baseline on the fastest "
                 "policy for its shape\n",
-                cpu_model().c_str(), treegate::kernels::cpu_supports_avx2() ? "avx2+fma" : "sse2",
+                cpu_model().c_str(), treegate::kernels::to_string(treegate::kernels::active_isa()),
                 treegate::kernels::default_policy::name());
 
     // 1. The paper's layer: a tree of 512 x 512 blocks selected by 6 sign bits of the input.
