@@ -10,8 +10,8 @@
 // `-bf16` suffix, the roofline counts 2 bytes per weight, and `speedup_vs_float` is the median,
 // over alternating passes of the float and the bf16 layer on the same inputs, of the float
 // pass's time over the following bf16 pass's time (pairing cancels most of the drift of a
-// shared machine, which sequential medians of the two cases do not). This machine has AVX2 but no
-// AVX-512, so the bf16 kernels widen in registers (no AVX-512 BF16 dot products).
+// shared machine, which sequential medians of the two cases do not). The bf16 kernels widen the
+// weights to float in registers (no AVX-512 BF16 dot products, which would round the inputs too).
 //
 // The limits (GEMM peak, read bandwidth) are measured at start-up and, as a drift check, again
 // at the end. On a shared machine whose load changes during the run, --per-case-limits measures
