@@ -10,9 +10,9 @@
 // avx2 and avx512, whose double calls forward there anyway); other scalars to eigen.
 //
 // A TREEGATE_ISA value that is unknown, or names a level the CPU lacks, is a config_error.
-// The kernels are noexcept, so an error there would end the program (std::terminate, with the
-// message): code that must see it as an exception calls active_isa() or prepare<Policy>()
-// first; the layers do so in their constructors.
+// The kernels are noexcept, so an error met first inside one ends the program (the message on
+// stderr, then std::terminate): code that must see it as an exception calls active_isa() or
+// prepare<Policy>() first; the layers do so in their constructors.
 #ifndef TREEGATE_KERNELS_DISPATCH_HPP
 #define TREEGATE_KERNELS_DISPATCH_HPP
 
@@ -26,8 +26,10 @@
 #include "reference.hpp"
 
 #include <atomic>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <string>
 #include <type_traits>
 
@@ -159,9 +161,20 @@ inline const dispatch_table& bind_table() {
     return bound;
 }
 
+/// bind_table() for the noexcept kernels: a bad TREEGATE_ISA ends the program, after printing
+/// why (an exception leaving a noexcept function would end it without the message).
+inline const dispatch_table& bind_table_or_terminate() noexcept {
+    try {
+        return bind_table();
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "%s (call treegate::kernels::active_isa() first to get this as an exception)\n", e.what());
+        std::terminate();
+    }
+}
+
 inline const dispatch_table& table() noexcept {
     const dispatch_table* t = active_table.load(std::memory_order_acquire);
-    return t != nullptr ? *t : bind_table();
+    return t != nullptr ? *t : bind_table_or_terminate();
 }
 
 template <class S>

@@ -4,6 +4,7 @@
 #define TREEGATE_KERNELS_X86_AVX2_GEMV_HPP
 
 #include "avx2_vector.hpp"
+#include "stream_plan.hpp"
 
 #if TREEGATE_DETAIL_AVX2_KERNELS
 
@@ -97,20 +98,11 @@ TREEGATE_DETAIL_AVX2_TARGET inline void path_sum(index_t rows, index_t cols, con
                                                  const float* x, float* y) noexcept {
     if (rows <= 0 || cols <= 0) return;
     const index_t full = cols - cols % 4;
-    const index_t block_bytes = rows * cols * static_cast<index_t>(sizeof(T));
     const auto dist = static_cast<index_t>(path_prefetch_bytes);
     for (int k = 0; k < count; ++k) {
         const T* W = blocks[k];
-        const auto here = reinterpret_cast<std::uintptr_t>(W);
-        const std::uintptr_t next = k + 1 < count ? reinterpret_cast<std::uintptr_t>(blocks[k + 1]) : here;
-        for (index_t c = 0; c < full; c += 4) {
-            // The panel's prefetch stream covers [start, start + 16 rows) bytes of the stream.
-            const index_t start = c * rows * static_cast<index_t>(sizeof(T)) + dist;
-            const std::uintptr_t pf = start < block_bytes ? here + static_cast<std::uintptr_t>(start)
-                                      : k + 1 < count   ? next + static_cast<std::uintptr_t>(start - block_bytes)
-                                                        : here;
-            panel4<true>(rows, W + c * rows, rows, x + c, y, pf);
-        }
+        for (index_t c = 0; c < full; c += 4)
+            panel4<true>(rows, W + c * rows, rows, x + c, y, path_prefetch_address(blocks, k, count, c, rows, cols, dist));
         for (index_t c = full; c < cols; ++c) panel1(rows, W + c * rows, x[c], y);
     }
 }

@@ -104,16 +104,8 @@ TREEGATE_DETAIL_AVX512_TARGET inline void gemm_packed(index_t rows, index_t cols
         const index_t kc = cols - k0 < gemm_kc ? cols - k0 : gemm_kc;
         for (index_t r0 = 0; r0 < rows; r0 += gemm_mr) {
             const index_t mr = rows - r0 < gemm_mr ? rows - r0 : gemm_mr;
-            std::uintptr_t next = 0;
-            index_t next_kc = 0;
-            if (r0 + gemm_mr < rows) {
-                next = reinterpret_cast<std::uintptr_t>(W + r0 + gemm_mr + k0 * ldw);
-                next_kc = kc;
-            } else if (k0 + kc < cols) {
-                next = reinterpret_cast<std::uintptr_t>(W + (k0 + kc) * ldw);
-                next_kc = cols - k0 - kc < gemm_kc ? cols - k0 - kc : gemm_kc;
-            }
-            pack_panel(mr, kc, W + r0 + k0 * ldw, ldw, panel, next, next_kc);
+            const next_panel next = next_panel_after(W, ldw, rows, cols, r0, k0, kc, gemm_mr, gemm_kc);
+            pack_panel(mr, kc, W + r0 + k0 * ldw, ldw, panel, next.address, next.cols);
             const float* Xk = X + k0;
             float* Yr = Y + r0;
             index_t j = 0;

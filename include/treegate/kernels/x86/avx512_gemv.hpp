@@ -4,6 +4,7 @@
 #define TREEGATE_KERNELS_X86_AVX512_GEMV_HPP
 
 #include "avx512_vector.hpp"
+#include "stream_plan.hpp"
 
 #if TREEGATE_DETAIL_AVX512_KERNELS
 
@@ -83,20 +84,29 @@ TREEGATE_DETAIL_AVX512_TARGET inline void path_sum(index_t rows, index_t cols, c
                                                    const float* x, float* y) noexcept {
     if (rows <= 0 || cols <= 0) return;
     const index_t full = cols - cols % 4;
-    const index_t block_bytes = rows * cols * static_cast<index_t>(sizeof(T));
     const auto dist = static_cast<index_t>(path_prefetch_bytes);
     for (int k = 0; k < count; ++k) {
         const T* W = blocks[k];
-        const auto here = reinterpret_cast<std::uintptr_t>(W);
-        const std::uintptr_t next = k + 1 < count ? reinterpret_cast<std::uintptr_t>(blocks[k + 1]) : here;
-        for (index_t c = 0; c < full; c += 4) {
-            const index_t start = c * rows * static_cast<index_t>(sizeof(T)) + dist;
-            const std::uintptr_t pf = start < block_bytes ? here + static_cast<std::uintptr_t>(start)
-                                      : k + 1 < count   ? next + static_cast<std::uintptr_t>(start - block_bytes)
-                                                        : here;
-            panel4<true>(rows, W + c * rows, rows, x + c, y, pf);
-        }
+        for (index_t c = 0; c < full; c += 4)
+            panel4<true>(rows, W + c * rows, rows, x + c, y, path_prefetch_address(blocks, k, count, c, rows, cols, dist));
         for (index_t c = full; c < cols; ++c) panel1(rows, W + c * rows, x[c], y);
+    }
+}
+
+// Rows r .. r + 16 (the lanes of m) of Y(:, 0:J) += W(:, 0:4) X(0:4, 0:J), the inputs p broadcast.
+template <int J, class T>
+TREEGATE_DETAIL_AVX512_TARGET inline void sweep_rows(const T* const* w, const __m512 (*p)[4], float* y, index_t ldy,
+                                                     index_t r, __mmask16 m) noexcept {
+    __m512 a[4];
+    TREEGATE_DETAIL_UNROLL
+    for (int i = 0; i < 4; ++i) a[i] = load_part(w[i] + r, m);
+    TREEGATE_DETAIL_UNROLL
+    for (int j = 0; j < J; ++j) {
+        float* yj = y + j * ldy + r;
+        __m512 s = _mm512_fmadd_ps(a[0], p[j][0], _mm512_maskz_loadu_ps(m, yj));
+        s = _mm512_fmadd_ps(a[1], p[j][1], s);
+        s = _mm512_fmadd_ps(a[2], p[j][2], s);
+        _mm512_mask_storeu_ps(yj, m, _mm512_fmadd_ps(a[3], p[j][3], s));
     }
 }
 
@@ -117,7 +127,8 @@ TREEGATE_DETAIL_AVX512_TARGET inline void sweep4(index_t rows, const T* w0, inde
         TREEGATE_DETAIL_UNROLL
         for (int i = 0; i < 4; ++i) p[j][i] = _mm512_set1_ps(x[j * ldx + i]);
     }
-    for (index_t r = 0; r < rows; r += 16) {
+    index_t r = 0;
+    for (; r + 16 <= rows; r += 16) {
         if constexpr (Prefetch) {
             if ((r & (line_rows - 1)) == 0) {
                 const std::uintptr_t at = pf0 + static_cast<std::uintptr_t>(r) * sizeof(T);
@@ -127,31 +138,27 @@ TREEGATE_DETAIL_AVX512_TARGET inline void sweep4(index_t rows, const T* w0, inde
                 prefetch_line(at + 3 * pstep);
             }
         }
-        const __mmask16 m = mask16(rows - r < 16 ? rows - r : 16);
-        __m512 a[4];
-        TREEGATE_DETAIL_UNROLL
-        for (int i = 0; i < 4; ++i) a[i] = load_part(w[i] + r, m);
-        TREEGATE_DETAIL_UNROLL
-        for (int j = 0; j < J; ++j) {
-            float* yj = y + j * ldy + r;
-            __m512 s = _mm512_fmadd_ps(a[0], p[j][0], _mm512_maskz_loadu_ps(m, yj));
-            s = _mm512_fmadd_ps(a[1], p[j][1], s);
-            s = _mm512_fmadd_ps(a[2], p[j][2], s);
-            _mm512_mask_storeu_ps(yj, m, _mm512_fmadd_ps(a[3], p[j][3], s));
-        }
+        sweep_rows<J>(w, p, y, ldy, r, all16);
     }
+    if (r < rows) sweep_rows<J>(w, p, y, ldy, r, mask16(rows - r));
 }
 
 // The sweeps of one strip of four weight columns over all n group columns, four at a time; the
-// first (with Prefetch) streams the strip from memory, the others read it from L1.
+// first (with Prefetch, while columns `ahead` further on exist) streams the strip from memory
+// and requests the next strips, the others read it from L1.
 template <bool Prefetch, class T>
 TREEGATE_DETAIL_AVX512_TARGET inline void sweep_group(index_t rows, const T* w, index_t ldw, index_t n, const float* X,
                                                       index_t ldx, float* Y, index_t ldy, index_t ahead) noexcept {
     index_t j = 0;
     if constexpr (Prefetch) {
-        if (ahead > 0 && n >= 4) {
-            sweep4<4, true>(rows, w, ldw, X, ldx, Y, ldy, ahead);
-            j = 4;
+        if (ahead > 0) {
+            j = n < 4 ? n : 4;
+            switch (j) {
+                case 1: sweep4<1, true>(rows, w, ldw, X, ldx, Y, ldy, ahead); break;
+                case 2: sweep4<2, true>(rows, w, ldw, X, ldx, Y, ldy, ahead); break;
+                case 3: sweep4<3, true>(rows, w, ldw, X, ldx, Y, ldy, ahead); break;
+                default: sweep4<4, true>(rows, w, ldw, X, ldx, Y, ldy, ahead); break;
+            }
         }
     }
     for (; j + 4 <= n; j += 4) sweep4<4>(rows, w, ldw, X + j * ldx, ldx, Y + j * ldy, ldy);

@@ -1,0 +1,52 @@
+// treegate/kernels/x86/stream_plan.hpp — the address arithmetic the avx2 and avx512 kernels share.
+// Which lines to prefetch next in a path's block stream and which GEMM panel to pack next; no intrinsics.
+#ifndef TREEGATE_KERNELS_X86_STREAM_PLAN_HPP
+#define TREEGATE_KERNELS_X86_STREAM_PLAN_HPP
+
+#include "../../config.hpp"
+
+#include <cstdint>
+
+namespace treegate::kernels::detail {
+
+/// Where the prefetch stream of the panel at column c of blocks[k] starts: `dist` bytes ahead of
+/// the panel in the concatenation of the path's blocks (each rows x cols, ld = rows), so near a
+/// block's end it runs into the next block; past the last block it repeats this block's start
+/// (a harmless hint; the address stays inside a block). Kept an integer so that no
+/// out-of-range pointer is ever formed.
+template <class T>
+inline std::uintptr_t path_prefetch_address(const T* const* blocks, int k, int count, index_t c, index_t rows,
+                                            index_t cols, index_t dist) noexcept {
+    const index_t block_bytes = rows * cols * static_cast<index_t>(sizeof(T));
+    const auto here = reinterpret_cast<std::uintptr_t>(blocks[k]);
+    const index_t start = c * rows * static_cast<index_t>(sizeof(T)) + dist;
+    if (start < block_bytes) return here + static_cast<std::uintptr_t>(start);
+    if (k + 1 < count) return reinterpret_cast<std::uintptr_t>(blocks[k + 1]) + static_cast<std::uintptr_t>(start - block_bytes);
+    return here;
+}
+
+/// The panel a packed GEMM packs after W(r0 : r0 + mr_max, k0 : k0 + kc): the next mr_max rows of
+/// this k-block, else the first rows of the next k-block (at most kc_max columns), else none
+/// (cols = 0). Its lines are prefetched while the current panel is multiplied.
+struct next_panel {
+    std::uintptr_t address = 0;
+    index_t cols = 0;
+};
+
+template <class T>
+inline next_panel next_panel_after(const T* W, index_t ldw, index_t rows, index_t cols, index_t r0, index_t k0,
+                                   index_t kc, index_t mr_max, index_t kc_max) noexcept {
+    next_panel p;
+    if (r0 + mr_max < rows) {
+        p.address = reinterpret_cast<std::uintptr_t>(W + r0 + mr_max + k0 * ldw);
+        p.cols = kc;
+    } else if (k0 + kc < cols) {
+        p.address = reinterpret_cast<std::uintptr_t>(W + (k0 + kc) * ldw);
+        p.cols = cols - k0 - kc < kc_max ? cols - k0 - kc : kc_max;
+    }
+    return p;
+}
+
+}  // namespace treegate::kernels::detail
+
+#endif
