@@ -2,15 +2,16 @@
 // standard cases of the README's "Benchmarks" section (plus the flattened path_sum cases) and prints each one's
 // time against its roofline and against dense baselines, one `case=...` line per case.
 //
-//   treegate_roofline [--policy auto|eigen|avx2|native] [--quick] [--threads N] [--per-case-limits] [--cpu-time] [--bf16]
+//   treegate_roofline [--policy auto|eigen|avx2|avx512|dispatch|native] [--quick] [--threads N] [--per-case-limits] [--cpu-time] [--bf16]
+//                     [--json FILE] [--only NAME]
 //
 // --bf16 also runs PS-latency, PS-deep and LO-batch (and their -flat variants) with the weights
 // stored as bf16 (tree_linear_bf16, float activations and accumulation): case names get a
 // `-bf16` suffix, the roofline counts 2 bytes per weight, and `speedup_vs_float` is the median,
 // over alternating passes of the float and the bf16 layer on the same inputs, of the float
 // pass's time over the following bf16 pass's time (pairing cancels most of the drift of a
-// shared machine, which sequential medians of the two cases do not). This machine has AVX2 but no
-// AVX-512, so the bf16 kernels widen in registers (no AVX-512 BF16 dot products).
+// shared machine, which sequential medians of the two cases do not). The bf16 kernels widen the
+// weights to float in registers (no AVX-512 BF16 dot products, which would round the inputs too).
 //
 // The limits (GEMM peak, read bandwidth) are measured at start-up and, as a drift check, again
 // at the end. On a shared machine whose load changes during the run, --per-case-limits measures
@@ -24,6 +25,8 @@
 // the peak, N readers of disjoint parts of the buffer for the bandwidth; the dense baselines
 // split their columns over the same pool.
 #include <treegate/kernels/avx2.hpp>
+#include <treegate/kernels/avx512.hpp>
+#include <treegate/kernels/dispatch.hpp>
 #include <treegate/kernels/eigen.hpp>
 #include <treegate/kernels/native.hpp>
 #include <treegate/kernels/reference.hpp>
@@ -63,6 +66,10 @@
 #endif
 #include <unistd.h>
 
+#if TREEGATE_ROOFLINE_JSON
+#include <nlohmann/json.hpp>
+#endif
+
 namespace {
 
 using treegate::index_t;
@@ -73,7 +80,9 @@ using vecf = Eigen::VectorXf;
 using clock_type = std::chrono::steady_clock;
 
 struct options {
-    std::string policy = "auto";  // avx2 where the CPU has it, else eigen
+    std::string policy = "auto";  // dispatch: the widest ISA this CPU runs (or TREEGATE_ISA)
+    std::string json;             // --json FILE: the same figures as one JSON document
+    std::string only;             // --only NAME: just the cases whose names start with NAME
     bool quick = false;
     bool per_case_limits = false;
     bool bf16 = false;
@@ -88,8 +97,34 @@ bool g_cpu_time = false;
 struct machine {
     double peak_flops = 0;     // FLOP/s
     double peak_bw = 0;        // bytes/s
-    double llc_bytes = 0;
+    double llc_bytes = 0;      // sysfs last-level cache (the standard model: half of it holds top levels)
+    double llc_eff_bytes = 0;  // measured: the largest buffer still read at cache speed (see measure_llc)
 };
+
+// ---- what the run reports, kept for --json -----------------------------------------------------
+
+/// One printed record: numeric and text fields in print order.
+struct record {
+    std::vector<std::pair<std::string, double>> num;
+    std::vector<std::pair<std::string, std::string>> text;
+    record& set(const std::string& k, double v) {
+        num.emplace_back(k, v);
+        return *this;
+    }
+    record& set(const std::string& k, const std::string& v) {
+        text.emplace_back(k, v);
+        return *this;
+    }
+};
+
+struct report {
+    record run;                    // CPU, ISA, policy, threads, clock
+    record limits;                 // start-up limits
+    record limits_end;             // the same measured again at the end
+    std::vector<record> probes;    // every GEMM and bandwidth probe (kind, name, shape, rate)
+    std::vector<record> cases;     // every case= line's fields
+};
+report g_report;
 
 volatile float g_sink = 0;
 
@@ -212,6 +247,153 @@ __attribute__((target("avx2,fma"))) float sum_avx2_prefetch(const float* p, inde
 }
 #endif
 
+// ---- dense GEMMs: every one the process has, fastest per shape ---------------------------------
+
+/// C = A B for column-major contiguous A (rows x depth), B (depth x n), C (rows x n).
+struct gemm_impl {
+    const char* name;
+    void (*run)(index_t rows, index_t depth, index_t n, const float* A, const float* B, float* C);
+};
+
+void gemm_eigen(index_t rows, index_t depth, index_t n, const float* A, const float* B, float* C) {
+    Eigen::Map<matf>(C, rows, n).noalias() = Eigen::Map<const matf>(A, rows, depth) * Eigen::Map<const matf>(B, depth, n);
+}
+
+template <class P>
+void gemm_policy(index_t rows, index_t depth, index_t n, const float* A, const float* B, float* C) {
+    std::fill(C, C + rows * n, 0.0f);
+    P::gemm(rows, depth, n, A, rows, B, depth, C, rows);
+}
+
+/// Every dense GEMM this process can run on this CPU: Eigen's own (which the `eigen` policy
+/// calls) and each SIMD policy the CPU supports.
+const std::vector<gemm_impl>& gemm_impls() {
+    static const std::vector<gemm_impl> impls = [] {
+        std::vector<gemm_impl> v{{"eigen", &gemm_eigen}};
+        if (treegate::kernels::cpu_supports_avx2()) v.push_back({"avx2", &gemm_policy<treegate::kernels::avx2>});
+        if (treegate::kernels::cpu_supports_avx512()) v.push_back({"avx512", &gemm_policy<treegate::kernels::avx512>});
+        v.push_back({"dispatch", &gemm_policy<treegate::kernels::dispatch>});
+        return v;
+    }();
+    return impls;
+}
+
+/// The GEMM chosen for one shape, and the rate every candidate reached on it.
+struct gemm_choice {
+    const gemm_impl* impl = nullptr;
+    double gflops = 0;
+    std::string summary;  // "eigen 23.1, avx2 60.2 GFLOP/s -> avx2"
+};
+
+/// Times every GEMM on rows x depth x n (best of `reps`). shared: one A, and the n columns split
+/// over the threads (a dense layer on the pool); otherwise each thread multiplies its own
+/// matrices of that shape at once (the peak). Records each rate as a probe named `label`.
+gemm_choice pick_gemm(const char* label, index_t rows, index_t depth, index_t n, int reps, bool shared) {
+    const std::size_t copies = shared ? 1 : static_cast<std::size_t>(g_threads);
+    std::vector<matf> A, B, C;
+    for (std::size_t t = 0; t < copies; ++t) {
+        A.push_back(matf::Random(rows, depth));
+        B.push_back(matf::Random(depth, n));
+        C.push_back(matf::Zero(rows, n));
+    }
+    const double flops = 2.0 * static_cast<double>(rows) * static_cast<double>(depth) * static_cast<double>(n) *
+                         static_cast<double>(copies);
+    gemm_choice best;
+    char buf[96];
+    for (const gemm_impl& g : gemm_impls()) {
+        const double t = best_time(reps, [&] {
+            on_all_threads([&](index_t part) {
+                if (shared) {
+                    const auto [b, e] = part_range(n, part);
+                    g.run(rows, depth, e - b, A[0].data(), B[0].data() + b * depth, C[0].data() + b * rows);
+                } else {
+                    const auto i = static_cast<std::size_t>(part);
+                    g.run(rows, depth, n, A[i].data(), B[i].data(), C[i].data());
+                }
+            });
+            g_sink = g_sink + C[0](0, 0);
+        });
+        const double rate = flops / t * 1e-9;
+        std::snprintf(buf, sizeof buf, "%s%s %.1f", best.summary.empty() ? "" : ", ", g.name, rate);
+        best.summary += buf;
+        g_report.probes.push_back(record()
+                                      .set("kind", "gemm")
+                                      .set("label", label)
+                                      .set("impl", g.name)
+                                      .set("rows", static_cast<double>(rows))
+                                      .set("depth", static_cast<double>(depth))
+                                      .set("n", static_cast<double>(n))
+                                      .set("gflops", rate));
+        if (rate > best.gflops) {
+            best.gflops = rate;
+            best.impl = &g;
+        }
+    }
+    best.summary += std::string(" GFLOP/s -> ") + best.impl->name;
+    return best;
+}
+
+/// Size of a sysfs cache level of cpu0 (index2: L2, index3: L3) in bytes, 0 if unknown.
+double sysfs_cache(int index) {
+    std::ifstream f("/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(index) + "/size");
+    std::string s;
+    if (!(f >> s) || s.empty()) return 0;
+    double v = std::atof(s.c_str());
+    if (s.back() == 'K') v *= 1024;
+    if (s.back() == 'M') v *= 1024 * 1024;
+    return v;
+}
+
+/// The cache this process really gets, measured: read bandwidth against buffer size (each
+/// size read repeatedly, warm, by every thread on its own part), from half the L2 up to the
+/// bandwidth buffer. A virtual machine's sysfs may report the whole host's
+/// L3, of which a tenant gets far less. The estimate is the largest size still read faster
+/// than half-way between the plateau beyond L2 and memory (`dram`, the 256 MiB bandwidth);
+/// with no plateau clearly above memory (less than 1.2 x), it is the L2 size.
+double measure_llc(const options& o, const float* p, index_t n_max, double dram) {
+    const double l2 = sysfs_cache(2) > 0 ? sysfs_cache(2) : 1 << 20;
+    std::vector<std::pair<double, double>> curve;  // (bytes, bytes/s)
+    std::printf("read bandwidth against buffer size (warm, %d thread(s)):", g_threads);
+    for (double size = l2 / 2; size <= 4.0 * static_cast<double>(n_max); size *= 2) {
+        const index_t n = std::min<index_t>(n_max, static_cast<index_t>(size / 4) / 64 * 64);
+        const int passes = static_cast<int>(std::max(1.0, (o.quick ? 64.0 : 256.0) * (1 << 20) / (4.0 * static_cast<double>(n))));
+        std::vector<float> sums(static_cast<std::size_t>(g_threads));
+        const double t = best_time(o.quick ? 2 : 3, [&] {
+            on_all_threads([&](index_t part) {
+                const auto [b, e] = part_range(n / 64, part);
+                float acc = 0;
+                for (int r = 0; r < passes; ++r) {
+#if TG_BENCH_X86
+                    if (treegate::kernels::cpu_supports_avx2()) {
+                        acc += sum_avx2(p + b * 64, (e - b) * 64);
+                        continue;
+                    }
+#endif
+                    acc += Eigen::Map<const vecf>(p + b * 64, (e - b) * 64).sum();
+                }
+                sums[static_cast<std::size_t>(part)] = acc;
+            });
+        });
+        for (float v : sums) g_sink = g_sink + v;
+        const double bytes = 4.0 * static_cast<double>(n);
+        curve.emplace_back(bytes, bytes * passes / t);
+        std::printf(" %.4g MiB %.1f GB/s;", bytes / (1 << 20), bytes * passes / t * 1e-9);
+        g_report.probes.push_back(record().set("kind", "bandwidth_vs_size").set("bytes", bytes).set("gbps", bytes * passes / t * 1e-9));
+        if (n == n_max) break;
+    }
+    // The plateau: the best rate at sizes past 2 x L2 (the private caches are then exceeded).
+    double plateau = 0;
+    for (const auto& [bytes, bw] : curve)
+        if (bytes >= 2 * l2) plateau = std::max(plateau, bw);
+    double llc = l2;
+    if (plateau >= 1.2 * dram)
+        for (const auto& [bytes, bw] : curve)
+            if (bytes >= 2 * l2 && bw >= (plateau + dram) / 2) llc = std::max(llc, bytes);
+    std::printf("\nllc_effective=%.4g MiB (plateau past 2 x L2 %.1f GB/s, memory %.1f GB/s, L2 %.4g MiB)\n", llc / (1 << 20),
+                plateau * 1e-9, dram * 1e-9, l2 / (1 << 20));
+    return llc;
+}
+
 /// The machine's limits; `verbose` prints every probe (the start-up call), otherwise only the
 /// summary (the end-of-run call, which shows how much a shared machine drifted during the run).
 machine measure_machine(const options& o, bool verbose) {
@@ -219,53 +401,22 @@ machine measure_machine(const options& o, bool verbose) {
     m.llc_bytes = verbose ? llc_bytes() : 0;
     if (verbose) std::printf("eigen: %s, %d thread(s)\n", Eigen::SimdInstructionSetsInUse(), Eigen::nbThreads());
 
-    // Peak: a large dense float GEMM, best of a few; also the avx2 policy's own GEMM, since a
-    // portable build's Eigen uses SSE only and the machine's limit is the faster of the two.
-    // Two shapes: 2048^3, and 512 x 512 times 2048 columns (the shape of a tree node's group,
-    // which both reach at a higher rate than 2048^3 here, K = 512 keeping panels in L2).
+    // Peak: the fastest dense float GEMM of the process (every policy the CPU runs, and Eigen),
+    // best of a few, on two shapes: 2048^3, and 512 x 512 times 2048 columns (the shape of a
+    // tree node's group, which K = 512 keeps in L2 and which often runs faster than 2048^3).
     const int reps = o.quick ? 2 : 3;
     double best_rate = 0;
-    const char* best_name = "";
+    std::string best_name;
     struct shape {
         index_t rows, cols, n;
+        const char* name;
     };
-    for (const shape sh : {shape{2048, 2048, 2048}, shape{512, 512, 2048}}) {
-        // One GEMM per thread, all at once, each on its own matrices.
-        std::vector<matf> A, B, C;
-        for (int t = 0; t < g_threads; ++t) {
-            A.push_back(matf::Random(sh.rows, sh.cols));
-            B.push_back(matf::Random(sh.cols, sh.n));
-            C.push_back(matf::Zero(sh.rows, sh.n));
-        }
-        const double flops = 2.0 * static_cast<double>(g_threads) * static_cast<double>(sh.rows) *
-                             static_cast<double>(sh.cols) * static_cast<double>(sh.n);
-        const double t_eigen = best_time(reps, [&] {
-            on_all_threads([&](index_t t) { C[static_cast<std::size_t>(t)].noalias() = A[static_cast<std::size_t>(t)] * B[static_cast<std::size_t>(t)]; });
-        });
-        g_sink = g_sink + C[0](1, 1);
-        double t_avx2 = 1e30;
-        if (treegate::kernels::cpu_supports_avx2()) {
-            t_avx2 = best_time(reps, [&] {
-                on_all_threads([&](index_t t) {
-                    const auto i = static_cast<std::size_t>(t);
-                    C[i].setZero();
-                    treegate::kernels::avx2::gemm<float>(sh.rows, sh.cols, sh.n, A[i].data(), sh.rows, B[i].data(), sh.cols,
-                                                         C[i].data(), sh.rows);
-                });
-            });
-            g_sink = g_sink + C[0](1, 1);
-        }
-        if (verbose)
-            std::printf("peak gemm %ldx%ldx%ld float: eigen %.1f GFLOP/s, avx2 policy %.1f GFLOP/s\n",
-                        static_cast<long>(sh.rows), static_cast<long>(sh.cols), static_cast<long>(sh.n),
-                        flops / t_eigen * 1e-9, t_avx2 < 1e30 ? flops / t_avx2 * 1e-9 : 0.0);
-        if (flops / t_eigen > best_rate) {
-            best_rate = flops / t_eigen;
-            best_name = sh.rows == 2048 ? "eigen 2048^3" : "eigen 512x512x2048";
-        }
-        if (flops / t_avx2 > best_rate) {
-            best_rate = flops / t_avx2;
-            best_name = sh.rows == 2048 ? "avx2 2048^3" : "avx2 512x512x2048";
+    for (const shape sh : {shape{2048, 2048, 2048, "2048^3"}, shape{512, 512, 2048, "512x512x2048"}}) {
+        const gemm_choice c = pick_gemm(verbose ? "peak" : "peak_end", sh.rows, sh.cols, sh.n, reps, false);
+        if (verbose) std::printf("peak gemm %s float: %s\n", sh.name, c.summary.c_str());
+        if (c.gflops * 1e9 > best_rate) {
+            best_rate = c.gflops * 1e9;
+            best_name = std::string(c.impl->name) + " " + sh.name;
         }
     }
     m.peak_flops = best_rate;
@@ -305,17 +456,29 @@ machine measure_machine(const options& o, bool verbose) {
         });
         for (float v : sums) g_sink = g_sink + v;
         if (verbose) std::printf(" %s %.1f GB/s;", pr.name, bytes / t * 1e-9);
+        g_report.probes.push_back(record()
+                                      .set("kind", verbose ? "bandwidth" : "bandwidth_end")
+                                      .set("impl", pr.name)
+                                      .set("bytes", bytes)
+                                      .set("gbps", bytes / t * 1e-9));
         if (bytes / t > m.peak_bw) {
             m.peak_bw = bytes / t;
             winner = pr.name;
         }
     }
+    if (verbose) {
+        std::printf("\n");
+        m.llc_eff_bytes = measure_llc(o, p, n, m.peak_bw);
+    }
     if (verbose)
-        std::printf("\npeak_flops=%.1f GFLOP/s (%s) peak_bw=%.1f GB/s (bandwidth winner: %s) llc=%.0f MiB\n",
-                    m.peak_flops * 1e-9, best_name, m.peak_bw * 1e-9, winner, m.llc_bytes / (1 << 20));
+        std::printf("peak_flops=%.1f GFLOP/s (%s) peak_bw=%.1f GB/s (bandwidth winner: %s) llc=%.0f MiB\n",
+                    m.peak_flops * 1e-9, best_name.c_str(), m.peak_bw * 1e-9, winner, m.llc_bytes / (1 << 20));
     else
         std::printf("  limits measured again: peak_flops=%.1f GFLOP/s (%s) peak_bw=%.1f GB/s (%s)\n", m.peak_flops * 1e-9,
-                    best_name, m.peak_bw * 1e-9, winner);
+                    best_name.c_str(), m.peak_bw * 1e-9, winner);
+    record& lim = verbose ? g_report.limits : g_report.limits_end;
+    lim = record();
+    lim.set("peak_flops", m.peak_flops).set("peak_flops_by", best_name).set("peak_bw", m.peak_bw).set("peak_bw_by", winner);
     return m;
 }
 
@@ -325,6 +488,7 @@ machine case_limits(const options& o, const machine& startup) {
     if (!o.per_case_limits) return startup;
     machine m = measure_machine(o, false);
     m.llc_bytes = startup.llc_bytes;
+    m.llc_eff_bytes = startup.llc_eff_bytes;
     return m;
 }
 
@@ -347,18 +511,48 @@ struct routing_stats {
     double examples = 0;
 };
 
-void print_line(const char* name, double ms, double flops, double bytes, const machine& m, double dense_ms,
-                double dense_ff_ms = -1, double speedup_vs_float = -1) {
-    const double roof_ms = std::max(flops / m.peak_flops, bytes / m.peak_bw) * 1e3;
-    std::printf("case=%s ms=%.4g roofline_ms=%.4g ratio=%.3f vs_dense_equal_params=%.1f", name, ms, roof_ms, ms / roof_ms,
-                dense_ms / ms);
-    if (dense_ff_ms > 0) std::printf(" vs_dense_ff=%.1f", dense_ff_ms / ms);
-    if (speedup_vs_float > 0) std::printf(" speedup_vs_float=%.2f", speedup_vs_float);
+/// A case's measured figures; negative baselines are absent.
+struct case_figures {
+    double ms = 0, flops = 0, bytes = 0, bytes_eff = 0;
+    double dense_ms = -1;  // dense layer of the same parameter count, on the fastest GEMM
+    std::string dense_by;
+    double dense_ff_ms = -1;  // UF-fff: the dense feed-forward the tree replaces
+    std::string dense_ff_by;
+    double speedup_vs_float = -1;
+    double eigen_loop_ms = -1;  // UF-fff: the per-example Eigen loop
+};
+
+void print_line(const char* name, const case_figures& f, const machine& m) {
+    const double roof_ms = std::max(f.flops / m.peak_flops, f.bytes / m.peak_bw) * 1e3;
+    const double roof_eff_ms = std::max(f.flops / m.peak_flops, f.bytes_eff / m.peak_bw) * 1e3;
+    std::printf("case=%s ms=%.4g roofline_ms=%.4g ratio=%.3f vs_dense_equal_params=%.1f", name, f.ms, roof_ms, f.ms / roof_ms,
+                f.dense_ms / f.ms);
+    if (f.dense_ff_ms > 0) std::printf(" vs_dense_ff=%.1f", f.dense_ff_ms / f.ms);
+    if (f.speedup_vs_float > 0) std::printf(" speedup_vs_float=%.2f", f.speedup_vs_float);
+    if (f.eigen_loop_ms > 0) std::printf(" vs_eigen_loop=%.2f", f.eigen_loop_ms / f.ms);
+    std::printf(" roofline_eff_ms=%.4g ratio_eff=%.3f\n", roof_eff_ms, f.ms / roof_eff_ms);
+    std::printf("  %s: flops=%.4g bytes=%.4g (compute %.4g ms, memory %.4g ms: %s-bound); bytes under the effective LLC %.4g\n",
+                name, f.flops, f.bytes, f.flops / m.peak_flops * 1e3, f.bytes / m.peak_bw * 1e3,
+                f.flops / m.peak_flops > f.bytes / m.peak_bw ? "compute" : "memory", f.bytes_eff);
+    std::printf("  %s: dense_equal_params %.4g ms (%s)", name, f.dense_ms, f.dense_by.c_str());
+    if (f.dense_ff_ms > 0) std::printf(", dense_ff %.4g ms (%s)", f.dense_ff_ms, f.dense_ff_by.c_str());
+    if (f.eigen_loop_ms > 0) std::printf(", eigen_loop %.4g ms", f.eigen_loop_ms);
     std::printf("\n");
-    std::printf("  %s: flops=%.4g bytes=%.4g (compute %.4g ms, memory %.4g ms: %s-bound)\n", name, flops, bytes,
-                flops / m.peak_flops * 1e3, bytes / m.peak_bw * 1e3,
-                flops / m.peak_flops > bytes / m.peak_bw ? "compute" : "memory");
     std::fflush(stdout);
+    record r;
+    r.set("case", name).set("ms", f.ms).set("roofline_ms", roof_ms).set("ratio", f.ms / roof_ms);
+    r.set("vs_dense_equal_params", f.dense_ms / f.ms);
+    if (f.dense_ff_ms > 0) r.set("vs_dense_ff", f.dense_ff_ms / f.ms);
+    if (f.speedup_vs_float > 0) r.set("speedup_vs_float", f.speedup_vs_float);
+    if (f.eigen_loop_ms > 0) r.set("vs_eigen_loop", f.eigen_loop_ms / f.ms);
+    r.set("roofline_eff_ms", roof_eff_ms).set("ratio_eff", f.ms / roof_eff_ms);
+    r.set("flops", f.flops).set("bytes", f.bytes).set("bytes_eff", f.bytes_eff);
+    r.set("compute_ms", f.flops / m.peak_flops * 1e3).set("memory_ms", f.bytes / m.peak_bw * 1e3);
+    r.set("peak_flops", m.peak_flops).set("peak_bw", m.peak_bw);
+    r.set("dense_equal_params_ms", f.dense_ms).set("dense_equal_params_by", f.dense_by);
+    if (f.dense_ff_ms > 0) r.set("dense_ff_ms", f.dense_ff_ms).set("dense_ff_by", f.dense_ff_by);
+    if (f.eigen_loop_ms > 0) r.set("eigen_loop_ms", f.eigen_loop_ms);
+    g_report.cases.push_back(std::move(r));
 }
 
 void print_routing(const char* name, const routing_stats& r) {
@@ -381,24 +575,30 @@ void check_close(const char* name, const matf& got, const matf& want) {
              std::to_string(err) + ", scale " + std::to_string(scale) + ")");
 }
 
-/// Dense layer time (ms) for one forward of `batch` examples through `out x in` weights; huge
-/// baselines are timed on `cols` columns and scaled linearly (GEMM time is linear in n there).
-double dense_ms(index_t in, index_t out, index_t batch, index_t cols, int reps) {
+/// A dense baseline's time (ms) and the GEMM that ran it.
+struct dense_time {
+    double ms;
+    std::string by;
+};
+
+/// Dense layer time (ms) for one forward of `batch` examples through `out x in` weights, on the
+/// fastest GEMM of the process for that shape; huge baselines are timed on `cols` columns and
+/// scaled linearly (GEMM time is linear in n there).
+dense_time dense_ms(index_t in, index_t out, index_t batch, index_t cols, int reps) {
     const index_t c = std::min(batch, cols);
-    // Constant data: a GEMM's time does not depend on the values (no denormals here).
-    matf W = matf::Constant(out, in, 0.01f), X = matf::Constant(in, c, 0.5f), Y(out, c);
-    const double t = median_time(reps, 1, [&] {
-        if (c == 1) {
+    if (c == 1) {
+        // One column: a GEMV; Eigen's is as good as any here (memory-bound).
+        matf W = matf::Constant(out, in, 0.01f), X = matf::Constant(in, 1, 0.5f), Y(out, 1);
+        const double t = median_time(reps, 1, [&] {
             Y.col(0).noalias() = W * X.col(0);
-        } else {
-            on_all_threads([&](index_t part) {
-                const auto [b, e] = part_range(c, part);
-                Y.middleCols(b, e - b).noalias() = W * X.middleCols(b, e - b);
-            });
-        }
-        g_sink = g_sink + Y(0, 0);
-    });
-    return t * 1e3 * static_cast<double>(batch) / static_cast<double>(c);
+            g_sink = g_sink + Y(0, 0);
+        });
+        return {t * 1e3 * static_cast<double>(batch), "eigen gemv"};
+    }
+    const gemm_choice g = pick_gemm("dense", out, in, c, reps, true);
+    std::printf("  dense %ldx%ldx%ld: %s\n", static_cast<long>(out), static_cast<long>(in), static_cast<long>(c), g.summary.c_str());
+    const double flops = 2.0 * static_cast<double>(out) * static_cast<double>(in) * static_cast<double>(c);
+    return {flops / (g.gflops * 1e9) * 1e3 * static_cast<double>(batch) / static_cast<double>(c), g.impl->name};
 }
 
 // ---- tree_linear cases -------------------------------------------------------------------------
@@ -441,7 +641,7 @@ routing_stats route_stats(const Layer& layer, const matf& X) {
 /// Bytes per forward pass: the uncached visited blocks (and biases) plus activations.
 /// `weight_size`: bytes per stored weight (4 for float, 2 for bf16; biases are float).
 template <class Layer>
-double tl_bytes(const Layer& layer, const matf& X, index_t batch, double llc, double weight_size = 4.0) {
+double tl_bytes(const Layer& layer, const matf& X, index_t batch, double llc, const char* model, double weight_size = 4.0) {
     const int D = layer.depth();
     const bool ps = layer.mode() == tree_mode::path_sum;
     const double block = weight_size * static_cast<double>(layer.in_size() * layer.out_size()) +
@@ -460,9 +660,9 @@ double tl_bytes(const Layer& layer, const matf& X, index_t batch, double llc, do
             if (level_bytes[static_cast<std::size_t>(j)] > 0) blocks += static_cast<double>(r.visited[static_cast<std::size_t>(j)]);
     }
     if (ps)
-        std::printf("  cached levels 0..%d (half LLC = %.1f MiB)\n", k, llc / 2 / (1 << 20));
+        std::printf("  cached levels 0..%d (half %s LLC = %.1f MiB)\n", k, model, llc / 2 / (1 << 20));
     else
-        std::printf("  leaf table %s half the LLC (%.1f MiB): %s\n", k == D ? "fits" : "exceeds", llc / 2 / (1 << 20),
+        std::printf("  leaf table %s half the %s LLC (%.1f MiB): %s\n", k == D ? "fits" : "exceeds", model, llc / 2 / (1 << 20),
                     k == D ? "counted as cached" : "every visited leaf counted");
     return blocks * block + 4.0 * static_cast<double>(batch * (layer.in_size() + layer.out_size()));
 }
@@ -524,7 +724,7 @@ double time_tl(const Layer& layer, const matf& X, index_t batch, const options& 
 /// The float case `lay` again with its weights stored as bf16 (--bf16): checked against the
 /// reference policy on the same bf16 weights, then timed in alternating passes with `lay`.
 template <class P, class Layer>
-void bf16_variant(const Layer& lay, const char* float_name, double float_ms, double dense, const tl_spec& s, const matf& X,
+void bf16_variant(const Layer& lay, const char* float_name, double float_ms, const dense_time& dense, const tl_spec& s, const matf& X,
                   index_t sample, const options& o, const machine& m) {
     const std::string name = std::string(float_name) + "-bf16";
     const treegate::tree_linear_bf16<P> half(lay);
@@ -534,7 +734,12 @@ void bf16_variant(const Layer& lay, const char* float_name, double float_ms, dou
         check_close(name.c_str(), sample_output(half, X, s.batch, sample), ref.forward_batch(Xs));
     }
     const double flops = 2.0 * static_cast<double>(half.macs_per_example()) * static_cast<double>(s.batch);
-    const double bytes = tl_bytes(half, X, s.batch, m.llc_bytes, 2.0);
+    case_figures f;
+    f.flops = flops;
+    f.bytes = tl_bytes(half, X, s.batch, m.llc_bytes, "sysfs", 2.0);
+    f.bytes_eff = tl_bytes(half, X, s.batch, m.llc_eff_bytes, "effective", 2.0);
+    f.dense_ms = dense.ms;
+    f.dense_by = dense.by;
     const machine lm = case_limits(o, m);
     vecf y(lay.out_size());
     matf Y(lay.out_size(), s.batch);
@@ -550,7 +755,9 @@ void bf16_variant(const Layer& lay, const char* float_name, double float_ms, dou
     }
     const double per = s.batch == 1 ? 1e3 / static_cast<double>(X.cols()) : 1e3;
     const double ms = median_of(t_h) * per;
-    print_line(name.c_str(), ms, flops, bytes, lm, dense, -1, median_of(ratio));
+    f.ms = ms;
+    f.speedup_vs_float = median_of(ratio);
+    print_line(name.c_str(), f, lm);
     std::printf("  %s: %d alternating passes, median ms float %.4g, bf16 %.4g; pass ratios float/bf16 min %.2f max %.2f\n",
                 name.c_str(), reps, median_of(t_f) * per, ms, *std::min_element(ratio.begin(), ratio.end()),
                 *std::max_element(ratio.begin(), ratio.end()));
@@ -592,14 +799,19 @@ void tree_linear_case(const tl_spec& s, bool with_flat, const options& o, const 
         const matf got = sample_output(lay, X, s.batch, sample);
         check_close(name, got, ref_out);
         const double flops = 2.0 * static_cast<double>(lay.macs_per_example()) * static_cast<double>(s.batch);
-        const double bytes = tl_bytes(lay, X, s.batch, m.llc_bytes);
+        case_figures f;
+        f.flops = flops;
+        f.bytes = tl_bytes(lay, X, s.batch, m.llc_bytes, "sysfs");
+        f.bytes_eff = tl_bytes(lay, X, s.batch, m.llc_eff_bytes, "effective");
         const machine lm = case_limits(o, m);
-        const double ms = time_tl(lay, X, s.batch, o);
+        f.ms = time_tl(lay, X, s.batch, o);
         const index_t eq_out = (lay.parameter_count() + s.in - 1) / s.in;
-        const double dense = dense_ms(s.in, eq_out, s.batch, dense_cols, dense_reps);
-        print_line(name, ms, flops, bytes, lm, dense);
+        const dense_time dense = dense_ms(s.in, eq_out, s.batch, dense_cols, dense_reps);
+        f.dense_ms = dense.ms;
+        f.dense_by = dense.by;
+        print_line(name, f, lm);
         print_routing(name, route_stats(lay, X));
-        if (with_bf16) bf16_variant<P>(lay, name, ms, dense, s, X, sample, o, m);
+        if (with_bf16) bf16_variant<P>(lay, name, f.ms, dense, s, X, sample, o, m);
     };
     run(layer, s.name);
     if (with_flat) {
@@ -666,34 +878,75 @@ void fff_case(const options& o, const machine& m) {
     const double node_bytes = 4.0 * static_cast<double>(in + 1 + out);
     std::vector<double> level_bytes;
     for (int j = 0; j <= depth; ++j) level_bytes.push_back(node_bytes * std::ldexp(1.0, j));
-    const int k = cached_levels(level_bytes, m.llc_bytes);
-    double bytes = 4.0 * static_cast<double>(batch * (in + out));
-    for (int j = k + 1; j <= depth; ++j) bytes += node_bytes * static_cast<double>(r.visited[static_cast<std::size_t>(j)]);
-    std::printf("  cached levels 0..%d (half LLC = %.1f MiB)\n", k, m.llc_bytes / 2 / (1 << 20));
-    const double flops = 2.0 * static_cast<double>(layer.macs_per_example()) * static_cast<double>(batch);
+    auto fff_bytes = [&](double llc, const char* model) {
+        const int k = cached_levels(level_bytes, llc);
+        double b = 4.0 * static_cast<double>(batch * (in + out));
+        for (int j = k + 1; j <= depth; ++j) b += node_bytes * static_cast<double>(r.visited[static_cast<std::size_t>(j)]);
+        std::printf("  cached levels 0..%d (half %s LLC = %.1f MiB)\n", k, model, llc / 2 / (1 << 20));
+        return b;
+    };
+    case_figures f;
+    f.bytes = fff_bytes(m.llc_bytes, "sysfs");
+    f.bytes_eff = fff_bytes(m.llc_eff_bytes, "effective");
+    f.flops = 2.0 * static_cast<double>(layer.macs_per_example()) * static_cast<double>(batch);
 
     const machine lm = case_limits(o, m);
     matf Y(out, batch);
     treegate::workspace<float> ws;
     const int reps = o.quick ? 3 : 7;
-    const double ms = median_time(reps, 1, [&] {
-                          if (g_pool != nullptr)
-                              layer.forward_batch(X, Y, ws, *g_pool);
-                          else
-                              layer.forward_batch(X, Y, ws);
-                          g_sink = g_sink + Y(0, 0);
-                      }) *
-                      1e3;
+    f.ms = median_time(reps, 1, [&] {
+               if (g_pool != nullptr)
+                   layer.forward_batch(X, Y, ws, *g_pool);
+               else
+                   layer.forward_batch(X, Y, ws);
+               g_sink = g_sink + Y(0, 0);
+           }) *
+           1e3;
+
+    // The same layer as a plain per-example Eigen loop over the same weights: per example, the
+    // 12 dependent dot / GELU / axpy steps on mapped vectors (the batch split over the threads).
+    {
+        const float c_inv_sqrt2 = 0.70710678118654752f;
+        matf Ye(out, batch);
+        const double t = median_time(o.quick ? 1 : 3, 1, [&] {
+            on_all_threads([&](index_t part) {
+                const auto [b, e] = part_range(batch, part);
+                for (index_t ex = b; ex < e; ++ex) {
+                    const Eigen::Map<const vecf> x(X.col(ex).data(), in);
+                    Eigen::Map<vecf> y(Ye.col(ex).data(), out);
+                    y = layer.output_bias();
+                    index_t node = 0;
+                    for (int j = 0; j <= depth; ++j) {
+                        const float pre = Eigen::Map<const vecf>(layer.hidden_weight(0, node).data(), in).dot(x) +
+                                          layer.hidden_bias(0, node)(0);
+                        y += (0.5f * pre * (1.0f + std::erf(pre * c_inv_sqrt2))) *
+                             Eigen::Map<const vecf>(layer.output_weight(0, node).data(), out);
+                        node = treegate::tree::child(node, treegate::tree::gate_bit(pre));
+                    }
+                }
+            });
+            g_sink = g_sink + Ye(0, 0);
+        });
+        f.eigen_loop_ms = t * 1e3;
+        check_close("UF-fff eigen loop", Ye.leftCols(sample), Y.leftCols(sample));
+    }
 
     // Baselines on a sub-batch, scaled: one dense layer of the same parameter count, and the
-    // dense 768 -> 4095 -> 768 GELU feed-forward the tree replaces (Eigen GEMM, vectorized erf).
+    // dense 768 -> 4095 -> 768 GELU feed-forward the tree replaces (each GEMM on the fastest
+    // GEMM of the process for its shape, Eigen's vectorized erf).
     const index_t cols = o.quick ? 512 : 2048;
     const int dreps = o.quick ? 1 : 3;
     const index_t eq_out = (layer.parameter_count() + in - 1) / in;
-    const double dense = dense_ms(in, eq_out, batch, cols, dreps);
-    double dense_ff;
+    const dense_time dense = dense_ms(in, eq_out, batch, cols, dreps);
+    f.dense_ms = dense.ms;
+    f.dense_by = dense.by;
     {
         const index_t hidden = 4095;
+        const gemm_choice up = pick_gemm("dense_ff_up", hidden, in, cols, dreps, true);
+        const gemm_choice down = pick_gemm("dense_ff_down", out, hidden, cols, dreps, true);
+        std::printf("  dense_ff %ldx%ldx%ld: %s; %ldx%ldx%ld: %s\n", static_cast<long>(hidden), static_cast<long>(in),
+                    static_cast<long>(cols), up.summary.c_str(), static_cast<long>(out), static_cast<long>(hidden),
+                    static_cast<long>(cols), down.summary.c_str());
         matf W1 = matf::Random(hidden, in) * 0.03f, W2 = matf::Random(out, hidden) * 0.015f;
         vecf b1 = vecf::Random(hidden) * 0.03f;
         const matf Xs = X.leftCols(cols);
@@ -702,16 +955,17 @@ void fff_case(const options& o, const machine& m) {
             on_all_threads([&](index_t part) {
                 const auto [b, e] = part_range(cols, part);
                 auto Hp = H.middleCols(b, e - b);
-                Hp.noalias() = W1 * Xs.middleCols(b, e - b);
+                up.impl->run(hidden, in, e - b, W1.data(), Xs.data() + b * in, Hp.data());
                 Hp.colwise() += b1;
                 Hp = (0.5f * Hp.array() * (1.0f + (Hp.array() * 0.70710678f).erf())).matrix();
-                Yd.middleCols(b, e - b).noalias() = W2 * Hp;
+                down.impl->run(out, hidden, e - b, W2.data(), Hp.data(), Yd.data() + b * out);
             });
             g_sink = g_sink + Yd(0, 0);
         });
-        dense_ff = t * 1e3 * static_cast<double>(batch) / static_cast<double>(cols);
+        f.dense_ff_ms = t * 1e3 * static_cast<double>(batch) / static_cast<double>(cols);
+        f.dense_ff_by = std::string(up.impl->name) + "+" + down.impl->name;
     }
-    print_line(name, ms, flops, bytes, lm, dense, dense_ff);
+    print_line(name, f, lm);
     print_routing(name, r);
     std::printf("  %s: dense baselines timed on %ld columns and scaled to %ld\n", name, static_cast<long>(cols),
                 static_cast<long>(batch));
@@ -727,7 +981,7 @@ void fff_case(const options& o, const machine& m) {
                          }) *
                          1e3;
     std::printf("  %s: example-by-example forward() over the same batch: ms=%.4g (ratio %.3f)\n", name, ms_ex,
-                ms_ex / (std::max(flops / lm.peak_flops, bytes / lm.peak_bw) * 1e3));
+                ms_ex / (std::max(f.flops / lm.peak_flops, f.bytes / lm.peak_bw) * 1e3));
 }
 
 // ---- driver ------------------------------------------------------------------------------------
@@ -735,15 +989,58 @@ void fff_case(const options& o, const machine& m) {
 template <class P>
 void run_all(const options& o, const machine& m) {
     std::printf("policy=%s threads=%d clock=%s\n", P::name(), g_threads, g_cpu_time ? "thread-cpu-time" : "wall");
-    if (g_threads == 1)
-        tree_linear_case<P>({"PS-latency", 512, 512, 8, tree_mode::path_sum, 1}, true, o, m, o.bf16);
-    else
+    g_report.run.set("policy", P::name());
+    auto wanted = [&](const char* name) { return std::string(name).rfind(o.only, 0) == 0; };
+    if (g_threads > 1)
         std::printf("PS-latency skipped: one example per call runs on one thread\n");
-    tree_linear_case<P>({"PS-batch", 512, 512, 6, tree_mode::path_sum, 1024}, true, o, m);
-    tree_linear_case<P>({"PS-deep", 256, 256, 10, tree_mode::path_sum, 256}, true, o, m, o.bf16);
-    fff_case<P>(o, m);
-    tree_linear_case<P>({"LO-batch", 512, 512, 8, tree_mode::leaf_only, 1024}, false, o, m, o.bf16);
+    else if (wanted("PS-latency"))
+        tree_linear_case<P>({"PS-latency", 512, 512, 8, tree_mode::path_sum, 1}, true, o, m, o.bf16);
+    if (wanted("PS-batch")) tree_linear_case<P>({"PS-batch", 512, 512, 6, tree_mode::path_sum, 1024}, true, o, m);
+    if (wanted("PS-deep")) tree_linear_case<P>({"PS-deep", 256, 256, 10, tree_mode::path_sum, 256}, true, o, m, o.bf16);
+    if (wanted("UF-fff")) fff_case<P>(o, m);
+    if (wanted("LO-batch")) tree_linear_case<P>({"LO-batch", 512, 512, 8, tree_mode::leaf_only, 1024}, false, o, m, o.bf16);
 }
+
+/// The CPU's "model name" from /proc/cpuinfo ("unknown" elsewhere).
+std::string cpu_model() {
+    std::ifstream f("/proc/cpuinfo");
+    std::string line;
+    while (std::getline(f, line))
+        if (line.rfind("model name", 0) == 0) {
+            const auto colon = line.find(':');
+            if (colon != std::string::npos) return line.substr(line.find_first_not_of(' ', colon + 1));
+        }
+    return "unknown";
+}
+
+/// The widest instruction set the kernels use on this CPU.
+const char* active_isa() { return treegate::kernels::to_string(treegate::kernels::active_isa()); }
+
+#if TREEGATE_ROOFLINE_JSON
+nlohmann::json to_json(const record& r) {
+    nlohmann::json j = nlohmann::json::object();
+    for (const auto& [k, v] : r.text) j[k] = v;
+    for (const auto& [k, v] : r.num) j[k] = v;
+    return j;
+}
+
+void write_json(const std::string& path) {
+    nlohmann::json doc;
+    doc["run"] = to_json(g_report.run);
+    doc["limits"] = to_json(g_report.limits);
+    doc["limits_end"] = to_json(g_report.limits_end);
+    doc["probes"] = nlohmann::json::array();
+    for (const record& r : g_report.probes) doc["probes"].push_back(to_json(r));
+    doc["cases"] = nlohmann::json::array();
+    for (const record& r : g_report.cases) doc["cases"].push_back(to_json(r));
+    std::ofstream f(path);
+    f << doc.dump(2) << "\n";
+    if (!f) fail("--json: cannot write '" + path + "'");
+    std::printf("json: %s\n", path.c_str());
+}
+#else
+void write_json(const std::string&) {}
+#endif
 
 options parse(int argc, char** argv) {
     options o;
@@ -757,6 +1054,12 @@ options parse(int argc, char** argv) {
             g_cpu_time = true;
         } else if (a == "--bf16") {
             o.bf16 = true;
+        } else if (a == "--json" && i + 1 < argc) {
+            o.json = argv[++i];
+        } else if (a.rfind("--json=", 0) == 0) {
+            o.json = a.substr(7);
+        } else if (a == "--only" && i + 1 < argc) {
+            o.only = argv[++i];
         } else if (a == "--policy" && i + 1 < argc) {
             o.policy = argv[++i];
         } else if (a.rfind("--policy=", 0) == 0) {
@@ -766,15 +1069,16 @@ options parse(int argc, char** argv) {
         } else if (a.rfind("--threads=", 0) == 0) {
             o.threads = std::atoi(a.c_str() + 10);
         } else if (a == "--help" || a == "-h") {
-            std::printf("usage: treegate_roofline [--policy auto|eigen|avx2|native] [--quick] [--threads N] [--per-case-limits] [--cpu-time] [--bf16]\n");
+            std::printf("usage: treegate_roofline [--policy auto|eigen|avx2|avx512|dispatch|native] [--quick] [--threads N] [--per-case-limits] [--cpu-time] [--bf16] [--json FILE] [--only NAME]\n");
             std::exit(0);
         } else {
             fail("unknown option '" + a + "' (try --help)");
         }
     }
-    if (o.policy != "auto" && o.policy != "eigen" && o.policy != "avx2" && o.policy != "native")
-        fail("--policy must be auto, eigen, avx2 or native");
-    if (o.policy == "auto") o.policy = treegate::kernels::cpu_supports_avx2() ? "avx2" : "eigen";
+    if (o.policy != "auto" && o.policy != "eigen" && o.policy != "avx2" && o.policy != "avx512" && o.policy != "dispatch" &&
+        o.policy != "native")
+        fail("--policy must be auto, eigen, avx2, avx512, dispatch or native");
+    if (o.policy == "auto") o.policy = "dispatch";
     if (o.threads < 1) fail("--threads must be at least 1");
     return o;
 }
@@ -793,16 +1097,31 @@ int main(int argc, char** argv) {
         std::printf("threads=%d: batched cases on a pool of %d threads\n", o.threads, o.threads);
     }
     if (o.policy == "avx2" && !treegate::kernels::cpu_supports_avx2()) fail("--policy avx2: this CPU or build has no AVX2+FMA");
+    if (o.policy == "avx512" && !treegate::kernels::cpu_supports_avx512())
+        fail("--policy avx512: this CPU or build has no AVX-512 F/BW/VL/DQ");
+#if !TREEGATE_ROOFLINE_JSON
+    if (!o.json.empty()) fail("--json: this build has no nlohmann_json (Debian: nlohmann-json3-dev)");
+#endif
     const auto t0 = clock_type::now();
+    std::printf("cpu: %s; isa: %s\n", cpu_model().c_str(), active_isa());
+    g_report.run.set("cpu", cpu_model()).set("isa", active_isa()).set("threads", static_cast<double>(g_threads));
+    g_report.run.set("clock", g_cpu_time ? "thread-cpu-time" : "wall").set("quick", o.quick ? 1.0 : 0.0);
     const machine m = measure_machine(o, true);
+    g_report.limits.set("llc_sysfs_bytes", m.llc_bytes).set("llc_effective_bytes", m.llc_eff_bytes);
     if (o.policy == "eigen")
         run_all<treegate::kernels::eigen>(o, m);
     else if (o.policy == "avx2")
         run_all<treegate::kernels::avx2>(o, m);
+    else if (o.policy == "avx512")
+        run_all<treegate::kernels::avx512>(o, m);
+    else if (o.policy == "dispatch")
+        run_all<treegate::kernels::dispatch>(o, m);
     else
         run_all<treegate::kernels::native>(o, m);
     std::printf("end of run:\n");
     measure_machine(o, false);
     std::printf("total %.1f s\n", seconds_since(t0));
+    g_report.run.set("total_s", seconds_since(t0));
+    if (!o.json.empty()) write_json(o.json);
     return 0;
 }

@@ -2,10 +2,14 @@
 // transcribed from the README's formula section, and UltraFastBERT's layer against a transcription of its formula.
 #include "test_support.hpp"
 
+#include <treegate/kernels/dispatch.hpp>
 #include <treegate/layers/tree_feedforward.hpp>
+#include <treegate/parallel/thread_pool.hpp>
 
 #include <cmath>
+#include <limits>
 #include <random>
+#include <tuple>
 #include <vector>
 
 using treegate::activation;
@@ -309,4 +313,62 @@ TEST_CASE("tree_feedforward fixed sizes match the dynamic layer", "[tree_feedfor
     d.forward(X.col(0), yd);
     CHECK(yf == yd);
     CHECK(f.parameter_count() == d.parameter_count());
+}
+
+// The fused width-1 node_sum forward on trees too large for one pass in L2: the batch path that
+// sorts examples by subtree, against the oracle, the single-example path and threads.
+namespace {
+
+using fused_policy_list =
+    std::tuple<sp<float, treegate::kernels::reference>, sp<float, treegate::kernels::eigen>,
+               sp<float, treegate::kernels::dispatch>, sp<double, treegate::kernels::eigen>>;
+
+}  // namespace
+
+TEMPLATE_LIST_TEST_CASE("fused tree_feedforward: sorted batches match the oracle and the single-example path",
+                        "[tree_feedforward][fused]", fused_policy_list) {
+    using S = typename TestType::scalar;
+    using P = typename TestType::policy;
+    std::mt19937 g(4242);
+    // Depth 11 and 10 with 60-90 features: the trees' weights exceed the subtree budget of the
+    // sorted path (512 KiB), and a few hundred examples reach its batch threshold; the odd
+    // batch sizes leave partial groups in the subtrees; batch 20 takes the tiled path instead.
+    struct shape {
+        index_t in, out, trees, n;
+        int depth;
+        bool bias;
+        activation act;
+    };
+    for (const shape sh : {shape{77, 61, 1, 1500, 11, true, activation::gelu}, shape{90, 65, 2, 701, 10, false, activation::relu},
+                           shape{64, 64, 1, 20, 11, true, activation::gelu_tanh}}) {
+        CAPTURE(sh.in, sh.out, sh.trees, sh.n, sh.depth, sh.bias);
+        ff_t<S, P> layer(sh.in, sh.out, 1, sh.depth, sh.trees, sh.act, ff_variant::node_sum, sh.bias);
+        layer.initialize(static_cast<std::uint64_t>(g()));
+        const mat<S> X = random_matrix<S>(sh.in, sh.n, g);
+        const auto want = oracle_tree_feedforward(layer, X);
+        CHECK(want.ambiguous <= sh.n / 20 + 1);
+        treegate::workspace<S> ws;
+        mat<S> Y(sh.out, sh.n);
+        Y.setConstant(std::numeric_limits<S>::quiet_NaN());  // every column must be written
+        layer.forward_batch(X, Y, ws);
+        CHECK(bound_report(Y, want.y, want.bound) == "");
+        // Every path computes an example's output with the same kernel calls: the batch (sorted
+        // or tiled) and the single-example forward agree bit for bit.
+        vec<S> y(sh.out);
+        index_t same = 0;
+        for (index_t e = 0; e < sh.n; ++e) {
+            layer.forward(X.col(e), y);
+            same += y == Y.col(e) ? 1 : 0;
+        }
+        CHECK(same == sh.n);
+        // Threads: bit-identical to the serial batch.
+        for (int threads : {2, 3}) {
+            CAPTURE(threads);
+            treegate::parallel::thread_pool pool(threads);
+            mat<S> Yt(sh.out, sh.n);
+            Yt.setConstant(std::numeric_limits<S>::quiet_NaN());
+            layer.forward_batch(X, Yt, ws, pool);
+            CHECK(Yt == Y);
+        }
+    }
 }

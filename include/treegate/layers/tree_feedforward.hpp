@@ -6,6 +6,7 @@
 
 #include "../activation.hpp"
 #include "../detail/aligned_buffer.hpp"
+#include "../detail/fused_paths.hpp"
 #include "../detail/random.hpp"
 #include "../kernels/policy.hpp"
 #include "../parallel/executor.hpp"
@@ -237,6 +238,12 @@ public:
             y = const_output_bias_map(c_.data(), out_);
         else
             y.setZero();
+        if (fused()) {
+            const Scalar* xs[1] = {x.data()};
+            Scalar* ys[1] = {y.data()};
+            for (index_t t = 0; t < trees_; ++t) fused_view(t).forward(1, xs, ys);
+            return;
+        }
         for (index_t t = 0; t < trees_; ++t) {
             index_t node = 0;
             if (variant_ == ff_variant::node_sum) {
@@ -269,6 +276,7 @@ public:
         detail::check_batch(name, in_, X.rows(), X.cols(), out_, Y.rows(), Y.cols());
         if (detail::rerun_on_copy(X, Y, ws, [&](const auto& C) { forward_batch(C, Y, ws, ex); })) return;
         ws.reserve_workers(ex.size());
+        if (fused_sorted(X, Y, ws, ex)) return;
         parallel::for_each_chunk(ex, X.cols(), batch_tile, [&](index_t t0, index_t end, int worker) {
             forward_tile(X.middleCols(t0, end - t0), Y.middleCols(t0, end - t0), ws.worker(worker));
         });
@@ -319,6 +327,19 @@ private:
             Y.colwise() = output_bias();
         else
             Y.setZero();
+        if (fused()) {
+            const Scalar* xs[fused_group];
+            Scalar* ys[fused_group];
+            for (index_t e0 = 0; e0 < n; e0 += fused_group) {
+                const int m = static_cast<int>(std::min<index_t>(fused_group, n - e0));
+                for (int k = 0; k < m; ++k) {
+                    xs[k] = X.data() + (e0 + k) * X.outerStride();
+                    ys[k] = Y.data() + (e0 + k) * Y.outerStride();
+                }
+                for (index_t t = 0; t < trees_; ++t) fused_view(t).forward(m, xs, ys);
+            }
+            return;
+        }
         ws.bits.resize(static_cast<std::size_t>(n));
         for (index_t t = 0; t < trees_; ++t) {
             ws.levels.reset(n);
@@ -343,6 +364,54 @@ private:
             }
         }
     }
+
+    // Width-1 node_sum (UltraFastBERT) takes the fused path below in both forwards; leaf_mlp and
+    // wider nodes keep the level-by-level groups, whose per-node GEMMs it would not speed up.
+    bool fused() const noexcept { return width_ == 1 && variant_ == ff_variant::node_sum; }
+
+    detail::fused_tree<Scalar, Policy> fused_view(index_t t) const noexcept {
+        const index_t g = unit(t, 0);
+        return {in_,     out_,     depth_,    act_,     U_.data() + g * u_stride_, A_.data() + g * a_stride_,
+                V_.data() + g * v_stride_, u_stride_, a_stride_, v_stride_};
+    }
+
+    // The deep levels' weights the sorted batch path keeps in L2 per subtree (a few hundred KiB
+    // leaves room for the top levels and the streamed inputs in a 1-2 MiB L2).
+    static constexpr std::size_t fused_subtree_bytes = std::size_t{512} << 10;
+
+    // Large fused batches (width-1 node_sum, at least 8 examples per subtree): each tree in two
+    // phases (detail::fused_tree::split): the top levels tile by tile, then the subtrees, one
+    // piece per subtree, on the examples sorted by the subtree they reached. Each example's
+    // column of Y is written by one piece only and its result does not depend on the pieces,
+    // so the output is bit-identical for any thread count (and to the tiled path). Returns
+    // false where the tiled path serves instead (small batches, trees whose weights fit).
+    template <class Executor>
+    bool fused_sorted(const Eigen::Ref<const batch>& X, Eigen::Ref<batch> Y, workspace<Scalar>& ws, Executor& ex) const {
+        if (!fused()) return false;
+        const index_t n = X.cols();
+        const int s = fused_view(0).split(fused_subtree_bytes);
+        if (s == 0 || n < (index_t{8} << s)) return false;
+        Scalar* top = ws.c.view(s, n).data();
+        ws.codes.resize(static_cast<std::size_t>(n));
+        for (index_t t = 0; t < trees_; ++t) {
+            const detail::fused_tree<Scalar, Policy> f = fused_view(t);
+            parallel::for_each_chunk(ex, n, batch_tile, [&](index_t b, index_t e, int) {
+                f.route_top(X.data(), X.outerStride(), b, e, s, top, ws.codes.data());
+            });
+            ws.leaves.build(ws.codes.data(), n, s);
+            const Scalar* init = t == 0 && has_output_bias_ ? c_.data() : nullptr;
+            const bool zero = t == 0 && !has_output_bias_;
+            parallel::for_each_chunk(ex, tree::leaf_count(s), 1, [&](index_t k, index_t, int) {
+                const group_range r = ws.leaves.node_range(s, k);
+                f.route_bottom(X.data(), X.outerStride(), Y.data(), Y.outerStride(), ws.leaves.order(), r.begin, r.end, s,
+                               static_cast<leaf_t>(k), top, init, zero);
+            });
+        }
+        return true;
+    }
+
+    // Examples per group of the tiled fused path.
+    static constexpr int fused_group = detail::fused_tree<Scalar, Policy>::group;
 
     // y += V act(U x + a) for one example; returns the bit of the first pre-activation.
     int unit_forward(index_t g, const Scalar* x, Scalar* y) const noexcept {
@@ -375,8 +444,8 @@ private:
         const Scalar* a = A_.data() + g * a_stride_;
         const Scalar* V = V_.data() + g * v_stride_;
         if (width_ == 1) {
-            // Width-1 nodes: fused dot, activation and axpy per example; the node's two vectors
-            // stay in cache for the whole group.
+            // Width-1 leaf_mlp leaves: dot, activation and axpy per example; the leaf's two
+            // vectors stay in cache for the whole group.
             for (index_t p = r.begin; p < r.end; ++p) {
                 const index_t e = order[p];
                 const Scalar pre = Policy::dot(in_, U, X.data() + e * X.outerStride()) + a[0];
