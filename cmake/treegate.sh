@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # treegate's build driver behind the README's two commands:
-#   bash cmake/treegate.sh test   build with the `dev` preset and run every test, then the unit
-#                                 tests under ASan+UBSan (`asan` preset) and the threaded tests
-#                                 under ThreadSanitizer (`tsan` preset), then fuzz the safetensors
+#   bash cmake/treegate.sh test   build with the `dev` preset (g++) and run every test, then the
+#                                 unit tests under ASan+UBSan (`asan` preset, clang++-14: so the
+#                                 tests are built by both compilers) and the threaded tests under
+#                                 ThreadSanitizer (`tsan` preset, g++), then fuzz the safetensors
 #                                 loader (`fuzz` preset, clang++-14) for TREEGATE_FUZZ_SECONDS
 #                                 (default 60; 0 skips it). TREEGATE_SANITIZE=0 skips the
-#                                 sanitizers and fuzz; TREEGATE_WERROR=1 turns warnings into errors.
+#                                 sanitizers and fuzz; TREEGATE_WERROR=1 (CI) turns warnings into
+#                                 errors and makes clang++-14 required: without it `asan` runs
+#                                 with g++ and fuzz is skipped, each saying so, except under CI.
 #   bash cmake/treegate.sh demo   build the `release` preset and run the showcase example, the
 #                                 quick Fashion-MNIST training example and the roofline benchmark.
 set -euo pipefail
@@ -17,9 +20,14 @@ DEMO_OPTIONAL_PACKAGES="gnuplot-nox"
 DEMO_MNIST_PACKAGES="dataset-fashion-mnist zlib1g-dev"
 # The safetensors interop test runs in a virtual environment with numpy and safetensors from PyPI.
 TEST_OPTIONAL_PACKAGES="python3 python3-venv"
-# The fuzz step needs clang++ with libFuzzer; without them it is skipped.
-FUZZ_OPTIONAL_PACKAGES="clang-14 libclang-rt-14-dev"
-FUZZ_COMPILER=clang++-14
+# clang++-14 with its sanitizer runtimes and libFuzzer, for the presets in CLANG_PRESETS and the
+# fuzz step. Without them `asan` falls back to g++ and fuzz is skipped, unless TREEGATE_WERROR=1
+# (CI), where they are required.
+CLANG_PACKAGES="clang-14 libclang-rt-14-dev"
+CLANG_COMPILER=clang++-14
+CLANG_PRESETS="asan"
+FUZZ_OPTIONAL_PACKAGES=$CLANG_PACKAGES
+FUZZ_COMPILER=$CLANG_COMPILER
 
 # The sanitizer presets of `test`, run in this order after `dev` (TREEGATE_SANITIZE=0 skips them).
 # Each needs a configure, build and test preset of that name in CMakePresets.json; to add one
@@ -112,6 +120,41 @@ ctest_summary() {
 summaries=""
 add_summary() { summaries="$summaries  $*"$'\n'; }
 
+# Whether clang++-14 and its runtimes are (or could be made) present; installs them if missing.
+# Under TREEGATE_WERROR=1 (CI) their absence is an error rather than a reason to fall back.
+clang_checked=0 clang_ok=0
+clang_available() {
+  if [ "$clang_checked" = 0 ]; then
+    clang_checked=1
+    ensure_packages "$CLANG_PACKAGES" optional
+    local missing=""
+    # shellcheck disable=SC2086  # word splitting of the package list is intended
+    command -v dpkg-query >/dev/null 2>&1 && missing=$(missing_packages $CLANG_PACKAGES)
+    if command -v "$CLANG_COMPILER" >/dev/null 2>&1 && [ -z "$missing" ]; then
+      clang_ok=1
+    elif [ "${TREEGATE_WERROR:-0}" = 1 ]; then
+      die "TREEGATE_WERROR=1 (CI) needs $CLANG_COMPILER with its sanitizer runtimes and libFuzzer" \
+          "(Debian: $CLANG_PACKAGES), which could not be installed"
+    fi
+  fi
+  [ "$clang_ok" = 1 ]
+}
+
+# Drops build/<preset>'s CMake cache when it was configured with another compiler than $2 (a
+# preset that changed compiler, or the g++ fallback): CMake cannot switch a configured tree's
+# compiler, and --fresh needs CMake 3.24.
+drop_cache_if_compiler_changed() {
+  local dir=build/$1 cached wanted
+  [ -f "$dir/CMakeCache.txt" ] || return 0
+  cached=$(sed -n 's/^CMAKE_CXX_COMPILER:[A-Z]*=//p' "$dir/CMakeCache.txt")
+  cached=$(readlink -f "$cached" 2>/dev/null || echo "$cached")
+  wanted=$(command -v "$2" 2>/dev/null || echo "$2")
+  wanted=$(readlink -f "$wanted" 2>/dev/null || echo "$wanted")
+  [ "$cached" = "$wanted" ] && return 0
+  say "$dir was configured with $cached, not $wanted: starting its configuration afresh"
+  rm -rf "$dir/CMakeCache.txt" "$dir/CMakeFiles"
+}
+
 # Configures and builds one preset; "$@" after the name go to the configure step. Sets
 # configure_seconds and build_seconds.
 configure_seconds=0
@@ -140,12 +183,26 @@ run_ctest() {
   test_seconds=$((SECONDS - t))
 }
 
-# Configures, builds and tests one preset and adds its line to the summary.
+# Configures, builds and tests one preset and adds its line to the summary. A preset in
+# CLANG_PRESETS runs with g++ instead, saying so, when clang++-14 is missing outside CI.
 build_and_test() {
-  local preset=$1
-  configure_and_build "$preset"
+  local preset=$1 label=$1 compiler=""
+  local -a args=()
+  case " $CLANG_PRESETS " in
+    *" $preset "*)
+      compiler=$CLANG_COMPILER
+      if ! clang_available; then
+        compiler=g++
+        args=(-DCMAKE_CXX_COMPILER=g++)
+        label="$preset (WITH g++: no $CLANG_COMPILER)"
+        say "$CLANG_COMPILER could not be installed (Debian: $CLANG_PACKAGES): running" \
+            "preset '$preset' with g++ instead, so no step builds the tests with clang"
+      fi
+      drop_cache_if_compiler_changed "$preset" "$compiler" ;;
+  esac
+  configure_and_build "$preset" "${args[@]}"
   run_ctest "$preset"
-  add_summary "$preset: configure ${configure_seconds} s, build ${build_seconds} s," \
+  add_summary "$label: configure ${configure_seconds} s, build ${build_seconds} s," \
               "test ${test_seconds} s; $(ctest_summary "build/$preset/ctest.log")"
 }
 
@@ -178,11 +235,7 @@ test_fuzz() {
        return 0 ;;
     *[!0-9]*|'') die "TREEGATE_FUZZ_SECONDS must be a whole number of seconds, not '$seconds'" ;;
   esac
-  ensure_packages "$FUZZ_OPTIONAL_PACKAGES" optional
-  local missing=""
-  # shellcheck disable=SC2086  # word splitting of the package list is intended
-  command -v dpkg-query >/dev/null 2>&1 && missing=$(missing_packages $FUZZ_OPTIONAL_PACKAGES)
-  if ! command -v "$FUZZ_COMPILER" >/dev/null 2>&1 || [ -n "$missing" ]; then
+  if ! clang_available; then
     say "SKIPPING the fuzz step: it needs $FUZZ_COMPILER with libFuzzer" \
         "(Debian: $FUZZ_OPTIONAL_PACKAGES), which could not be installed"
     add_summary "fuzz: SKIPPED (no $FUZZ_COMPILER with libFuzzer)"

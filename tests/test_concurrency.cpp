@@ -52,7 +52,11 @@ std::pair<mat<float>, mat<float>> sequential_outputs(const Layer& layer, const m
 // (as documented), compared bit for bit with the single-threaded outputs.
 template <class Layer>
 int concurrent_mismatches(const Layer& layer, const mat<float>& X) {
-    const auto [batch, single] = sequential_outputs(layer, X);
+    // Named references, not a structured binding: C++17 lambdas cannot capture bindings
+    // (GCC accepts it, clang does not).
+    const auto expected = sequential_outputs(layer, X);
+    const mat<float>& batch = expected.first;
+    const mat<float>& single = expected.second;
     return run_concurrently([&](int t) {
         treegate::workspace<float> ws;
         mat<float> Y(batch.rows(), batch.cols());

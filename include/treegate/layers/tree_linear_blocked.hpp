@@ -113,6 +113,9 @@ public:
     void forward_batch(const Eigen::Ref<const batch>& X, Eigen::Ref<batch> Y, workspace<Scalar>& ws, Executor&& ex) const {
         detail::check_live(name, !trees_.empty());
         detail::check_batch(name, in_size(), X.rows(), X.cols(), out_size(), Y.rows(), Y.cols());
+        // Nothing to compute, and slicing an empty batch would offset its null data pointer
+        // (undefined behaviour in Eigen 3.4's blocks).
+        if (X.cols() == 0) return;
         if (detail::rerun_on_copy(X, Y, ws, [&](const auto& C) { forward_batch(C, Y, ws, ex); })) return;
         const index_t si = slice_in(), so = slice_out();
         if (combine_ == block_combine::concat) {
