@@ -9,6 +9,7 @@
 #include "kernels/policy.hpp"
 #include "layers/activation_layer.hpp"
 #include "layers/dense.hpp"
+#include "layers/flatten.hpp"
 #include "layers/sequential.hpp"
 #include "layers/tree_feedforward.hpp"
 #include "layers/tree_linear.hpp"
