@@ -197,6 +197,19 @@ TEST_CASE("threaded dense, activation, blocked trees and sequential models are b
     }
 }
 
+namespace {
+
+// Every block of `got` has the visited flag and the gradient bits of the same block of `want`.
+void check_same_gradients(const treegate::train::param_list<float>& got, const treegate::train::param_list<float>& want) {
+    REQUIRE(got.size() == want.size());
+    for (std::size_t k = 0; k < got.size(); ++k) {
+        CHECK(got[k].visited == want[k].visited);
+        for (index_t i = 0; i < got[k].size; ++i) CHECK(got[k].grad[i] == want[k].grad[i]);
+    }
+}
+
+}  // namespace
+
 // Soft-routed training on a pool: the soft forward's output and penalty, and the soft backward's
 // every gradient block and dX, are bit-identical to the serial call for every thread count
 // (pieces are nodes, units and fixed tiles of examples, none depends on the worker). Batches of
@@ -239,11 +252,7 @@ TEST_CASE("soft forward and backward are bit-identical on any thread count", "[p
                 if (with_dx) CHECK(dX == dX0);
                 tt::param_list<float> blocks;
                 grad.collect(f, blocks);
-                REQUIRE(blocks.size() == blocks0.size());
-                for (std::size_t k = 0; k < blocks.size(); ++k) {
-                    CHECK(blocks[k].visited == blocks0[k].visited);
-                    for (index_t i = 0; i < blocks[k].size; ++i) CHECK(blocks[k].grad[i] == blocks0[k].grad[i]);
-                }
+                check_same_gradients(blocks, blocks0);
                 CHECK(grad.visited_units() == grad0.visited_units());
                 CHECK(grad.visited_routers() == grad0.visited_routers());
             }
@@ -276,8 +285,6 @@ TEST_CASE("soft forward and backward are bit-identical on any thread count", "[p
         CHECK(dX == dX0);
         tt::param_list<float> blocks;
         grad.collect(model, blocks);
-        REQUIRE(blocks.size() == blocks0.size());
-        for (std::size_t k = 0; k < blocks.size(); ++k)
-            for (index_t i = 0; i < blocks[k].size; ++i) CHECK(blocks[k].grad[i] == blocks0[k].grad[i]);
+        check_same_gradients(blocks, blocks0);
     }
 }

@@ -166,13 +166,11 @@ inline void hold_out_validation(const split& all, index_t n_val, split& train, s
     const auto order = tt::shuffled_indices(all.size(), validation_split_seed, 0);
     const index_t n_train = all.size() - n_val;
     auto take = [&](index_t begin, index_t count, split& s) {
+        const index_t* idx = order.data() + begin;
         s.X.resize(all.X.rows(), count);
+        tt::gather_columns(all.X, idx, count, s.X);
         s.labels.resize(static_cast<std::size_t>(count));
-        for (index_t k = 0; k < count; ++k) {
-            const auto e = order[static_cast<std::size_t>(begin + k)];
-            s.X.col(k) = all.X.col(e);
-            s.labels[static_cast<std::size_t>(k)] = all.labels[static_cast<std::size_t>(e)];
-        }
+        for (index_t k = 0; k < count; ++k) s.labels[static_cast<std::size_t>(k)] = all.labels[static_cast<std::size_t>(idx[k])];
     };
     take(0, n_train, train);
     take(n_train, n_val, val);

@@ -13,6 +13,7 @@
 
 #include <atomic>
 #include <functional>
+#include <memory>
 #include <utility>
 
 namespace fashion_mnist {
@@ -105,7 +106,7 @@ template <class Model>
 train_outcome train(Model& model, const dataset& d, const train_config& cfg, tt::weight_decay decay,
                     const soft_schedule& soft, std::uint64_t seed, progress* prog, long long unit_per_batch) {
     train_outcome result;
-    Model best = model;
+    std::unique_ptr<Model> best;  // the kept epoch's model, when choosing on validation
     double best_val = -1;
     const index_t n = cfg.train_limit > 0 ? std::min(cfg.train_limit, d.train.size()) : d.train.size();
     const index_t batch = cfg.batch;
@@ -157,15 +158,15 @@ train_outcome train(Model& model, const dataset& d, const train_config& cfg, tt:
             const double val = evaluate(model, d.val);
             if (val > best_val) {
                 best_val = val;
-                best = model;
+                best = std::make_unique<Model>(model);
                 result.kept_epoch = epoch + 1;
             }
         }
     }
     result.touched_per_step = touched / static_cast<double>(std::max(step, 1LL));
     result.seconds = seconds_since(t0);
-    if (cfg.select_on_validation) {
-        model = std::move(best);
+    if (best) {  // set by the first epoch whenever choosing on validation
+        model = std::move(*best);
         result.val_accuracy = best_val;
     }
     return result;
