@@ -9,6 +9,7 @@
 #include <treegate/kernels/avx512.hpp>
 #include <treegate/kernels/dispatch.hpp>
 #include <treegate/kernels/native.hpp>
+#include <treegate/kernels/x86/stream_plan.hpp>
 #include <treegate/layers/tree_feedforward.hpp>
 #include <treegate/layers/tree_linear.hpp>
 
@@ -374,4 +375,79 @@ TEMPLATE_TEST_CASE("simd bf16-weight gemm, gemv and path_sum match the widened p
             CHECK(close_report<float>(to_double(z.data(), rows, 1, rows), pwant, pscale, static_cast<double>(count * cols + 1)) ==
                   "");
         }
+}
+
+TEMPLATE_TEST_CASE("simd bf16-weight path_sum over long paths matches the widened product", "[kernels][simd][bf16]", avx2,
+                   avx512, dispatch) {
+    // Up to nine blocks, as a depth-8 path: the avx512 kernel reads two bf16 blocks side by side
+    // and must handle the odd one left over, with column tails (cols % 4) in every block.
+    if (skip_without<TestType>()) return;
+    std::mt19937 g(910);
+    for (const index_t rows : {index_t{1}, index_t{33}, index_t{130}})
+        for (const index_t cols : {index_t{1}, index_t{6}, index_t{67}, index_t{290}})
+            for (int count = 1; count <= 9; ++count) {
+                CAPTURE(rows, cols, count);
+                guarded_floats x(cols), y(rows);
+                fill(x, g);
+                fill(y, g);
+                const Eigen::MatrixXd xd = to_double(x.data(), cols, 1, cols);
+                Eigen::MatrixXd want = to_double(y.data(), rows, 1, rows), scale = want.cwiseAbs();
+                std::vector<std::unique_ptr<guarded<treegate::bf16>>> blocks;
+                std::vector<const treegate::bf16*> ptrs;
+                for (int k = 0; k < count; ++k) {
+                    blocks.push_back(std::make_unique<guarded<treegate::bf16>>(rows * cols));
+                    auto& b = *blocks.back();
+                    Eigen::MatrixXd Bw(rows, cols);
+                    for (index_t i = 0; i < rows * cols; ++i) {
+                        b[i] = treegate::to_bf16(static_cast<float>(uniform(g)));
+                        Bw(i % rows, i / rows) = static_cast<double>(treegate::to_float(b[i]));
+                    }
+                    ptrs.push_back(b.data());
+                    want += Bw * xd;
+                    scale += Bw.cwiseAbs() * xd.cwiseAbs();
+                }
+                TestType::path_sum(rows, cols, ptrs.data(), count, x.data(), y.data());
+                CHECK(close_report<float>(to_double(y.data(), rows, 1, rows), want, scale,
+                                          static_cast<double>(count * cols + 1)) == "");
+            }
+}
+
+TEST_CASE("path-sum prefetch addresses stay inside the blocks of their stream", "[kernels][simd]") {
+    // The prefetch of the panel at column c of block k runs `dist` bytes ahead in the stream
+    // k, k + streams, ...: inside block k, else inside the stream's next block, else at block
+    // k's start. Checked on blocks far apart, small ones (shorter than dist) included.
+    using treegate::kernels::detail::path_prefetch_address;
+    const int max_count = 9;
+    for (const index_t rows : {index_t{1}, index_t{5}, index_t{64}, index_t{512}})
+        for (const index_t cols : {index_t{1}, index_t{3}, index_t{8}, index_t{512}})
+            for (const index_t dist : {index_t{0}, index_t{4096}, index_t{16384}})
+                for (int streams = 1; streams <= 3; ++streams)
+                    for (int count = 1; count <= max_count; ++count) {
+                        const index_t bytes = rows * cols * static_cast<index_t>(sizeof(float));
+                        // Addresses only (never dereferenced): block k at 4 k MiB plus a 64-byte offset.
+                        std::vector<std::uintptr_t> at;
+                        std::vector<const float*> blocks;
+                        for (int k = 0; k < count; ++k) {
+                            at.push_back((std::uintptr_t{1} << 28) + (static_cast<std::uintptr_t>(k) << 22) + 64);
+                            blocks.push_back(reinterpret_cast<const float*>(at.back()));
+                        }
+                        for (int k = 0; k < count; ++k)
+                            for (index_t c = 0; c < cols; c += 4) {
+                                CAPTURE(rows, cols, dist, streams, count, k, c);
+                                const std::uintptr_t a =
+                                    path_prefetch_address(blocks.data(), k, count, c, rows, cols, dist, streams);
+                                const index_t start = c * rows * static_cast<index_t>(sizeof(float)) + dist;
+                                std::uintptr_t want = at[static_cast<std::size_t>(k)];
+                                if (start < bytes) {
+                                    want += static_cast<std::uintptr_t>(start);
+                                } else if (k + streams < count) {
+                                    want = at[static_cast<std::size_t>(k + streams)];
+                                    if (start - bytes < bytes) want += static_cast<std::uintptr_t>(start - bytes);
+                                }
+                                CHECK(a == want);
+                                bool inside = false;
+                                for (const std::uintptr_t b : at) inside = inside || (a >= b && a < b + static_cast<std::uintptr_t>(bytes));
+                                CHECK(inside);
+                            }
+                    }
 }

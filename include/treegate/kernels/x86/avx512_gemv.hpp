@@ -77,19 +77,30 @@ TREEGATE_DETAIL_AVX512_TARGET inline void gemv(index_t rows, index_t cols, const
     for (index_t c = full; c < cols; ++c) panel1(rows, W + c * ldw, x[c], y);
 }
 
-// The blocks of one path one after the other, each read once front to back, while the software
-// prefetch runs path_prefetch_bytes ahead in the concatenation of the blocks.
+// The blocks of one path, path_streams<T> of them side by side (panel by panel), each read once
+// front to back, while the software prefetch runs path_prefetch_bytes ahead in each stream.
+// Two bf16 streams keep more DRAM lines in flight than one: measured on a Sapphire Rapids VM
+// (one thread, 9 blocks of 512 x 512 per call) 5 % faster on the tree's mixed L3/DRAM blocks
+// and on DRAM-resident ones; float weights gain nothing from it and keep one stream. The
+// order of the additions into y therefore differs between float and bf16 weights.
+template <class T>
+inline constexpr int path_streams = sizeof(T) == 2 ? 2 : 1;
+
 template <class T>
 TREEGATE_DETAIL_AVX512_TARGET inline void path_sum(index_t rows, index_t cols, const T* const* blocks, int count,
                                                    const float* x, float* y) noexcept {
     if (rows <= 0 || cols <= 0) return;
     const index_t full = cols - cols % 4;
     const auto dist = static_cast<index_t>(path_prefetch_bytes);
-    for (int k = 0; k < count; ++k) {
-        const T* W = blocks[k];
+    constexpr int streams = path_streams<T>;
+    for (int k0 = 0; k0 < count; k0 += streams) {
+        const int g = count - k0 < streams ? count - k0 : streams;
         for (index_t c = 0; c < full; c += 4)
-            panel4<true>(rows, W + c * rows, rows, x + c, y, path_prefetch_address(blocks, k, count, c, rows, cols, dist));
-        for (index_t c = full; c < cols; ++c) panel1(rows, W + c * rows, x[c], y);
+            for (int k = k0; k < k0 + g; ++k)
+                panel4<true>(rows, blocks[k] + c * rows, rows, x + c, y,
+                             path_prefetch_address(blocks, k, count, c, rows, cols, dist, streams));
+        for (int k = k0; k < k0 + g; ++k)
+            for (index_t c = full; c < cols; ++c) panel1(rows, blocks[k] + c * rows, x[c], y);
     }
 }
 

@@ -10,18 +10,23 @@
 namespace treegate::kernels::detail {
 
 /// Where the prefetch stream of the panel at column c of blocks[k] starts: `dist` bytes ahead of
-/// the panel in the concatenation of the path's blocks (each rows x cols, ld = rows), so near a
-/// block's end it runs into the next block; past the last block it repeats this block's start
-/// (a harmless hint; the address stays inside a block). Kept an integer so that no
-/// out-of-range pointer is ever formed.
+/// the panel in the concatenation of the blocks its stream reads (blocks k, k + streams,
+/// k + 2 streams, ... when the kernel reads `streams` blocks side by side; each rows x cols,
+/// ld = rows), so near a block's end it runs into the stream's next block (its start, when
+/// `dist` exceeds a block); past the stream's last block it repeats this block's start (a
+/// harmless hint; the address stays inside a block). Kept an integer so that no out-of-range
+/// pointer is ever formed.
 template <class T>
 inline std::uintptr_t path_prefetch_address(const T* const* blocks, int k, int count, index_t c, index_t rows,
-                                            index_t cols, index_t dist) noexcept {
+                                            index_t cols, index_t dist, int streams = 1) noexcept {
     const index_t block_bytes = rows * cols * static_cast<index_t>(sizeof(T));
     const auto here = reinterpret_cast<std::uintptr_t>(blocks[k]);
     const index_t start = c * rows * static_cast<index_t>(sizeof(T)) + dist;
     if (start < block_bytes) return here + static_cast<std::uintptr_t>(start);
-    if (k + 1 < count) return reinterpret_cast<std::uintptr_t>(blocks[k + 1]) + static_cast<std::uintptr_t>(start - block_bytes);
+    if (k + streams < count) {
+        const auto next = reinterpret_cast<std::uintptr_t>(blocks[k + streams]);
+        return start - block_bytes < block_bytes ? next + static_cast<std::uintptr_t>(start - block_bytes) : next;
+    }
     return here;
 }
 
