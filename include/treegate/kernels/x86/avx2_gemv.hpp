@@ -90,20 +90,24 @@ TREEGATE_DETAIL_AVX2_TARGET inline void gemv(index_t rows, index_t cols, const T
     for (index_t c = full; c < cols; ++c) panel1(rows, W + c * ldw, x[c], y);
 }
 
-// The blocks of one path, one after the other: each block is read once, front to back, while
-// the software prefetch runs path_prefetch_bytes ahead in the concatenation of the blocks.
-// T = float or bf16 (the distance is in bytes, so bf16 prefetches twice as many columns ahead).
+// The blocks of one path, path_streams<T> of them side by side (panel by panel, see
+// stream_plan.hpp): each block is read once, front to back, while the software prefetch runs
+// path_prefetch_bytes ahead in each stream. T = float or bf16 (the distance is in bytes, so bf16 prefetches twice as many columns ahead).
 template <class T>
 TREEGATE_DETAIL_AVX2_TARGET inline void path_sum(index_t rows, index_t cols, const T* const* blocks, int count,
                                                  const float* x, float* y) noexcept {
     if (rows <= 0 || cols <= 0) return;
     const index_t full = cols - cols % 4;
     const auto dist = static_cast<index_t>(path_prefetch_bytes);
-    for (int k = 0; k < count; ++k) {
-        const T* W = blocks[k];
+    constexpr int streams = path_streams<T>;
+    for (int k0 = 0; k0 < count; k0 += streams) {
+        const int g = count - k0 < streams ? count - k0 : streams;
         for (index_t c = 0; c < full; c += 4)
-            panel4<true>(rows, W + c * rows, rows, x + c, y, path_prefetch_address(blocks, k, count, c, rows, cols, dist));
-        for (index_t c = full; c < cols; ++c) panel1(rows, W + c * rows, x[c], y);
+            for (int k = k0; k < k0 + g; ++k)
+                panel4<true>(rows, blocks[k] + c * rows, rows, x + c, y,
+                             path_prefetch_address(blocks, k, count, c, rows, cols, dist, streams));
+        for (int k = k0; k < k0 + g; ++k)
+            for (index_t c = full; c < cols; ++c) panel1(rows, blocks[k] + c * rows, x[c], y);
     }
 }
 

@@ -77,15 +77,9 @@ TREEGATE_DETAIL_AVX512_TARGET inline void gemv(index_t rows, index_t cols, const
     for (index_t c = full; c < cols; ++c) panel1(rows, W + c * ldw, x[c], y);
 }
 
-// The blocks of one path, path_streams<T> of them side by side (panel by panel), each read once
-// front to back, while the software prefetch runs path_prefetch_bytes ahead in each stream.
-// Two bf16 streams keep more DRAM lines in flight than one: measured on a Sapphire Rapids VM
-// (one thread, 9 blocks of 512 x 512 per call) 5 % faster on the tree's mixed L3/DRAM blocks
-// and on DRAM-resident ones; float weights gain nothing from it and keep one stream. The
-// order of the additions into y therefore differs between float and bf16 weights.
-template <class T>
-inline constexpr int path_streams = sizeof(T) == 2 ? 2 : 1;
-
+// The blocks of one path, path_streams<T> of them side by side (panel by panel, see
+// stream_plan.hpp), each read once front to back, while the software prefetch runs
+// path_prefetch_bytes ahead in each stream.
 template <class T>
 TREEGATE_DETAIL_AVX512_TARGET inline void path_sum(index_t rows, index_t cols, const T* const* blocks, int count,
                                                    const float* x, float* y) noexcept {
