@@ -189,11 +189,11 @@ TEST_CASE("integer tensors: never weights, never written; refused with the tenso
     parts.header["weight"]["dtype"] = "I32";
     const auto file = tg_test::join(parts.header, parts.data);
     const std::string what = error_of([&] { st::load_into_from_memory(layer, file.data(), file.size()); });
-    CHECK(what.find("tensor 'weight' holds integers (I32, shape [2, 3])") != std::string::npos);
+    CHECK(what.find("tensor 'weight' has dtype \"I32\" (integers, shape [2, 3])") != std::string::npos);
     raw_file f;
     f.add("weight", "I64", {2, 3}, bytes_t(48, 0));
     const std::string path = f.save("int_weight.safetensors");
-    CHECK(error_of([&] { st::read_tensors<float>(path); }).find("holds integers") != std::string::npos);
+    CHECK(error_of([&] { st::read_tensors<float>(path); }).find("has dtype \"I64\" (integers") != std::string::npos);
     CHECK(error_of([&] { st::save_to_memory(layer, st::dtype::i64); }).find("dtype I64 is read where an integer") !=
           std::string::npos);
     raw_file u;
@@ -343,7 +343,7 @@ TEST_CASE("load_fastfeedforward checks every tensor's name, shape and dtype") {
     CHECK(message(float_depth).find("tensor 'depth' (the tree depth) has dtype F64; expected I64 or I32") != std::string::npos);
     raw_file int_weight = fff_file(t);
     int_weight.header["b2s"]["dtype"] = "I32";
-    CHECK(message(int_weight).find("tensor 'b2s' holds integers (I32") != std::string::npos);
+    CHECK(message(int_weight).find("tensor 'b2s' has dtype \"I32\" (integers") != std::string::npos);
     raw_file deep = fff_file(t);
     deep.header.erase("depth");
     deep.data.erase(deep.data.begin(), deep.data.begin() + 8);

@@ -120,9 +120,9 @@ private:
     std::set<std::string> used_;
 };
 
-inline parsed_file read_checked(const std::vector<unsigned char>& bytes, const std::string& path,
+inline parsed_file read_checked(const void* data, std::size_t size, const std::string& source,
                                 const safetensors::load_options& options) {
-    parsed_file f = parse(bytes.data(), bytes.size(), path);
+    parsed_file f = parse(static_cast<const unsigned char*>(data), size, source);
     verify_checksum(f, options);
     return f;
 }
@@ -151,9 +151,11 @@ inline index_t mirrored(index_t n) noexcept {
 /// layer's leaf 2^D-1-l then holds the file's leaf l. Without it the tensors are copied in place
 /// and only inputs on a node's hyperplane (score exactly zero) go left instead of right.
 template <class Scalar, class Policy = kernels::default_policy>
-feedforward<Scalar, Policy> load_fastfeedforward(const std::string& path, const load_options& options = {}) {
-    const auto bytes = safetensors::detail::read_file(path);
-    const auto f = detail::read_checked(bytes, path, options.file);
+feedforward<Scalar, Policy> load_fastfeedforward_from_memory(const void* data, std::size_t size,
+                                                             const std::string& source = "<memory>",
+                                                             const load_options& options = {}) {
+    const auto f = detail::read_checked(data, size, source, options.file);
+    const std::string& path = f.source;
     detail::layer_tensors t(f, options.prefix, "fastfeedforward FFF");
 
     const std::int64_t depth = t.integer("depth", "the tree depth");
@@ -215,9 +217,11 @@ feedforward<Scalar, Policy> load_fastfeedforward(const std::string& path, const 
 /// (options.trees) or D (options.depth), the other follows from the rows; given neither, K = 1
 /// (any row count also fits that many trees of depth 0, so the shapes alone cannot tell).
 template <class Scalar, class Policy = kernels::default_policy>
-feedforward<Scalar, Policy> load_ultrafastbert(const std::string& path, const load_options& options = {}) {
-    const auto bytes = safetensors::detail::read_file(path);
-    const auto f = detail::read_checked(bytes, path, options.file);
+feedforward<Scalar, Policy> load_ultrafastbert_from_memory(const void* data, std::size_t size,
+                                                           const std::string& source = "<memory>",
+                                                           const load_options& options = {}) {
+    const auto f = detail::read_checked(data, size, source, options.file);
+    const std::string& path = f.source;
     const char* name = "UltraFastBERT layer";
     detail::layer_tensors t(f, options.prefix, name);
     using safetensors::detail::fail;
@@ -273,6 +277,18 @@ feedforward<Scalar, Policy> load_ultrafastbert(const std::string& path, const lo
         for (index_t o = 0; o < n_out; ++o) c(o) = C[static_cast<std::size_t>(o)];
     }
     return layer;
+}
+
+template <class Scalar, class Policy = kernels::default_policy>
+feedforward<Scalar, Policy> load_fastfeedforward(const std::string& path, const load_options& options = {}) {
+    const auto bytes = safetensors::detail::read_file(path);
+    return load_fastfeedforward_from_memory<Scalar, Policy>(bytes.data(), bytes.size(), path, options);
+}
+
+template <class Scalar, class Policy = kernels::default_policy>
+feedforward<Scalar, Policy> load_ultrafastbert(const std::string& path, const load_options& options = {}) {
+    const auto bytes = safetensors::detail::read_file(path);
+    return load_ultrafastbert_from_memory<Scalar, Policy>(bytes.data(), bytes.size(), path, options);
 }
 
 }  // namespace treegate::pytorch

@@ -358,8 +358,8 @@ template <class Scalar>
 std::vector<Scalar> read_values(const parsed_file& f, const std::string& name) {
     const tensor_entry& e = f.tensors.at(name);
     if (is_integer(e.type))
-        fail(f.source, "tensor '", name, "' holds integers (", to_string(e.type), ", shape ", shape_string(e.shape),
-             "); treegate reads weights from F32, F64, BF16 or F16 tensors");
+        fail(f.source, "tensor '", name, "' has dtype \"", to_string(e.type), "\" (integers, shape ",
+             shape_string(e.shape), "); treegate reads weights from F32, F64, BF16 or F16 tensors");
     const std::size_t width = dtype_bytes(e.type);
     const std::size_t n = static_cast<std::size_t>(e.end - e.begin) / width;
     const unsigned char* p = f.data + e.begin;
