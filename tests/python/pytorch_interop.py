@@ -132,6 +132,24 @@ def test_fff(exe, work, rng):
     compare("FFF, F32 + I64 depth, exact ties", run_cpp(exe, "fff", path, x, work)[0], want, tol)
     compare("FFF, F32, exact_ties off", run_cpp(exe, "fff_direct", path, x, work)[0], want, tol)
 
+    # Ties: with every node bias 0, x = 0 scores exactly 0 at every node, which the package sends
+    # right; exact_ties (the default) must agree, the direct copy goes left instead.
+    tied = dict(sd)
+    tied["node_biases"] = torch.zeros_like(sd["node_biases"])
+    m_tied = FFF(6, 5, 3, 3, usage_mode="soft")
+    m_tied.load_state_dict(tied)
+    m_tied.eval()
+    zero = np.zeros((2, 6))
+    with torch.no_grad():
+        want_tied = m_tied(torch.from_numpy(zero.astype(np.float32))).double().numpy()
+    path = os.path.join(work, "fff_tied.safetensors")
+    save_file(tied, path)
+    tol_tied = fff_tolerance(tied, zero, fff_route(tied, zero)[0], 1.0)
+    compare("FFF at a tie (score exactly 0), exact ties", run_cpp(exe, "fff", path, zero, work)[0], want_tied, tol_tied)
+    direct = run_cpp(exe, "fff_direct", path, zero, work)[0]
+    check(direct is not None and bool(np.any(np.abs(direct - want_tied) > tol_tied)),
+          "FFF at a tie, exact_ties off: goes left where the package goes right (differs, as documented)")
+
     # Inside a larger model, under a prefix, beside other tensors.
     big = {"encoder.fff." + k: v for k, v in sd.items()}
     big["encoder.norm.weight"] = torch.ones(6)
