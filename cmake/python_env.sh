@@ -8,7 +8,7 @@
 #
 # torch is pinned to 1.13.1: PyPI's Linux wheels of every torch release bring NVIDIA's CUDA
 # libraries as dependencies (import torch loads them even on a CPU), and 1.13.1's set is the
-# smallest (4 of them, no triton): 3.3 GB and about half a minute here, against 5.4 GB for the
+# smallest (4 of them, no triton): 3.3 GB and about 50 s cold here, against 5.4 GB for the
 # newest. It was built against NumPy 1, so numpy is kept below 2 alongside it. Where no 1.13.1
 # wheel exists (Python 3.12 and later) the newest torch is installed instead.
 set -u
