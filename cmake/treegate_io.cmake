@@ -12,6 +12,8 @@
 #         TREEGATE_FUZZ_SECONDS (60)     how long that ctest fuzzes (libFuzzer -max_total_time)
 #         ctest `safetensors_interop`  (label interop; skipped unless numpy + safetensors import;
 #                                        TREEGATE_INTEROP_TEST=OFF leaves it and interop_main out)
+#         ctest `pytorch_interop`      (label interop; skipped unless torch + fastfeedforward import;
+#                                        TREEGATE_INTEROP_TEST=OFF leaves it out too)
 include_guard(GLOBAL)
 
 set(treegate_io_root ${CMAKE_CURRENT_LIST_DIR}/..)
@@ -90,6 +92,23 @@ if(TARGET treegate_io AND TREEGATE_BUILD_TESTS AND TREEGATE_INTEROP_TEST)
     add_test(NAME safetensors_interop
              COMMAND ${CMAKE_COMMAND} -E echo "SKIP: no Python 3 interpreter found for the safetensors interop test")
     set_tests_properties(safetensors_interop PROPERTIES SKIP_REGULAR_EXPRESSION "SKIP:" LABELS interop)
+  endif()
+
+  # --- PyTorch models through io/pytorch.hpp (tests/python/pytorch_interop.py) ----------------
+  # Needs torch and fastfeedforward, which cmake/python_env.sh installs into the same pyenv.
+  add_executable(treegate_pytorch_main ${treegate_io_root}/tests/python/pytorch_main.cpp)
+  treegate_own_target(treegate_pytorch_main)
+  target_link_libraries(treegate_pytorch_main PRIVATE treegate::io)
+  if(Python3_Interpreter_FOUND)
+    add_test(NAME pytorch_interop
+             COMMAND ${Python3_EXECUTABLE} ${treegate_io_root}/tests/python/pytorch_interop.py
+                     $<TARGET_FILE:treegate_pytorch_main> ${CMAKE_CURRENT_BINARY_DIR}/pytorch
+                     --venv ${treegate_pyenv})
+    set_tests_properties(pytorch_interop PROPERTIES SKIP_RETURN_CODE 77 LABELS interop TIMEOUT 300)
+  else()
+    add_test(NAME pytorch_interop
+             COMMAND ${CMAKE_COMMAND} -E echo "SKIP: no Python 3 interpreter found for the PyTorch test")
+    set_tests_properties(pytorch_interop PROPERTIES SKIP_REGULAR_EXPRESSION "SKIP:" LABELS interop)
   endif()
 endif()
 

@@ -1,6 +1,7 @@
 // libFuzzer target for the safetensors loader: any bytes must either load or raise
 // treegate::file_error; anything else (another exception, a crash, a sanitizer report) is a bug.
 // Build: clang++ -std=c++17 -g -O1 -fsanitize=fuzzer,address,undefined -Iinclude -isystem /usr/include/eigen3
+#include <treegate/io/pytorch.hpp>
 #include <treegate/io/safetensors.hpp>
 
 #include <cstddef>
@@ -64,6 +65,16 @@ void try_load_into(Layer layer, const std::uint8_t* data, std::size_t size) {
     }
 }
 
+template <class Load>
+void try_pytorch(Load&& load) {
+    try {
+        exercise(load());
+    } catch (const treegate::file_error&) {
+    } catch (const std::exception& e) {
+        bug("unexpected exception", e.what());
+    }
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
@@ -76,6 +87,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     try_load<treegate::sequential<treegate::dense<float>, treegate::activation_layer<float>, treegate::tree_linear<float>>>(
         data, size);
     try_load<treegate::tree_feedforward<double>>(data, size);
+
+    // PyTorch layouts (io/pytorch.hpp), which files without treegate's metadata reach.
+    treegate::pytorch::load_options torch_options;
+    torch_options.file = unverified();
+    try_pytorch([&] { return treegate::pytorch::load_fastfeedforward_from_memory<float>(data, size, "fuzz", torch_options); });
+    try_pytorch([&] { return treegate::pytorch::load_ultrafastbert_from_memory<float>(data, size, "fuzz", torch_options); });
 
     try {
         (void)st::read_tensors_from_memory<float>(data, size, "fuzz");

@@ -40,6 +40,7 @@ int main(int argc, char** argv) {
     dir = argv[1];
     valid("dense", treegate::dense<float>(3, 2));
     valid("dense_nobias_bf16", treegate::dense<float>(2, 2, false), st::dtype::bf16);
+    valid("dense_f16", treegate::dense<float>(3, 2), st::dtype::f16);
     valid("tree_linear", treegate::tree_linear<float>(3, 2, 1, tree_mode::path_sum, gating::from_input({0})));
     valid("tree_linear_leaf_f64", treegate::tree_linear<float>(2, 1, 2, tree_mode::leaf_only, gating::from_input({1, 0})),
           st::dtype::f64);
@@ -52,6 +53,28 @@ int main(int argc, char** argv) {
     valid("sequential", treegate::sequential<treegate::dense<float>, treegate::activation_layer<float>, treegate::tree_linear<float>>(
                             treegate::dense<float>(2, 2), treegate::activation_layer<float>(activation::tanh, 2),
                             treegate::tree_linear<float>(2, 1, 1, tree_mode::path_sum, gating::from_input({1}))));
+
+    // A PyTorch state dict without treegate metadata: the fastfeedforward FFF of depth 1
+    // (io/pytorch.hpp's layout), its depth an I64 scalar, weights F16 and F32.
+    {
+        const std::string h = R"({"depth":{"dtype":"I64","shape":[],"data_offsets":[0,8]},)"
+                              R"("node_weights":{"dtype":"F16","shape":[1,2],"data_offsets":[8,12]},)"
+                              R"("node_biases":{"dtype":"F16","shape":[1,1],"data_offsets":[12,14]},)"
+                              R"("b1s":{"dtype":"F16","shape":[2,1],"data_offsets":[14,18]},)"
+                              R"("w1s":{"dtype":"F32","shape":[2,2,1],"data_offsets":[18,34]},)"
+                              R"("w2s":{"dtype":"F32","shape":[2,1,1],"data_offsets":[34,42]},)"
+                              R"("b2s":{"dtype":"F32","shape":[2,1],"data_offsets":[42,50]}})";
+        std::vector<unsigned char> f;
+        for (int k = 0; k < 8; ++k) f.push_back(static_cast<unsigned char>((h.size() >> (8 * k)) & 0xffu));
+        f.insert(f.end(), h.begin(), h.end());
+        const unsigned char data[50] = {1, 0, 0, 0, 0, 0, 0, 0,              // depth 1
+                                        0x00, 0x3c, 0x00, 0xbc, 0x00, 0x38,  // 1, -1; 0.5
+                                        0x01, 0x00, 0xff, 0x7b,              // 2^-24, 65504
+                                        0, 0, 0x80, 0x3f, 0, 0, 0x80, 0xbf, 0, 0, 0, 0x40, 0, 0, 0, 0,
+                                        0, 0, 0x80, 0x3f, 0, 0, 0, 0x3f, 0, 0, 0, 0, 0, 0, 0, 0};
+        f.insert(f.end(), data, data + sizeof data);
+        write("valid_fastfeedforward_i64_f16.safetensors", f);
+    }
 
     auto good = st::save_to_memory(treegate::dense<float>(2, 1));
     auto truncated = good;

@@ -26,17 +26,24 @@
 // File layout: 8-byte little-endian header length N, N bytes of JSON, then the tensor bytes.
 namespace treegate::safetensors {
 
-/// Element type of the stored tensors. BF16 is rounded to nearest even on save.
-enum class dtype { f32, f64, bf16 };
+/// Element type of the stored tensors. BF16 and F16 (IEEE half) are rounded to nearest even on
+/// save. The integer types are only read, and only where a loader asks for an integer (such as
+/// the tree depth PyTorch models store as I64): a weight stored as integers is refused.
+enum class dtype { f32, f64, bf16, f16, i32, i64 };
 
 inline const char* to_string(dtype t) noexcept {
     switch (t) {
         case dtype::f32: return "F32";
         case dtype::f64: return "F64";
         case dtype::bf16: return "BF16";
+        case dtype::f16: return "F16";
+        case dtype::i32: return "I32";
+        case dtype::i64: return "I64";
     }
     return "?";
 }
+
+inline bool is_integer(dtype t) noexcept { return t == dtype::i32 || t == dtype::i64; }
 
 /// Largest JSON header accepted (the reference implementation uses the same bound).
 inline constexpr std::uint64_t max_header_bytes = 100'000'000;
@@ -75,7 +82,9 @@ template <class... Args>
     raise<file_error>("safetensors ", source, ": ", args...);
 }
 
-inline std::size_t dtype_bytes(dtype t) noexcept { return t == dtype::f64 ? 8 : t == dtype::f32 ? 4 : 2; }
+inline std::size_t dtype_bytes(dtype t) noexcept {
+    return t == dtype::f64 || t == dtype::i64 ? 8 : t == dtype::f32 || t == dtype::i32 ? 4 : 2;
+}
 
 inline std::string shape_string(const std::vector<std::uint64_t>& shape) {
     std::ostringstream os;
@@ -117,6 +126,42 @@ To bit_copy(const From& from) noexcept {
 
 /// float -> bfloat16, round to nearest even; NaN stays a (quiet) NaN.
 inline std::uint16_t float_to_bf16(float f) noexcept { return treegate::detail::float_to_bf16_bits(f); }
+
+/// IEEE half bits -> double, exactly (every half is a double); NaN and infinities come through
+/// as such, for the validator to refuse.
+inline double f16_to_double(std::uint16_t h) noexcept {
+    const double sign = (h & 0x8000u) ? -1.0 : 1.0;
+    const int exponent = (h >> 10) & 0x1f;
+    const int mantissa = h & 0x3ff;
+    if (exponent == 0x1f)
+        return mantissa ? std::numeric_limits<double>::quiet_NaN() : sign * std::numeric_limits<double>::infinity();
+    if (exponent == 0) return sign * std::ldexp(static_cast<double>(mantissa), -24);  // zero or subnormal
+    return sign * std::ldexp(static_cast<double>(mantissa + 0x400), exponent - 25);
+}
+
+/// Finite double -> IEEE half bits, rounded once to nearest even (a double rounded to float
+/// first could round twice). A value that rounds beyond the largest half (65504) gives the
+/// bits of infinity, which the writer refuses.
+inline std::uint16_t double_to_f16(double d) noexcept {
+    const std::uint16_t sign = std::signbit(d) ? 0x8000u : 0u;
+    const double a = std::fabs(d);
+    if (a == 0.0) return sign;
+    int e = 0;
+    std::frexp(a, &e);                            // a = f 2^e, f in [0.5, 1)
+    const int unit = std::max(e - 1, -14) - 10;  // exponent of one unit in the last place
+    if (unit > 5) return static_cast<std::uint16_t>(sign | 0x7c00u);
+    const double q = std::ldexp(a, -unit);        // exact: a power-of-two scaling to [0, 2048)
+    const double whole = std::floor(q);
+    auto m = static_cast<std::uint32_t>(whole);
+    const double rest = q - whole;
+    if (rest > 0.5 || (rest == 0.5 && (m & 1u))) ++m;
+    // m counts units and holds the implicit leading bit of a normal (1024), so adding it to the
+    // exponent field below carries a rounding up to 2048 into the next binade, a subnormal that
+    // rounds up to 1024 into the smallest normal, and the largest binade into infinity's bits.
+    const std::uint32_t bits = (static_cast<std::uint32_t>(unit + 24) << 10) + m;
+    if (bits >= 0x7c00u) return static_cast<std::uint16_t>(sign | 0x7c00u);
+    return static_cast<std::uint16_t>(sign | bits);
+}
 
 /// A double narrowed to float without the undefined behaviour of an out-of-range conversion.
 inline bool fits_float(double d) noexcept {
@@ -176,8 +221,15 @@ inline tensor_entry parse_entry(const std::string& source, const std::string& na
         e.type = dtype::f64;
     else if (d == "BF16")
         e.type = dtype::bf16;
+    else if (d == "F16")
+        e.type = dtype::f16;
+    else if (d == "I64")
+        e.type = dtype::i64;
+    else if (d == "I32")
+        e.type = dtype::i32;
     else
-        fail(source, "tensor '", name, "' has dtype ", dt->dump(), "; treegate reads F32, F64 and BF16");
+        fail(source, "tensor '", name, "' has dtype ", dt->dump(),
+             "; treegate reads F32, F64, BF16 and F16 (and I64, I32 where it asks for an integer)");
 
     const auto sh = j.find("shape");
     if (sh == j.end()) fail(source, "tensor '", name, "' has no shape");
@@ -300,10 +352,14 @@ struct tensor_values {
 };
 
 
-/// Decodes one tensor to Scalar, rejecting NaN, infinities and values Scalar cannot hold.
+/// Decodes one tensor to Scalar, rejecting NaN, infinities and values Scalar cannot hold, and
+/// integer tensors: these are counts or indices in the files of other writers, never weights.
 template <class Scalar>
 std::vector<Scalar> read_values(const parsed_file& f, const std::string& name) {
     const tensor_entry& e = f.tensors.at(name);
+    if (is_integer(e.type))
+        fail(f.source, "tensor '", name, "' has dtype \"", to_string(e.type), "\" (integers, shape ",
+             shape_string(e.shape), "); treegate reads weights from F32, F64, BF16 or F16 tensors");
     const std::size_t width = dtype_bytes(e.type);
     const std::size_t n = static_cast<std::size_t>(e.end - e.begin) / width;
     const unsigned char* p = f.data + e.begin;
@@ -314,6 +370,8 @@ std::vector<Scalar> read_values(const parsed_file& f, const std::string& name) {
             v = bit_copy<double>(read_le(p, 8));
         else if (e.type == dtype::f32)
             v = static_cast<double>(bit_copy<float>(static_cast<std::uint32_t>(read_le(p, 4))));
+        else if (e.type == dtype::f16)
+            v = f16_to_double(static_cast<std::uint16_t>(read_le(p, 2)));
         else
             v = static_cast<double>(bit_copy<float>(static_cast<std::uint32_t>(read_le(p, 2) << 16)));
         if (!std::isfinite(v))
@@ -324,6 +382,21 @@ std::vector<Scalar> read_values(const parsed_file& f, const std::string& name) {
         out[k] = static_cast<Scalar>(v);
     }
     return out;
+}
+
+/// The one integer of a scalar (or one-element) I64 or I32 tensor, such as a stored tree depth;
+/// `what` says in messages what the integer is.
+inline std::int64_t read_integer(const parsed_file& f, const std::string& name, const char* what) {
+    const tensor_entry& e = f.tensors.at(name);
+    if (!is_integer(e.type))
+        fail(f.source, "tensor '", name, "' (", what, ") has dtype ", to_string(e.type), "; expected I64 or I32");
+    const std::uint64_t n = (e.end - e.begin) / dtype_bytes(e.type);
+    if (n != 1)
+        fail(f.source, "tensor '", name, "' (", what, ") has shape ", shape_string(e.shape), " of ", n,
+             " elements; expected a single integer");
+    const unsigned char* p = f.data + e.begin;
+    if (e.type == dtype::i64) return bit_copy<std::int64_t>(read_le(p, 8));
+    return bit_copy<std::int32_t>(static_cast<std::uint32_t>(read_le(p, 4)));
 }
 
 /// A file whose metadata holds a checksum must match it, unless `options` skip the check.
@@ -366,6 +439,9 @@ inline std::string header_text(nlohmann::json header, const metadata& md) {
 template <class Scalar>
 std::vector<unsigned char> encode(const std::vector<tensor_values<Scalar>>& tensors, const metadata& md, dtype type,
                                   const std::string& target) {
+    if (is_integer(type))
+        fail(target, "dtype ", to_string(type), " is read where an integer is asked for, never written; "
+                     "save as F32, F64, BF16 or F16");
     nlohmann::json header = nlohmann::json::object();
     const std::uint64_t width = dtype_bytes(type);
     std::uint64_t offset = 0;
@@ -402,6 +478,13 @@ std::vector<unsigned char> encode(const std::vector<tensor_values<Scalar>>& tens
             }
             if (!fits_float(static_cast<double>(v)))
                 fail(target, "tensor '", t.name, "' element ", k, " (", v, ") does not fit ", to_string(type));
+            if (type == dtype::f16) {
+                const std::uint16_t h = double_to_f16(static_cast<double>(v));
+                if ((h & 0x7c00u) == 0x7c00u)  // v is finite: it rounds beyond the largest half
+                    fail(target, "tensor '", t.name, "' element ", k, " (", v, ") overflows F16");
+                write_le(out, h, 2);
+                continue;
+            }
             const float f = static_cast<float>(v);
             if (type == dtype::f32) {
                 write_le(out, bit_copy<std::uint32_t>(f), 4);
