@@ -3,7 +3,12 @@
 // time against its roofline and against dense baselines, one `case=...` line per case.
 //
 //   treegate_roofline [--policy auto|eigen|avx2|avx512|dispatch|native] [--quick] [--threads N] [--per-case-limits] [--cpu-time] [--bf16]
-//                     [--json FILE] [--only NAME]
+//                     [--json FILE] [--only NAME] [--hash]
+//
+// --hash skips every measurement: each standard case (and its -flat and, with --bf16, -bf16
+// variants) runs one forward on its fixed-seed inputs and prints
+// `hash NAME isa=ISA out=ROWSxCOLS fnv1a=HEX` (FNV-1a 64 of the output's float bytes), so two
+// builds can be checked for bit-identical outputs per policy (TREEGATE_ISA picks dispatch's).
 //
 // --bf16 also runs PS-latency, PS-deep and LO-batch (and their -flat variants) with the weights
 // stored as bf16 (tree_linear_bf16, float activations and accumulation): case names get a
@@ -86,6 +91,7 @@ struct options {
     bool quick = false;
     bool per_case_limits = false;
     bool bf16 = false;
+    bool hash = false;            // --hash: one forward per case, its output's FNV-1a hash, no timing
     int threads = 1;
 };
 
@@ -771,24 +777,35 @@ void bf16_variant(const Layer& lay, const char* float_name, double float_ms, con
                 4.0 * static_cast<double>(lay.block_count() * lay.in_size() * lay.out_size()) / (1 << 20));
 }
 
+/// A case's layer with the fixed seed every policy shares (hence the same weights).
 template <class P>
-void tree_linear_case(const tl_spec& s, bool with_flat, const options& o, const machine& m, bool with_bf16 = false) {
-    const std::uint64_t seed = 42;
-    const auto idx = gating_units(s.depth);
-    tl<P> layer(s.in, s.out, s.depth, s.mode, treegate::gating::from_input(idx));
-    layer.initialize(seed);
+tl<P> make_tl(const tl_spec& s) {
+    tl<P> layer(s.in, s.out, s.depth, s.mode, treegate::gating::from_input(gating_units(s.depth)));
+    layer.initialize(42);
+    return layer;
+}
+
+/// A case's fixed-seed inputs: `batch` columns, or 256 distinct inputs for the latency case.
+matf tl_inputs(const tl_spec& s) {
     std::mt19937 g(7);
     const index_t cols = s.batch == 1 ? 256 : s.batch;
     matf X(s.in, cols);
     std::uniform_real_distribution<float> u(-1.0f, 1.0f);
     for (index_t i = 0; i < X.size(); ++i) X.data()[i] = u(g);
+    return X;
+}
+
+template <class P>
+void tree_linear_case(const tl_spec& s, bool with_flat, const options& o, const machine& m, bool with_bf16 = false) {
+    const tl<P> layer = make_tl<P>(s);
+    const matf X = tl_inputs(s);
+    const index_t cols = X.cols();
 
     // Reference check on a sample (the reference layer has the same seed, hence the same weights).
     const index_t sample = std::min<index_t>(cols, 16);
     matf ref_out;
     {
-        tl<treegate::kernels::reference> ref(s.in, s.out, s.depth, s.mode, treegate::gating::from_input(idx));
-        ref.initialize(seed);
+        const tl<treegate::kernels::reference> ref = make_tl<treegate::kernels::reference>(s);
         const matf Xs = X.leftCols(sample);
         ref_out = ref.forward_batch(Xs);
     }
@@ -826,24 +843,37 @@ void tree_linear_case(const tl_spec& s, bool with_flat, const options& o, const 
 template <class P>
 using tff = treegate::tree_feedforward<float, treegate::dynamic, treegate::dynamic, treegate::dynamic, treegate::dynamic, P>;
 
+// UF-fff's shape and fixed seeds (shared by the timed case and --hash).
+constexpr index_t fff_in = 768, fff_out = 768, fff_batch = 16384;
+constexpr int fff_depth = 11;
+
+template <class P>
+tff<P> make_fff() {
+    tff<P> layer(fff_in, fff_out, 1, fff_depth);
+    layer.initialize(42);
+    return layer;
+}
+
+matf fff_inputs() {
+    std::mt19937 g(9);
+    matf X(fff_in, fff_batch);
+    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+    for (index_t i = 0; i < X.size(); ++i) X.data()[i] = u(g);
+    return X;
+}
+
 template <class P>
 void fff_case(const options& o, const machine& m) {
     const char* name = "UF-fff";
-    const index_t in = 768, out = 768, batch = 16384;
-    const int depth = 11;
-    const std::uint64_t seed = 42;
-    tff<P> layer(in, out, 1, depth);
-    layer.initialize(seed);
-    std::mt19937 g(9);
-    matf X(in, batch);
-    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
-    for (index_t i = 0; i < X.size(); ++i) X.data()[i] = u(g);
+    const index_t in = fff_in, out = fff_out, batch = fff_batch;
+    const int depth = fff_depth;
+    const tff<P> layer = make_fff<P>();
+    const matf X = fff_inputs();
 
     // Check a sample against the reference policy (batched and single-example paths).
     const index_t sample = 16;
     {
-        tff<treegate::kernels::reference> ref(in, out, 1, depth);
-        ref.initialize(seed);
+        const tff<treegate::kernels::reference> ref = make_fff<treegate::kernels::reference>();
         const matf Xs = X.leftCols(sample);
         const matf want = ref.forward_batch(Xs);
         check_close(name, layer.forward_batch(Xs), want);
@@ -986,19 +1016,95 @@ void fff_case(const options& o, const machine& m) {
 
 // ---- driver ------------------------------------------------------------------------------------
 
+/// The standard tree_linear cases (README, "Benchmarks"), in run order; UF-fff runs after PS-deep.
+struct tl_case {
+    tl_spec spec;
+    bool flat;  // also the flattened layer (path_sum only)
+    bool bf16;  // also the bf16-weight layer under --bf16
+};
+const tl_case tl_cases[] = {
+    {{"PS-latency", 512, 512, 8, tree_mode::path_sum, 1}, true, true},
+    {{"PS-batch", 512, 512, 6, tree_mode::path_sum, 1024}, true, false},
+    {{"PS-deep", 256, 256, 10, tree_mode::path_sum, 256}, true, true},
+    {{"LO-batch", 512, 512, 8, tree_mode::leaf_only, 1024}, false, true},
+};
+
+// ---- --hash: the output bytes of every case, for bit-identity checks across versions ---------
+
+/// FNV-1a, 64 bits, over the bytes of a float matrix (column-major, as stored).
+std::uint64_t fnv1a(const matf& Y) {
+    std::uint64_t h = 14695981039346656037ull;
+    const auto* b = reinterpret_cast<const unsigned char*>(Y.data());
+    for (std::size_t i = 0; i < static_cast<std::size_t>(Y.size()) * sizeof(float); ++i) {
+        h ^= b[i];
+        h *= 1099511628211ull;
+    }
+    return h;
+}
+
+template <class P>
+const char* policy_isa() {
+    return std::strcmp(P::name(), "dispatch") == 0 ? treegate::kernels::to_string(treegate::kernels::active_isa()) : P::name();
+}
+
+template <class P>
+void print_hash(const std::string& name, const matf& Y) {
+    std::printf("hash %s isa=%s out=%ldx%ld fnv1a=%016llx\n", name.c_str(), policy_isa<P>(), static_cast<long>(Y.rows()),
+                static_cast<long>(Y.cols()), static_cast<unsigned long long>(fnv1a(Y)));
+    std::fflush(stdout);
+}
+
+/// One forward of every standard case on its fixed-seed inputs (the latency case: its 256
+/// inputs one per call, as timed), hashed; no timing, no machine limits.
+template <class P>
+void hash_all(const options& o) {
+    std::printf("policy=%s hash mode\n", P::name());
+    auto wanted = [&](const std::string& name) { return name.rfind(o.only, 0) == 0; };
+    auto hash_tl = [&](const tl_case& c) {
+        const tl<P> layer = make_tl<P>(c.spec);
+        const matf X = tl_inputs(c.spec);
+        const std::string name = c.spec.name;
+        print_hash<P>(name, sample_output(layer, X, c.spec.batch, X.cols()));
+        if (c.flat) print_hash<P>(name + "-flat", sample_output(treegate::flatten(layer), X, c.spec.batch, X.cols()));
+        if (o.bf16 && c.bf16) {
+            print_hash<P>(name + "-bf16", sample_output(treegate::tree_linear_bf16<P>(layer), X, c.spec.batch, X.cols()));
+            if (c.flat) {
+                const tl<P> flat = treegate::flatten(layer);
+                print_hash<P>(name + "-flat-bf16", sample_output(treegate::tree_linear_bf16<P>(flat), X, c.spec.batch, X.cols()));
+            }
+        }
+    };
+    for (const tl_case& c : tl_cases) {
+        if (wanted(c.spec.name)) hash_tl(c);
+        if (std::strcmp(c.spec.name, "PS-deep") == 0 && wanted("UF-fff")) print_hash<P>("UF-fff", make_fff<P>().forward_batch(fff_inputs()));
+    }
+}
+
 template <class P>
 void run_all(const options& o, const machine& m) {
     std::printf("policy=%s threads=%d clock=%s\n", P::name(), g_threads, g_cpu_time ? "thread-cpu-time" : "wall");
     g_report.run.set("policy", P::name());
     auto wanted = [&](const char* name) { return std::string(name).rfind(o.only, 0) == 0; };
-    if (g_threads > 1)
-        std::printf("PS-latency skipped: one example per call runs on one thread\n");
-    else if (wanted("PS-latency"))
-        tree_linear_case<P>({"PS-latency", 512, 512, 8, tree_mode::path_sum, 1}, true, o, m, o.bf16);
-    if (wanted("PS-batch")) tree_linear_case<P>({"PS-batch", 512, 512, 6, tree_mode::path_sum, 1024}, true, o, m);
-    if (wanted("PS-deep")) tree_linear_case<P>({"PS-deep", 256, 256, 10, tree_mode::path_sum, 256}, true, o, m, o.bf16);
-    if (wanted("UF-fff")) fff_case<P>(o, m);
-    if (wanted("LO-batch")) tree_linear_case<P>({"LO-batch", 512, 512, 8, tree_mode::leaf_only, 1024}, false, o, m, o.bf16);
+    for (const tl_case& c : tl_cases) {
+        if (c.spec.batch == 1 && g_threads > 1)
+            std::printf("%s skipped: one example per call runs on one thread\n", c.spec.name);
+        else if (wanted(c.spec.name))
+            tree_linear_case<P>(c.spec, c.flat, o, m, c.bf16 && o.bf16);
+        if (std::strcmp(c.spec.name, "PS-deep") == 0 && wanted("UF-fff")) fff_case<P>(o, m);
+    }
+}
+
+template <class P>
+void run_policy(const options& o) {
+    if (o.hash) {
+        hash_all<P>(o);
+        return;
+    }
+    const machine m = measure_machine(o, true);
+    g_report.limits.set("llc_sysfs_bytes", m.llc_bytes).set("llc_effective_bytes", m.llc_eff_bytes);
+    run_all<P>(o, m);
+    std::printf("end of run:\n");
+    measure_machine(o, false);
 }
 
 /// The CPU's "model name" from /proc/cpuinfo ("unknown" elsewhere).
@@ -1054,6 +1160,8 @@ options parse(int argc, char** argv) {
             g_cpu_time = true;
         } else if (a == "--bf16") {
             o.bf16 = true;
+        } else if (a == "--hash") {
+            o.hash = true;
         } else if (a == "--json" && i + 1 < argc) {
             o.json = argv[++i];
         } else if (a.rfind("--json=", 0) == 0) {
@@ -1069,7 +1177,7 @@ options parse(int argc, char** argv) {
         } else if (a.rfind("--threads=", 0) == 0) {
             o.threads = std::atoi(a.c_str() + 10);
         } else if (a == "--help" || a == "-h") {
-            std::printf("usage: treegate_roofline [--policy auto|eigen|avx2|avx512|dispatch|native] [--quick] [--threads N] [--per-case-limits] [--cpu-time] [--bf16] [--json FILE] [--only NAME]\n");
+            std::printf("usage: treegate_roofline [--policy auto|eigen|avx2|avx512|dispatch|native] [--quick] [--threads N] [--per-case-limits] [--cpu-time] [--bf16] [--json FILE] [--only NAME] [--hash]\n");
             std::exit(0);
         } else {
             fail("unknown option '" + a + "' (try --help)");
@@ -1106,20 +1214,16 @@ int main(int argc, char** argv) {
     std::printf("cpu: %s; isa: %s\n", cpu_model().c_str(), active_isa());
     g_report.run.set("cpu", cpu_model()).set("isa", active_isa()).set("threads", static_cast<double>(g_threads));
     g_report.run.set("clock", g_cpu_time ? "thread-cpu-time" : "wall").set("quick", o.quick ? 1.0 : 0.0);
-    const machine m = measure_machine(o, true);
-    g_report.limits.set("llc_sysfs_bytes", m.llc_bytes).set("llc_effective_bytes", m.llc_eff_bytes);
     if (o.policy == "eigen")
-        run_all<treegate::kernels::eigen>(o, m);
+        run_policy<treegate::kernels::eigen>(o);
     else if (o.policy == "avx2")
-        run_all<treegate::kernels::avx2>(o, m);
+        run_policy<treegate::kernels::avx2>(o);
     else if (o.policy == "avx512")
-        run_all<treegate::kernels::avx512>(o, m);
+        run_policy<treegate::kernels::avx512>(o);
     else if (o.policy == "dispatch")
-        run_all<treegate::kernels::dispatch>(o, m);
+        run_policy<treegate::kernels::dispatch>(o);
     else
-        run_all<treegate::kernels::native>(o, m);
-    std::printf("end of run:\n");
-    measure_machine(o, false);
+        run_policy<treegate::kernels::native>(o);
     std::printf("total %.1f s\n", seconds_since(t0));
     g_report.run.set("total_s", seconds_since(t0));
     if (!o.json.empty()) write_json(o.json);
