@@ -40,6 +40,33 @@ inline dense_time dense_ms(index_t in, index_t out, index_t batch, index_t cols,
     return {flops / (g.gflops * 1e9) * 1e3 * static_cast<double>(batch) / static_cast<double>(c), g.impl->name};
 }
 
+/// The dense GELU feed-forward in -> hidden -> out (X.rows() = in) that a tree_feedforward
+/// replaces, on the first `cols` columns of X and scaled to `batch`; each GEMM on the fastest
+/// GEMM of the process for its shape, the GELU with Eigen's vectorized erf.
+inline dense_time dense_ff_ms(const matf& X, index_t out, index_t hidden, index_t batch, index_t cols, int dreps) {
+    const index_t in = X.rows();
+    const gemm_choice up = pick_gemm("dense_ff_up", hidden, in, cols, dreps, true);
+    const gemm_choice down = pick_gemm("dense_ff_down", out, hidden, cols, dreps, true);
+    std::printf("  dense_ff %ldx%ldx%ld: %s; %ldx%ldx%ld: %s\n", static_cast<long>(hidden), static_cast<long>(in),
+                static_cast<long>(cols), up.summary.c_str(), static_cast<long>(out), static_cast<long>(hidden),
+                static_cast<long>(cols), down.summary.c_str());
+    matf W1 = matf::Random(hidden, in) * 0.03f, W2 = matf::Random(out, hidden) * 0.015f;
+    vecf b1 = vecf::Random(hidden) * 0.03f;
+    const matf Xs = X.leftCols(cols);
+    matf H(hidden, cols), Yd(out, cols);
+    const double t = median_time(dreps, 1, [&] {
+        on_all_threads([&](index_t part) {
+            const auto [b, e] = part_range(cols, part);
+            auto Hp = H.middleCols(b, e - b);
+            up.impl->run(hidden, in, e - b, W1.data(), Xs.data() + b * in, Hp.data());
+            Hp.colwise() += b1;
+            Hp = (0.5f * Hp.array() * (1.0f + (Hp.array() * 0.70710678f).erf())).matrix();
+            down.impl->run(out, hidden, e - b, W2.data(), Hp.data(), Yd.data() + b * out);
+        });
+        g_sink = g_sink + Yd(0, 0);
+    });
+    return {t * 1e3 * static_cast<double>(batch) / static_cast<double>(cols), std::string(up.impl->name) + "+" + down.impl->name};
+}
 
 }  // namespace roofline
 

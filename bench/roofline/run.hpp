@@ -242,31 +242,9 @@ void fff_case(const options& o, const machine& m) {
     const dense_time dense = dense_ms(in, eq_out, batch, cols, dreps);
     f.dense_ms = dense.ms;
     f.dense_by = dense.by;
-    {
-        const index_t hidden = 4095;
-        const gemm_choice up = pick_gemm("dense_ff_up", hidden, in, cols, dreps, true);
-        const gemm_choice down = pick_gemm("dense_ff_down", out, hidden, cols, dreps, true);
-        std::printf("  dense_ff %ldx%ldx%ld: %s; %ldx%ldx%ld: %s\n", static_cast<long>(hidden), static_cast<long>(in),
-                    static_cast<long>(cols), up.summary.c_str(), static_cast<long>(out), static_cast<long>(hidden),
-                    static_cast<long>(cols), down.summary.c_str());
-        matf W1 = matf::Random(hidden, in) * 0.03f, W2 = matf::Random(out, hidden) * 0.015f;
-        vecf b1 = vecf::Random(hidden) * 0.03f;
-        const matf Xs = X.leftCols(cols);
-        matf H(hidden, cols), Yd(out, cols);
-        const double t = median_time(dreps, 1, [&] {
-            on_all_threads([&](index_t part) {
-                const auto [b, e] = part_range(cols, part);
-                auto Hp = H.middleCols(b, e - b);
-                up.impl->run(hidden, in, e - b, W1.data(), Xs.data() + b * in, Hp.data());
-                Hp.colwise() += b1;
-                Hp = (0.5f * Hp.array() * (1.0f + (Hp.array() * 0.70710678f).erf())).matrix();
-                down.impl->run(out, hidden, e - b, W2.data(), Hp.data(), Yd.data() + b * out);
-            });
-            g_sink = g_sink + Yd(0, 0);
-        });
-        f.dense_ff_ms = t * 1e3 * static_cast<double>(batch) / static_cast<double>(cols);
-        f.dense_ff_by = std::string(up.impl->name) + "+" + down.impl->name;
-    }
+    const dense_time ff = dense_ff_ms(X, out, 4095, batch, cols, dreps);
+    f.dense_ff_ms = ff.ms;
+    f.dense_ff_by = ff.by;
     print_line(name, f, lm);
     print_routing(name, r);
     std::printf("  %s: dense baselines timed on %ld columns and scaled to %ld\n", name, static_cast<long>(cols),
