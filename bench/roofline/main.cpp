@@ -1,6 +1,11 @@
-// treegate_roofline — measures this machine's GEMM peak and read bandwidth, then runs the
-// standard cases of the README's "Benchmarks" section (plus the flattened path_sum cases) and prints each one's
-// time against its roofline and against dense baselines, one `case=...` line per case.
+// treegate_roofline/main.cpp — the program's options and entry: measures this machine's limits, then
+// times the README's standard "Benchmarks" cases against them (or, with --hash, hashes their outputs).
+//
+// Files of bench/roofline: measure.hpp (options, clock, medians, thread pool), report.hpp (--json
+// records), machine.hpp (GEMM peak, read bandwidth, sysfs and effective LLC), baselines.hpp (dense
+// baselines on the fastest GEMM), cases.hpp (the cases table, layers, fixed-seed inputs, bytes
+// model, case lines), run.hpp (timing each case), hash.hpp (--hash), this file.
+// One `case=...` line per case: its time against its roofline and against dense baselines.
 //
 //   treegate_roofline [--policy auto|eigen|avx2|avx512|dispatch|native] [--quick] [--threads N] [--per-case-limits] [--cpu-time] [--bf16]
 //                     [--json FILE] [--only NAME] [--hash]
