@@ -1,4 +1,4 @@
-// treegate_roofline/baselines.hpp — the dense baselines a case is compared with, each on the fastest GEMM for its shape.
+// bench/roofline/baselines.hpp — the dense baselines a case is compared with, each on the fastest GEMM for its shape.
 // Part of bench/roofline: above machine.hpp (pick_gemm); run.hpp calls these beside every case.
 #ifndef TREEGATE_ROOFLINE_BASELINES_HPP
 #define TREEGATE_ROOFLINE_BASELINES_HPP

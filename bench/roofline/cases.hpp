@@ -1,4 +1,4 @@
-// treegate_roofline/cases.hpp — the standard cases (README, "Benchmarks"): layers, fixed-seed inputs, bytes model, case lines.
+// bench/roofline/cases.hpp — the standard cases (README, "Benchmarks"): layers, fixed-seed inputs, bytes model, case lines.
 // Part of bench/roofline: above machine.hpp; run.hpp times these cases and hash.hpp hashes their outputs.
 #ifndef TREEGATE_ROOFLINE_CASES_HPP
 #define TREEGATE_ROOFLINE_CASES_HPP

@@ -1,4 +1,4 @@
-// treegate_roofline/hash.hpp — --hash: FNV-1a 64 of every standard case's output on its fixed-seed inputs.
+// bench/roofline/hash.hpp — --hash: FNV-1a 64 of every standard case's output on its fixed-seed inputs.
 // Part of bench/roofline: above cases.hpp; no timing, so two builds can be compared for bit-identical outputs.
 #ifndef TREEGATE_ROOFLINE_HASH_HPP
 #define TREEGATE_ROOFLINE_HASH_HPP
@@ -18,20 +18,24 @@ namespace roofline {
 
 // ---- --hash: the output bytes of every case, for bit-identity checks across versions ---------
 
-/// FNV-1a, 64 bits, over the bytes of a float matrix (column-major, as stored).
-inline std::uint64_t fnv1a(const matf& Y) {
+/// FNV-1a, 64 bits, over n bytes.
+inline std::uint64_t fnv1a(const unsigned char* b, std::size_t n) {
     std::uint64_t h = 14695981039346656037ull;
-    const auto* b = reinterpret_cast<const unsigned char*>(Y.data());
-    for (std::size_t i = 0; i < static_cast<std::size_t>(Y.size()) * sizeof(float); ++i) {
+    for (std::size_t i = 0; i < n; ++i) {
         h ^= b[i];
         h *= 1099511628211ull;
     }
     return h;
 }
 
+/// The same over a float matrix's bytes (column-major, as stored).
+inline std::uint64_t fnv1a(const matf& Y) {
+    return fnv1a(reinterpret_cast<const unsigned char*>(Y.data()), static_cast<std::size_t>(Y.size()) * sizeof(float));
+}
+
 template <class P>
 const char* policy_isa() {
-    return std::strcmp(P::name(), "dispatch") == 0 ? treegate::kernels::to_string(treegate::kernels::active_isa()) : P::name();
+    return std::strcmp(P::name(), "dispatch") == 0 ? active_isa() : P::name();
 }
 
 template <class P>
@@ -46,6 +50,11 @@ void print_hash(const std::string& name, const matf& Y) {
 template <class P>
 void hash_all(const options& o) {
     std::printf("policy=%s hash mode\n", P::name());
+    // The published FNV-1a 64 test vectors ("" and "a"): hashes from a wrong function would
+    // still compare equal between two builds, and say nothing to anyone else.
+    const unsigned char a = 'a';
+    if (fnv1a(&a, 0) != 0xcbf29ce484222325ull || fnv1a(&a, 1) != 0xaf63dc4c8601ec8cull)
+        fail("--hash: the FNV-1a implementation does not reproduce its test vectors");
     auto wanted = [&](const std::string& name) { return name.rfind(o.only, 0) == 0; };
     auto hash_tl = [&](const tl_case& c) {
         const tl<P> layer = make_tl<P>(c.spec);

@@ -1,4 +1,4 @@
-// treegate_roofline/machine.hpp — this machine's limits: GEMM peak, read bandwidth, sysfs and effective LLC.
+// bench/roofline/machine.hpp — this machine's limits: GEMM peak, read bandwidth, sysfs and effective LLC.
 // Part of bench/roofline; the one place the limits are measured (pick_gemm also serves the dense baselines).
 #ifndef TREEGATE_ROOFLINE_MACHINE_HPP
 #define TREEGATE_ROOFLINE_MACHINE_HPP

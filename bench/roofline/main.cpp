@@ -1,4 +1,4 @@
-// treegate_roofline/main.cpp — the program's options and entry: measures this machine's limits, then
+// bench/roofline/main.cpp — the program's options and entry: measures this machine's limits, then
 // times the README's standard "Benchmarks" cases against them (or, with --hash, hashes their outputs).
 //
 // Files of bench/roofline: measure.hpp (options, clock, medians, thread pool), report.hpp (--json

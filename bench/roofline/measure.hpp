@@ -1,4 +1,4 @@
-// treegate_roofline/measure.hpp — options, the clock (wall or --cpu-time), medians and best-of timing, the thread pool.
+// bench/roofline/measure.hpp — options, the clock (wall or --cpu-time), medians and best-of timing, the thread pool.
 // Part of bench/roofline (the treegate_roofline program); included by every other file of it.
 #ifndef TREEGATE_ROOFLINE_MEASURE_HPP
 #define TREEGATE_ROOFLINE_MEASURE_HPP

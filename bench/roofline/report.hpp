@@ -1,4 +1,4 @@
-// treegate_roofline/report.hpp — the records a run keeps for --json, the CPU model line, and the JSON writer.
+// bench/roofline/report.hpp — the records a run keeps for --json, the CPU model line, and the JSON writer.
 // Part of bench/roofline: above measure.hpp; machine.hpp and the cases add their probes and case lines here.
 #ifndef TREEGATE_ROOFLINE_REPORT_HPP
 #define TREEGATE_ROOFLINE_REPORT_HPP

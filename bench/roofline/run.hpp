@@ -1,4 +1,4 @@
-// treegate_roofline/run.hpp — times every standard case against its roofline and baselines and prints its case= line.
+// bench/roofline/run.hpp — times every standard case against its roofline and baselines and prints its case= line.
 // Part of bench/roofline: above cases.hpp and baselines.hpp; main.cpp calls run_all for the chosen policy.
 #ifndef TREEGATE_ROOFLINE_RUN_HPP
 #define TREEGATE_ROOFLINE_RUN_HPP
