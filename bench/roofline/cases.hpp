@@ -127,7 +127,6 @@ inline std::vector<index_t> gating_units(int depth) {
     return idx;
 }
 
-
 /// Distinct nodes per level reached by the examples with these leaf codes: the library's
 /// leaf_schedule groups them exactly as the layers' batched paths do, so a node is visited
 /// when its group is not empty.
