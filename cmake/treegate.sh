@@ -322,9 +322,9 @@ cmd_demo() {
     build/release/examples/fashion_mnist --quick --out build/release/fashion_mnist || status=1
   fi
   if [ -e build/release/bench/treegate_roofline ]; then
-    run_if_built build/release/bench/treegate_roofline "bench/treegate_roofline.cpp"
+    run_if_built build/release/bench/treegate_roofline "bench/roofline/main.cpp"
   else
-    say "build/release/bench/treegate_roofline does not exist yet (bench/treegate_roofline.cpp); skipped"
+    say "build/release/bench/treegate_roofline does not exist yet (bench/roofline/main.cpp); skipped"
   fi
   return "$status"
 }
