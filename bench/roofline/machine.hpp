@@ -33,6 +33,7 @@ struct machine {
     double peak_bw = 0;        // bytes/s
     double llc_bytes = 0;      // sysfs last-level cache (the standard model: half of it holds top levels)
     double llc_eff_bytes = 0;  // measured: the largest buffer still read at cache speed (see measure_llc)
+    double llc_bw = 0;         // measured: the read rate of that cache (the plateau past 2 x L2)
 };
 
 // ---- the machine's limits ----------------------------------------------------------------------
@@ -197,7 +198,7 @@ inline double sysfs_cache(int index) {
 /// L3, of which a tenant gets far less. The estimate is the largest size still read faster
 /// than half-way between the plateau beyond L2 and memory (`dram`, the 256 MiB bandwidth);
 /// with no plateau clearly above memory (less than 1.2 x), it is the L2 size.
-inline double measure_llc(const options& o, const float* p, index_t n_max, double dram) {
+inline double measure_llc(const options& o, const float* p, index_t n_max, double dram, double& plateau_bw) {
     const double l2 = sysfs_cache(2) > 0 ? sysfs_cache(2) : 1 << 20;
     std::vector<std::pair<double, double>> curve;  // (bytes, bytes/s)
     std::printf("read bandwidth against buffer size (warm, %d thread(s)):", g_threads);
@@ -232,6 +233,7 @@ inline double measure_llc(const options& o, const float* p, index_t n_max, doubl
     double plateau = 0;
     for (const auto& [bytes, bw] : curve)
         if (bytes >= 2 * l2) plateau = std::max(plateau, bw);
+    plateau_bw = std::max(plateau, dram);  // no plateau above memory: cached reads at memory speed
     double llc = l2;
     if (plateau >= 1.2 * dram)
         for (const auto& [bytes, bw] : curve)
@@ -315,7 +317,7 @@ inline machine measure_machine(const options& o, bool verbose) {
     }
     if (verbose) {
         std::printf("\n");
-        m.llc_eff_bytes = measure_llc(o, p, n, m.peak_bw);
+        m.llc_eff_bytes = measure_llc(o, p, n, m.peak_bw, m.llc_bw);
     }
     if (verbose)
         std::printf("peak_flops=%.1f GFLOP/s (%s) peak_bw=%.1f GB/s (bandwidth winner: %s) llc=%.0f MiB\n",
@@ -336,6 +338,7 @@ inline machine case_limits(const options& o, const machine& startup) {
     machine m = measure_machine(o, false);
     m.llc_bytes = startup.llc_bytes;
     m.llc_eff_bytes = startup.llc_eff_bytes;
+    m.llc_bw = startup.llc_bw;
     return m;
 }
 

@@ -72,7 +72,7 @@ void bf16_variant(const Layer& lay, const char* float_name, double float_ms, con
     case_figures f;
     f.flops = flops;
     f.bytes = tl_bytes(half, X, s.batch, m.llc_bytes, "sysfs", 2.0);
-    f.bytes_eff = tl_bytes(half, X, s.batch, m.llc_eff_bytes, "effective", 2.0);
+    f.bytes_eff = tl_bytes(half, X, s.batch, m.llc_eff_bytes, "effective", 2.0, &f.cached_eff);
     f.dense_ms = dense.ms;
     f.dense_by = dense.by;
     const machine lm = case_limits(o, m);
@@ -131,7 +131,7 @@ void tree_linear_case(const tl_spec& s, bool with_flat, const options& o, const 
         case_figures f;
         f.flops = flops;
         f.bytes = tl_bytes(lay, X, s.batch, m.llc_bytes, "sysfs");
-        f.bytes_eff = tl_bytes(lay, X, s.batch, m.llc_eff_bytes, "effective");
+        f.bytes_eff = tl_bytes(lay, X, s.batch, m.llc_eff_bytes, "effective", 4.0, &f.cached_eff);
         const machine lm = case_limits(o, m);
         f.ms = time_tl(lay, X, s.batch, o);
         const index_t eq_out = (lay.parameter_count() + s.in - 1) / s.in;
@@ -180,16 +180,18 @@ void fff_case(const options& o, const machine& m) {
     const double node_bytes = 4.0 * static_cast<double>(in + 1 + out);
     std::vector<double> level_bytes;
     for (int j = 0; j <= depth; ++j) level_bytes.push_back(node_bytes * std::ldexp(1.0, j));
-    auto fff_bytes = [&](double llc, const char* model) {
+    auto fff_bytes = [&](double llc, const char* model, double* cached = nullptr) {
         const int k = cached_levels(level_bytes, llc);
         double b = 4.0 * static_cast<double>(batch * (in + out));
         for (int j = k + 1; j <= depth; ++j) b += node_bytes * static_cast<double>(r.visited[static_cast<std::size_t>(j)]);
+        if (cached != nullptr)
+            for (int j = 0; j <= k; ++j) *cached += node_bytes * static_cast<double>(r.visited[static_cast<std::size_t>(j)]);
         std::printf("  cached levels 0..%d (half %s LLC = %.1f MiB)\n", k, model, llc / 2 / (1 << 20));
         return b;
     };
     case_figures f;
     f.bytes = fff_bytes(m.llc_bytes, "sysfs");
-    f.bytes_eff = fff_bytes(m.llc_eff_bytes, "effective");
+    f.bytes_eff = fff_bytes(m.llc_eff_bytes, "effective", &f.cached_eff);
     f.flops = 2.0 * static_cast<double>(layer.macs_per_example()) * static_cast<double>(batch);
 
     const machine lm = case_limits(o, m);
