@@ -20,6 +20,14 @@ using batch_matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
 template <class Scalar>
 using batch_vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
 
+// Views of batches, as nested types so that Scalar is deduced from the table alone and any
+// matrix or block converts to them.
+template <class Scalar>
+struct batch_ref {
+    using type = Eigen::Ref<batch_matrix<Scalar>>;
+    using const_type = Eigen::Ref<const batch_matrix<Scalar>>;
+};
+
 /// How often a batch streams the node weights. per_batch: the whole batch is sorted once and
 /// every visited block is read once for all of its examples. per_tile: the batch is cut into
 /// tiles of `tile_examples` columns, each routed and run through every level on its own (one
@@ -148,8 +156,8 @@ void grouped_range(const block_table<W, Scalar>& t, const XRef& X, YRef& Y, cons
 /// Y = table(X) for the leaf codes in ws.codes, streamed as `s` says (per_batch by default, the
 /// choice of tree_linear and its bf16 copy).
 template <class Policy, class W, class Scalar, class Executor>
-void grouped_forward(const block_table<W, Scalar>& t, const Eigen::Ref<const batch_matrix<Scalar>>& X,
-                     Eigen::Ref<batch_matrix<Scalar>> Y, workspace<Scalar>& ws, Executor& ex, stream s = stream::per_batch) {
+void grouped_forward(const block_table<W, Scalar>& t, const typename batch_ref<Scalar>::const_type& X,
+                     typename batch_ref<Scalar>::type Y, workspace<Scalar>& ws, Executor& ex, stream s = stream::per_batch) {
     const leaf_t* codes = ws.codes.data();
     run_streamed(s, X.cols(), ws, ex, [&](index_t begin, index_t end, workspace<Scalar>& w, auto& inner) {
         const auto Xt = X.middleCols(begin, end - begin);
