@@ -83,20 +83,29 @@ inline index_t piece_rows(index_t m, index_t in, index_t out) noexcept {
     return (rows + 15) / 16 * 16;
 }
 
-/// Calls visit(level, block, range) for every visited block of a leaf-sorted schedule, level by
-/// level (path_sum: levels 0..D, block = node; leaf table: level D only, block = leaf) and
-/// nodes in heap order within a level. The forward and the tree_linear backward both walk it.
+/// First level that holds blocks: 0 for a path sum (blocks are nodes), D for a leaf table.
+inline int first_level(bool path_sum, int depth) noexcept { return path_sum ? 0 : depth; }
+
+/// Block of the 0-th node of `level`: its heap index for a path sum, leaf 0 for a leaf table.
+inline index_t first_block(bool path_sum, int level) noexcept { return path_sum ? tree::level_begin(level) : 0; }
+
+/// Calls visit(block, range) for every visited node of `level` of a leaf-sorted schedule, in
+/// heap order (block = node for a path sum, leaf for a leaf table).
+template <class Visit>
+void for_each_group_of_level(const leaf_schedule& leaves, bool path_sum, int level, Visit&& visit) {
+    const index_t nodes = index_t{1} << level, first = first_block(path_sum, level);
+    for (index_t k = 0; k < nodes; ++k) {
+        const group_range r = leaves.node_range(level, k);
+        if (!r.empty()) visit(first + k, r);
+    }
+}
+
+/// Calls visit(block, range) for every visited block, level by level: the order in which the
+/// forward runs them, and the walk of the tree_linear backward.
 template <class Visit>
 void for_each_group(const leaf_schedule& leaves, bool path_sum, Visit&& visit) {
-    const int depth = leaves.depth();
-    for (int level = path_sum ? 0 : depth; level <= depth; ++level) {
-        const index_t nodes = index_t{1} << level;
-        const index_t first_block = path_sum ? tree::level_begin(level) : 0;
-        for (index_t k = 0; k < nodes; ++k) {
-            const group_range r = leaves.node_range(level, k);
-            if (!r.empty()) visit(level, first_block + k, r);
-        }
-    }
+    for (int level = first_level(path_sum, leaves.depth()); level <= leaves.depth(); ++level)
+        for_each_group_of_level(leaves, path_sum, level, visit);
 }
 
 /// Y = table(X) for the leaf codes codes[0 .. X.cols()). Sorting by leaf once gives every node
@@ -121,33 +130,25 @@ void grouped_range(const block_table<W, Scalar>& t, const XRef& X, YRef& Y, cons
             B.col(k).setZero();
         }
     });
-    int level = -1;
-    index_t first_block = 0;
-    const auto run_level = [&] {
+    for (int level = first_level(t.path_sum, t.depth); level <= t.depth; ++level) {
+        const index_t first = first_block(t.path_sum, level);
+        ws.pieces.clear();
+        for_each_group_of_level(ws.leaves, t.path_sum, level, [&](index_t blk, group_range r) {
+            const index_t rows = piece_rows(r.size(), t.in, t.out);
+            for (index_t row0 = 0; row0 < t.out; row0 += rows)
+                ws.pieces.push_back({blk - first, row0, std::min(rows, t.out - row0)});
+        });
         ex.run(static_cast<index_t>(ws.pieces.size()), [&](index_t p, int) {
             const node_piece q = ws.pieces[static_cast<std::size_t>(p)];
             const group_range r = ws.leaves.node_range(level, q.node);
-            const index_t blk = first_block + q.node;
+            const index_t blk = first + q.node;
             Policy::gemm(q.rows, t.in, r.size(), t.blocks + blk * t.stride + q.row0, t.out, A.data() + r.begin * t.in,
                          t.in, B.data() + r.begin * t.out + q.row0, t.out);
             if (t.biases != nullptr)
                 B.block(q.row0, r.begin, q.rows, r.size()).colwise() +=
                     Eigen::Map<const batch_vector<Scalar>>(t.biases + blk * t.bias_stride + q.row0, q.rows);
         });
-    };
-    ws.pieces.clear();
-    for_each_group(ws.leaves, t.path_sum, [&](int lvl, index_t blk, group_range r) {
-        if (lvl != level) {
-            if (level >= 0) run_level();
-            ws.pieces.clear();
-            level = lvl;
-            first_block = t.path_sum ? tree::level_begin(lvl) : 0;
-        }
-        const index_t rows = piece_rows(r.size(), t.in, t.out);
-        for (index_t row0 = 0; row0 < t.out; row0 += rows)
-            ws.pieces.push_back({blk - first_block, row0, std::min(rows, t.out - row0)});
-    });
-    if (level >= 0) run_level();
+    }
     parallel::for_each_chunk(ex, n, copy_chunk, [&](index_t begin, index_t end, int) {
         for (index_t k = begin; k < end; ++k) Y.col(order[k]) = B.col(k);
     });

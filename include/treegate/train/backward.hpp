@@ -151,7 +151,7 @@ void tree_linear_grouped(const tree_linear<Scalar, In, Out, Depth, Policy>& laye
         workspace<Scalar>::ensure(ws.dx, in, n);
         ws.dx.setZero();
     }
-    exec::for_each_group(ws.leaves, layer.mode() == tree_mode::path_sum, [&](int, index_t blk, group_range r) {
+    exec::for_each_group(ws.leaves, layer.mode() == tree_mode::path_sum, [&](index_t blk, group_range r) {
         grad.mark(blk);
         const auto Xg = ws.x.middleCols(r.begin, r.size());
         const auto dYg = ws.dy.middleCols(r.begin, r.size());
