@@ -1,5 +1,6 @@
 // treegate/routing.hpp — where gate bits come from and how they become a path (a leaf code).
 // Gating-unit routers know all D bits up front; node routers (tree_feedforward) decide per level.
+// Below layers/ and exec/: the layers and the execution engine route through these functions.
 #ifndef TREEGATE_ROUTING_HPP
 #define TREEGATE_ROUTING_HPP
 
@@ -36,12 +37,6 @@ private:
 
 namespace detail {
 
-/// Checks a depth against the library limit, naming the layer in the message.
-inline void check_depth(const char* layer, int depth) {
-    check_config(depth >= 0 && depth <= max_depth, layer, ": depth ", depth, " is outside [0, ", max_depth,
-                 "] (the tree would have 2^(depth+1)-1 nodes)");
-}
-
 /// Checks that a gating configuration fits a layer of `depth` levels over `in` inputs.
 inline void check_gating(const char* layer, const gating& g, int depth, index_t in) {
     if (g.is_external()) {
@@ -55,6 +50,19 @@ inline void check_gating(const char* layer, const gating& g, int depth, index_t 
         check_config(i >= 0 && i < in, layer, ": gating index ", i, " (level ", j + 1, ") is outside the input [0, ",
                      in, ")");
     }
+}
+
+/// Checks that a call brings gate values exactly when the layer takes them: an externally
+/// gated layer of depth > 0 needs them, a layer gated by its input refuses them. `call` names
+/// the entry point in the message ("forward", "forward_batch", "backward", ...). Every
+/// single-example, batch and backward entry point of every gated layer makes this one check.
+inline void check_gating_kind(const char* layer, const char* call, const gating& g, int depth, bool external_given) {
+    if (external_given)
+        check_config(g.is_external(), layer, " ", call, ": this layer is gated by its input; call ", call,
+                     " without gate values");
+    else
+        check_config(!g.is_external() || depth == 0, layer, " ", call, ": this layer is gated externally (depth ",
+                     depth, "); pass the gate values to ", call);
 }
 
 }  // namespace detail
@@ -73,6 +81,20 @@ inline leaf_t route_by_gates(const Scalar* g, index_t stride, int depth) noexcep
     leaf_t code = 0;
     for (int j = 0; j < depth; ++j) code = (code << 1) | static_cast<leaf_t>(tree::gate_bit(g[j * stride]));
     return code;
+}
+
+/// A node router's bit: the sign of the hyperplane r.x + s (leaf_mlp's internal nodes), with
+/// the dot product taken by the layer's kernel Policy so that every pass sees the same bit.
+template <class Policy, class Scalar>
+inline int hyperplane_bit(index_t in, const Scalar* r, Scalar s, const Scalar* x) noexcept {
+    return tree::gate_bit(Policy::dot(in, r, x) + s);
+}
+
+/// A unit router's bit (node_sum): the sign of the unit's first pre-activation, pre[0] of
+/// U x + a, so the node's own MLP decides where the example goes next.
+template <class Scalar>
+inline int unit_bit(const Scalar* pre) noexcept {
+    return tree::gate_bit(pre[0]);
 }
 
 }  // namespace treegate

@@ -1,5 +1,5 @@
-// treegate/workspace.hpp — reusable scratch memory for batched forward passes.
-// One type for every layer, so a caller (or a sequential model) keeps one and reuses it.
+// treegate/workspace.hpp — reusable scratch memory for batched forward passes, named by what it
+// holds. One type for every layer and the exec/ engine, so a caller keeps one and reuses it.
 #ifndef TREEGATE_WORKSPACE_HPP
 #define TREEGATE_WORKSPACE_HPP
 
@@ -47,10 +47,15 @@ struct workspace {
     std::vector<unsigned char> bits;
     leaf_schedule leaves;
     level_schedule levels;
-    scratch_matrix<Scalar> a, b, c;  // gathered inputs, permuted outputs, hidden activations
-    scratch_matrix<Scalar> d;        // per-part outputs of composite layers (blocked trees)
-    scratch_matrix<Scalar> input;    // a copy of a batch whose output overlaps it (detail::rerun_on_copy)
-    std::vector<node_piece> pieces;  // the current level's pieces in a threaded batch
+    // Each scratch matrix has one owner at a time; a layer that calls another layer's batch
+    // forward (tree_linear_blocked) uses only members the inner layer never touches.
+    scratch_matrix<Scalar> gathered_input;     // input columns in schedule order (exec/grouped.hpp, tree_feedforward)
+    scratch_matrix<Scalar> permuted_output;    // their outputs in the same order, before the scatter back
+    scratch_matrix<Scalar> hidden;             // tree_feedforward: a group's hidden activations
+    scratch_matrix<Scalar> route_activations;  // tree_feedforward fused sorted path: act(pre) of the top levels
+    scratch_matrix<Scalar> part_output;        // tree_linear_blocked (sum): one tree's output before adding it up
+    scratch_matrix<Scalar> input;              // a copy of a batch whose output overlaps it (detail::rerun_on_copy)
+    std::vector<node_piece> pieces;            // the current level's pieces in a threaded batch (exec/grouped.hpp)
 
     /// Makes sure workers 1 .. count-1 have their own scratch (call before running them).
     void reserve_workers(int count) {

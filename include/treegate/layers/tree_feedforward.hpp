@@ -1,15 +1,18 @@
 // treegate/layers/tree_feedforward.hpp — the FFF / UltraFastBERT family: a tree of small MLPs
-// routed by the sign of each node's own pre-activation. Composes topology, a level-by-level
-// schedule and a kernel policy; owns its weights in contiguous level-major buffers.
+// routed by the sign of each node's own pre-activation. Composes topology, node routing, the
+// exec/ engine's level-by-level driver and a kernel policy; owns its weights in level-major buffers.
 #ifndef TREEGATE_LAYERS_TREE_FEEDFORWARD_HPP
 #define TREEGATE_LAYERS_TREE_FEEDFORWARD_HPP
 
 #include "../activation.hpp"
 #include "../detail/aligned_buffer.hpp"
-#include "../detail/fused_paths.hpp"
 #include "../detail/random.hpp"
+#include "../exec/fused_paths.hpp"
+#include "../exec/grouped.hpp"
+#include "../exec/levels.hpp"
 #include "../kernels/policy.hpp"
 #include "../parallel/executor.hpp"
+#include "../routing.hpp"
 #include "../schedule.hpp"
 #include "../tree.hpp"
 #include "../workspace.hpp"
@@ -52,11 +55,11 @@ class tree_feedforward {
     // a small stack buffer whatever the width.
     static constexpr index_t chunk = 64;
 
-    // Examples per tile of the batched forward: 64 columns of inputs and outputs of a few hundred
-    // features fit in L2 together (64 x 768 floats is 192 KiB each).
-    static constexpr index_t batch_tile = 64;
-
 public:
+    /// How forward_batch streams the node weights (exec/grouped.hpp): once per 64-example tile,
+    /// so that a tile's inputs and outputs stay in L2 through every level.
+    static constexpr exec::stream batch_stream = exec::stream::per_tile;
+
     using scalar_type = Scalar;
     using policy_type = Policy;
     using input_vector = Eigen::Matrix<Scalar, In, 1>;
@@ -265,11 +268,11 @@ public:
     }
 
     /// The batched forward on an executor (parallel/thread_pool.hpp, or parallel::serial).
-    /// All levels run on one tile of 64 examples before the next tile starts, so the tile's
-    /// inputs and outputs stay in L2 instead of streaming the whole batch from memory once per
-    /// level; the node weights still serve every example of the tile that visits them. The
-    /// tiles are the pieces: each writes its own columns of Y with its worker's scratch, so the
-    /// output is bit-identical for any executor and thread count.
+    /// With batch_stream = per_tile, all levels run on one tile of 64 examples before the next
+    /// tile starts, so the tile's inputs and outputs stay in L2 instead of streaming the whole
+    /// batch from memory once per level; the node weights still serve every example of the
+    /// tile that visits them. The tiles are the pieces: each writes its own columns of Y with
+    /// its worker's scratch, so the output is bit-identical for any executor and thread count.
     template <class Executor>
     void forward_batch(const Eigen::Ref<const batch>& X, Eigen::Ref<batch> Y, workspace<Scalar>& ws, Executor&& ex) const {
         detail::check_live(name, in_ != 0);
@@ -277,8 +280,9 @@ public:
         if (detail::rerun_on_copy(X, Y, ws, [&](const auto& C) { forward_batch(C, Y, ws, ex); })) return;
         ws.reserve_workers(ex.size());
         if (fused_sorted(X, Y, ws, ex)) return;
-        parallel::for_each_chunk(ex, X.cols(), batch_tile, [&](index_t t0, index_t end, int worker) {
-            forward_tile(X.middleCols(t0, end - t0), Y.middleCols(t0, end - t0), ws.worker(worker));
+        // The level driver inside a stream unit is serial, so the inner executor goes unused.
+        exec::run_streamed(batch_stream, X.cols(), ws, ex, [&](index_t t0, index_t end, workspace<Scalar>& w, auto&) {
+            forward_tile(X.middleCols(t0, end - t0), Y.middleCols(t0, end - t0), w);
         });
     }
 
@@ -318,7 +322,7 @@ private:
     }
 
     int route_bit(index_t g, const Scalar* x) const noexcept {
-        return tree::gate_bit(Policy::dot(in_, R_.data() + g * r_stride_, x) + S_.data()[g]);
+        return hyperplane_bit<Policy>(in_, R_.data() + g * r_stride_, S_.data()[g], x);
     }
 
     void forward_tile(const Eigen::Ref<const batch>& X, Eigen::Ref<batch> Y, workspace<Scalar>& ws) const {
@@ -340,28 +344,18 @@ private:
             }
             return;
         }
-        ws.bits.resize(static_cast<std::size_t>(n));
         for (index_t t = 0; t < trees_; ++t) {
-            ws.levels.reset(n);
-            for (int level = 0; level <= depth_; ++level) {
-                const index_t nodes = index_t{1} << level;
-                const bool mlp_here = variant_ == ff_variant::node_sum || level == depth_;
-                for (index_t k = 0; k < nodes; ++k) {
-                    const group_range r = ws.levels.node_range(k);
-                    if (r.empty()) continue;
-                    const index_t node = tree::level_begin(level) + k;
-                    if (mlp_here) {
-                        const index_t u = unit(t, variant_ == ff_variant::node_sum ? node : k);
-                        group_forward(u, r, ws.levels.order(), X, Y, ws);
-                    } else {
-                        const index_t g = router(t, node);
-                        for (index_t p = r.begin; p < r.end; ++p)
-                            ws.bits.data()[p] = static_cast<unsigned char>(
-                                route_bit(g, X.data() + ws.levels.order()[p] * X.outerStride()));
-                    }
+            const auto visit = [&](int level, index_t k, group_range r, const index_t* order, unsigned char* bits) {
+                const index_t node = tree::level_begin(level) + k;
+                if (variant_ == ff_variant::node_sum || level == depth_) {
+                    group_forward(unit(t, variant_ == ff_variant::node_sum ? node : k), r, order, bits, X, Y, ws);
+                } else {
+                    const index_t g = router(t, node);
+                    for (index_t p = r.begin; p < r.end; ++p)
+                        bits[p] = static_cast<unsigned char>(route_bit(g, X.data() + order[p] * X.outerStride()));
                 }
-                if (level < depth_) ws.levels.split(ws.bits.data());
-            }
+            };
+            exec::walk_levels(ws.levels, ws.bits, n, depth_, visit);
         }
     }
 
@@ -391,11 +385,11 @@ private:
         const index_t n = X.cols();
         const int s = fused_view(0).split(fused_subtree_bytes);
         if (s == 0 || n < (index_t{8} << s)) return false;
-        Scalar* top = ws.c.view(s, n).data();
+        Scalar* top = ws.route_activations.view(s, n).data();
         ws.codes.resize(static_cast<std::size_t>(n));
         for (index_t t = 0; t < trees_; ++t) {
             const detail::fused_tree<Scalar, Policy> f = fused_view(t);
-            parallel::for_each_chunk(ex, n, batch_tile, [&](index_t b, index_t e, int) {
+            parallel::for_each_chunk(ex, n, exec::tile_examples, [&](index_t b, index_t e, int) {
                 f.route_top(X.data(), X.outerStride(), b, e, s, top, ws.codes.data());
             });
             ws.leaves.build(ws.codes.data(), n, s);
@@ -421,7 +415,7 @@ private:
         if (width_ == 1) {
             const Scalar pre = Policy::dot(in_, U, x) + a[0];
             Policy::axpy(out_, apply(act_, pre), V, y);
-            return tree::gate_bit(pre);
+            return unit_bit(&pre);
         }
         int bit = 0;
         std::array<Scalar, chunk> h;
@@ -429,7 +423,7 @@ private:
             const index_t rows = std::min(chunk, width_ - r0);
             std::copy(a + r0, a + r0 + rows, h.data());
             Policy::gemv(rows, in_, U + r0, width_, x, h.data());
-            if (r0 == 0) bit = tree::gate_bit(h[0]);
+            if (r0 == 0) bit = unit_bit(h.data());
             apply_inplace(act_, h.data(), rows);
             Policy::gemv(out_, rows, V + r0 * out_, out_, h.data(), y);
         }
@@ -437,9 +431,9 @@ private:
     }
 
     // The examples at positions [r.begin, r.end) of `order` all use unit g: multiply its blocks
-    // once for the whole group and record each example's route bit at its position.
-    void group_forward(index_t g, group_range r, const index_t* order, const Eigen::Ref<const batch>& X,
-                       Eigen::Ref<batch> Y, workspace<Scalar>& ws) const {
+    // once for the whole group and record each example's route bit at its position in `bits`.
+    void group_forward(index_t g, group_range r, const index_t* order, unsigned char* bits,
+                       const Eigen::Ref<const batch>& X, Eigen::Ref<batch> Y, workspace<Scalar>& ws) const {
         const Scalar* U = U_.data() + g * u_stride_;
         const Scalar* a = A_.data() + g * a_stride_;
         const Scalar* V = V_.data() + g * v_stride_;
@@ -449,22 +443,22 @@ private:
             for (index_t p = r.begin; p < r.end; ++p) {
                 const index_t e = order[p];
                 const Scalar pre = Policy::dot(in_, U, X.data() + e * X.outerStride()) + a[0];
-                ws.bits.data()[p] = static_cast<unsigned char>(tree::gate_bit(pre));
+                bits[p] = static_cast<unsigned char>(unit_bit(&pre));
                 Policy::axpy(out_, apply(act_, pre), V, Y.data() + e * Y.outerStride());
             }
             return;
         }
         const index_t m = r.size();
-        auto Xg = ws.a.view(in_, m);
-        auto H = ws.c.view(width_, m);
-        auto Yg = ws.b.view(out_, m);
+        auto Xg = ws.gathered_input.view(in_, m);
+        auto H = ws.hidden.view(width_, m);
+        auto Yg = ws.permuted_output.view(out_, m);
         for (index_t j = 0; j < m; ++j) {
             Xg.col(j) = X.col(order[r.begin + j]);
             H.col(j) = const_hidden_bias_map(a, width_);
         }
         Policy::gemm(width_, in_, m, U, width_, Xg.data(), in_, H.data(), width_);
         for (index_t j = 0; j < m; ++j) {
-            ws.bits.data()[r.begin + j] = static_cast<unsigned char>(tree::gate_bit(H(0, j)));
+            bits[r.begin + j] = static_cast<unsigned char>(unit_bit(H.col(j).data()));
             apply_inplace(act_, H.col(j).data(), width_);
         }
         Yg.setZero();

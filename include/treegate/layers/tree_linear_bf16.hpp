@@ -17,13 +17,14 @@
 
 #include "../bf16.hpp"
 #include "../detail/aligned_buffer.hpp"
+#include "../exec/grouped.hpp"
+#include "../exec/route.hpp"
 #include "../kernels/policy.hpp"
 #include "../parallel/executor.hpp"
 #include "../routing.hpp"
 #include "../schedule.hpp"
 #include "../tree.hpp"
 #include "../workspace.hpp"
-#include "grouped_forward.hpp"
 #include "layer_common.hpp"
 #include "tree_linear.hpp"
 
@@ -132,14 +133,13 @@ public:
 
     void forward(const Eigen::Ref<const vector>& x, Eigen::Ref<vector> y) const {
         check_single(name, x, y);
-        detail::check_config(!gates_.is_external() || depth_ == 0, name,
-                             ": this layer is gated externally; pass the gate vector");
+        detail::check_gating_kind(name, "forward", gates_, depth_, false);
         forward_code(route_by_indices(x.data(), gates_.indices().data(), depth_), x.data(), y.data());
     }
 
     void forward(const Eigen::Ref<const vector>& x, const Eigen::Ref<const vector>& gates, Eigen::Ref<vector> y) const {
         check_single(name, x, y);
-        detail::check_config(gates_.is_external(), name, ": this layer is gated by its input; call forward(x, y)");
+        detail::check_gating_kind(name, "forward", gates_, depth_, true);
         detail::check_vector(name, "gate vector", gates.size(), depth_);
         forward_code(route_by_gates(gates.data(), 1, depth_), x.data(), y.data());
     }
@@ -159,16 +159,18 @@ public:
     template <class Executor>
     void forward_batch(const Eigen::Ref<const batch>& X, Eigen::Ref<batch> Y, workspace<float>& ws, Executor&& ex) const {
         detail::check_live(name, in_ != 0);
-        detail::route_batch(name, gates_, depth_, in_, out_, X, Y, ws);
-        detail::grouped_forward<Policy>(table(), X, Y, ws, ex);
+        detail::check_batch(name, in_, X.rows(), X.cols(), out_, Y.rows(), Y.cols());
+        exec::route_batch(name, "forward_batch", gates_, depth_, X, ws.codes);
+        exec::grouped_forward<Policy>(table(), X, Y, ws, ex);
     }
 
     template <class Executor>
     void forward_batch(const Eigen::Ref<const batch>& X, const Eigen::Ref<const batch>& G, Eigen::Ref<batch> Y,
                        workspace<float>& ws, Executor&& ex) const {
         detail::check_live(name, in_ != 0);
-        detail::route_batch(name, gates_, depth_, in_, out_, X, G, Y, ws);
-        detail::grouped_forward<Policy>(table(), X, Y, ws, ex);
+        detail::check_batch(name, in_, X.rows(), X.cols(), out_, Y.rows(), Y.cols());
+        exec::route_batch(name, "forward_batch", gates_, depth_, X, G, ws.codes);
+        exec::grouped_forward<Policy>(table(), X, Y, ws, ex);
     }
 
     batch forward_batch(const Eigen::Ref<const batch>& X) const {
@@ -208,7 +210,7 @@ private:
         Policy::path_sum(out_, in_, blocks.data(), count, x, y);
     }
 
-    detail::block_table<bf16, float> table() const noexcept {
+    exec::block_table<bf16, float> table() const noexcept {
         return {in_, out_, depth_, mode_ == tree_mode::path_sum, weights_.data(), stride_,
                 has_bias_ ? biases_.data() : nullptr, bias_stride_};
     }

@@ -124,7 +124,7 @@ public:
             return;
         }
         Y.setZero();
-        auto part = ws.d.view(so, X.cols());  // the trees use ws.a/ws.b, never ws.d
+        auto part = ws.part_output.view(so, X.cols());  // the trees never use part_output
         for (index_t t = 0; t < tree_count(); ++t) {
             tree(t).forward_batch(X.middleRows(t * si, si), part, ws, ex);
             Y += part;

@@ -6,6 +6,9 @@
 
 #include "../activation.hpp"
 #include "../error.hpp"
+#include "../exec/grouped.hpp"
+#include "../exec/levels.hpp"
+#include "../exec/route.hpp"
 #include "../layers/activation_layer.hpp"
 #include "../layers/dense.hpp"
 #include "../layers/layer_common.hpp"
@@ -128,17 +131,15 @@ void check_tree_linear(const tree_linear<Scalar, In, Out, Depth, Policy>& layer,
                                   "tree_linear backward: the gradient container does not match the layer");
 }
 
-// Same grouping as tree_linear's forward: one stable sort by leaf code, after which every node at
-// every level owns one contiguous range. Per visited block: dW += dY_g X_g^T, dc += sum dY_g,
-// dX_g += W^T dY_g. `ws.codes` holds the routes.
+// Same grouping and walk as tree_linear's forward (exec::for_each_group): one stable sort by leaf
+// code, after which every node at every level owns one contiguous range. Per visited block:
+// dW += dY_g X_g^T, dc += sum dY_g, dX_g += W^T dY_g. `ws.codes` holds the routes.
 template <class Scalar, int In, int Out, int Depth, class Policy>
 void tree_linear_grouped(const tree_linear<Scalar, In, Out, Depth, Policy>& layer, const const_batch_ref<Scalar>& X,
                          const const_batch_ref<Scalar>& dY, tree_linear_gradient<Scalar>& grad, batch_ref<Scalar>* dX,
                          backward_workspace<Scalar>& ws) {
     const index_t n = X.cols(), in = layer.in_size(), out = layer.out_size();
-    const int depth = layer.depth();
-    const bool path_sum = layer.mode() == tree_mode::path_sum;
-    ws.leaves.build(ws.codes.data(), n, depth);
+    ws.leaves.build(ws.codes.data(), n, layer.depth());
     const index_t* order = ws.leaves.order();
     workspace<Scalar>::ensure(ws.x, in, n);
     workspace<Scalar>::ensure(ws.dy, out, n);
@@ -150,20 +151,14 @@ void tree_linear_grouped(const tree_linear<Scalar, In, Out, Depth, Policy>& laye
         workspace<Scalar>::ensure(ws.dx, in, n);
         ws.dx.setZero();
     }
-    for (int level = path_sum ? 0 : depth; level <= depth; ++level) {
-        const index_t nodes = index_t{1} << level;
-        for (index_t k = 0; k < nodes; ++k) {
-            const group_range r = ws.leaves.node_range(level, k);
-            if (r.empty()) continue;
-            const index_t blk = path_sum ? tree::level_begin(level) + k : k;
-            grad.mark(blk);
-            const auto Xg = ws.x.middleCols(r.begin, r.size());
-            const auto dYg = ws.dy.middleCols(r.begin, r.size());
-            grad.weight(blk).noalias() += dYg * Xg.transpose();
-            if (layer.has_bias()) grad.bias(blk) += dYg.rowwise().sum();
-            if (dX != nullptr) ws.dx.middleCols(r.begin, r.size()).noalias() += layer.weight(blk).transpose() * dYg;
-        }
-    }
+    exec::for_each_group(ws.leaves, layer.mode() == tree_mode::path_sum, [&](index_t blk, group_range r) {
+        grad.mark(blk);
+        const auto Xg = ws.x.middleCols(r.begin, r.size());
+        const auto dYg = ws.dy.middleCols(r.begin, r.size());
+        grad.weight(blk).noalias() += dYg * Xg.transpose();
+        if (layer.has_bias()) grad.bias(blk) += dYg.rowwise().sum();
+        if (dX != nullptr) ws.dx.middleCols(r.begin, r.size()).noalias() += layer.weight(blk).transpose() * dYg;
+    });
     if (dX != nullptr)
         for (index_t k = 0; k < n; ++k) dX->col(order[k]) = ws.dx.col(k);
 }
@@ -176,13 +171,8 @@ void tree_linear_backward(const tree_linear<Scalar, In, Out, Depth, Policy>& lay
     check_backward(name, layer.in_size(), layer.out_size(), X.rows(), X.cols(), dY.rows(), dY.cols());
     check_dx(name, dX, layer.in_size(), X.cols());
     check_tree_linear(layer, grad);
-    treegate::detail::check_config(!layer.gates().is_external() || layer.depth() == 0, name,
-                                   " backward: this layer is gated externally; pass the gate matrix");
-    const index_t n = X.cols();
-    if (n == 0) return;
-    ws.codes.resize(static_cast<std::size_t>(n));
-    for (index_t e = 0; e < n; ++e)
-        ws.codes.data()[e] = route_by_indices(X.data() + e * X.outerStride(), layer.gates().indices().data(), layer.depth());
+    exec::route_batch(name, "backward", layer.gates(), layer.depth(), X, ws.codes);
+    if (X.cols() == 0) return;
     tree_linear_grouped(layer, X, dY, grad, dX, ws);
 }
 
@@ -194,14 +184,8 @@ void tree_linear_backward(const tree_linear<Scalar, In, Out, Depth, Policy>& lay
     check_backward(name, layer.in_size(), layer.out_size(), X.rows(), X.cols(), dY.rows(), dY.cols());
     check_dx(name, dX, layer.in_size(), X.cols());
     check_tree_linear(layer, grad);
-    treegate::detail::check_config(layer.gates().is_external(), name,
-                                   " backward: this layer is gated by its input; call it without a gate matrix");
-    treegate::detail::check_shape(G.rows() == layer.depth() && G.cols() == X.cols(), name, " backward: gate matrix is ",
-                                  G.rows(), " x ", G.cols(), ", expected ", layer.depth(), " x ", X.cols());
-    const index_t n = X.cols();
-    if (n == 0) return;
-    ws.codes.resize(static_cast<std::size_t>(n));
-    for (index_t e = 0; e < n; ++e) ws.codes.data()[e] = route_by_gates(G.data() + e * G.outerStride(), 1, layer.depth());
+    exec::route_batch(name, "backward", layer.gates(), layer.depth(), X, G, ws.codes);
+    if (X.cols() == 0) return;
     tree_linear_grouped(layer, X, dY, grad, dX, ws);
 }
 
@@ -263,7 +247,7 @@ void ff_unit_backward(const tree_feedforward<Scalar, In, Out, Width, Depth, Poli
         Policy::gemm(width, in, m, U.data(), width, ws.x.data(), in, ws.pre.data(), width);
     }
     for (index_t j = 0; j < m; ++j) {
-        ws.bits.data()[r.begin + j] = static_cast<unsigned char>(tree::gate_bit(ws.pre(0, j)));
+        ws.bits.data()[r.begin + j] = static_cast<unsigned char>(unit_bit(&ws.pre(0, j)));
         for (index_t i = 0; i < width; ++i) ws.h(i, j) = apply(act, ws.pre(i, j));
     }
     const auto Xg = ws.x.leftCols(m);
@@ -303,7 +287,6 @@ void tree_feedforward_backward(const tree_feedforward<Scalar, In, Out, Width, De
         grad.output_bias() += dY.rowwise().sum();
         grad.mark_output_bias();
     }
-    ws.bits.resize(static_cast<std::size_t>(n));
     workspace<Scalar>::ensure(ws.x, in, n);
     workspace<Scalar>::ensure(ws.dy, layer.out_size(), n);
     workspace<Scalar>::ensure(ws.dx, in, n);
@@ -311,28 +294,20 @@ void tree_feedforward_backward(const tree_feedforward<Scalar, In, Out, Width, De
     workspace<Scalar>::ensure(ws.h, layer.width(), n);
     workspace<Scalar>::ensure(ws.dpre, layer.width(), n);
     const bool node_sum = layer.variant() == ff_variant::node_sum;
+    // The forward's level driver, so the backward visits the same groups in the same order.
     for (index_t t = 0; t < layer.tree_count(); ++t) {
-        ws.levels.reset(n);
-        for (int level = 0; level <= depth; ++level) {
-            const index_t nodes = index_t{1} << level;
-            const bool mlp_here = node_sum || level == depth;
-            for (index_t k = 0; k < nodes; ++k) {
-                const group_range r = ws.levels.node_range(k);
-                if (r.empty()) continue;
-                const index_t node = tree::level_begin(level) + k;
-                if (mlp_here) {
-                    ff_unit_backward(layer, t, node_sum ? node : k, r, ws.levels.order(), X, dY, grad, dX, ws);
-                } else {
-                    const auto R = layer.router_weight(t, node);
-                    const Scalar s = layer.router_bias(t, node);
-                    for (index_t p = r.begin; p < r.end; ++p) {
-                        const Scalar* x = X.data() + ws.levels.order()[p] * X.outerStride();
-                        ws.bits.data()[p] = static_cast<unsigned char>(tree::gate_bit(Policy::dot(in, R.data(), x) + s));
-                    }
-                }
+        const auto visit = [&](int level, index_t k, group_range r, const index_t* order, unsigned char* bits) {
+            const index_t node = tree::level_begin(level) + k;
+            if (node_sum || level == depth) {
+                ff_unit_backward(layer, t, node_sum ? node : k, r, order, X, dY, grad, dX, ws);
+            } else {
+                const Scalar* R = layer.router_weight(t, node).data();
+                const Scalar s = layer.router_bias(t, node);
+                for (index_t p = r.begin; p < r.end; ++p)
+                    bits[p] = static_cast<unsigned char>(hyperplane_bit<Policy>(in, R, s, X.data() + order[p] * X.outerStride()));
             }
-            if (level < depth) ws.levels.split(ws.bits.data());
-        }
+        };
+        exec::walk_levels(ws.levels, ws.bits, n, depth, visit);
     }
 }
 

@@ -1,7 +1,7 @@
-// treegate/detail/fused_paths.hpp — the fused forward of width-1 node_sum trees (UltraFastBERT):
-// whole paths routed first, then summed into y in one pass; used by layers/tree_feedforward.hpp.
-#ifndef TREEGATE_DETAIL_FUSED_PATHS_HPP
-#define TREEGATE_DETAIL_FUSED_PATHS_HPP
+// treegate/exec/fused_paths.hpp — an execution schedule of the engine below layers/: the fused
+// forward of width-1 node_sum trees (UltraFastBERT), whole paths routed first, then summed into y.
+#ifndef TREEGATE_EXEC_FUSED_PATHS_HPP
+#define TREEGATE_EXEC_FUSED_PATHS_HPP
 
 #include "../activation.hpp"
 #include "../config.hpp"
