@@ -51,7 +51,7 @@ Layer build(const parsed_file& f, const Layer* target) {
     io::specs(cfg, "", specs);
     check_tensors(f, specs);
     Layer layer = io::make(m, cfg);
-    io::fill(layer, f, "");
+    fill_tensors(layer, f);
     return layer;
 }
 
@@ -63,9 +63,7 @@ std::vector<unsigned char> save_bytes(const Layer& layer, dtype type, const std:
     md["treegate_version"] = version_string();
     md["kind"] = io::kind;
     io::write(io::config_of(layer), md, "");
-    std::vector<tensor_values<typename Layer::scalar_type>> tensors;
-    io::store(layer, "", tensors);
-    return encode(tensors, md, type, target);
+    return encode(store_tensors(layer), md, type, target);
 }
 
 }  // namespace detail
