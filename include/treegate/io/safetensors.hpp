@@ -7,6 +7,7 @@
 #include "../layers/dense.hpp"
 #include "../layers/tree_feedforward.hpp"
 #include "../layers/tree_linear.hpp"
+#include "../layers/tree_linear_bf16.hpp"
 #include "../layers/tree_linear_blocked.hpp"
 #include "detail/atomic_file.hpp"
 #include "detail/checksum.hpp"
@@ -69,8 +70,9 @@ std::vector<unsigned char> save_bytes(const Layer& layer, dtype type, const std:
 }  // namespace detail
 
 // ---- public interface ------------------------------------------------------------------------
-// Layer is dense, tree_linear, tree_linear_blocked, tree_feedforward, or a sequential of those
-// and activation_layer. `source` names a memory buffer in error messages. Saving refuses NaN and
+// Layer is dense, tree_linear (tree_linear_bf16 included: its bf16 weights are written as BF16
+// whatever `type` says, and an F32 or F64 file loads into it rounded to bf16), tree_linear_blocked, tree_feedforward, or a
+// sequential of those and activation_layer. `source` names a memory buffer in error messages. Saving refuses NaN and
 // infinite values (loading would refuse them); loading verifies the data's checksum when the
 // file has one, unless `options` turn that off.
 

@@ -8,11 +8,13 @@
 #ifndef TREEGATE_LAYERS_PARAMETERS_HPP
 #define TREEGATE_LAYERS_PARAMETERS_HPP
 
+#include "../bf16.hpp"
 #include "../tree.hpp"
 #include "activation_layer.hpp"
 #include "dense.hpp"
 #include "layer_common.hpp"
 #include "sequential.hpp"
+#include "storage.hpp"
 #include "tree_feedforward.hpp"
 #include "tree_linear.hpp"
 #include "tree_linear_blocked.hpp"
@@ -26,23 +28,23 @@
 
 namespace treegate {
 
-/// Blocks at data, data + stride, ..., data + (count - 1) * stride.
-template <class T>
-struct block_run {
-    T* data = nullptr;
-    index_t count = 0;
-    index_t stride = 0;
-};
+/// How a tensor's elements are stored: as the layer's Scalar, or as bf16 (a serving layer's
+/// weights, storage::owned<bf16>).
+enum class element_kind { scalar, bf16 };
 
-/// One parameter tensor of a layer. T is the element (storage) type, const for a const layer.
+/// One parameter tensor of a layer. T is the layer's Scalar, const for a const layer; the
+/// blocks are in `runs` (element scalar) or `bf16_runs` (element bf16).
 template <class T>
 struct parameter_tensor {
     using element_type = T;
+    using bf16_type = std::conditional_t<std::is_const_v<T>, const bf16, bf16>;
 
     std::string name;                       ///< the safetensors name, prefix included
     std::vector<std::uint64_t> file_shape;  ///< as the file writes it (row-major)
     index_t rows = 0, cols = 0;             ///< one block as memory holds it (column-major)
+    element_kind element = element_kind::scalar;
     std::vector<block_run<T>> runs;
+    std::vector<block_run<bf16_type>> bf16_runs;
     bool decayed = false;   ///< weights decay; biases never do (train/optimizer.hpp)
     int fixed_level = 0;    ///< the tree level of every block, unless node_period is set
     index_t node_period = 0;  ///< > 0: block b is tree node b % node_period (heap order)
@@ -51,15 +53,25 @@ struct parameter_tensor {
     index_t block_count() const noexcept {
         index_t n = 0;
         for (const auto& r : runs) n += r.count;
+        for (const auto& r : bf16_runs) n += r.count;
         return n;
     }
     /// The tree level of block b, which sets its depth-scaled weight decay.
     int level(index_t b) const noexcept { return node_period > 0 ? tree::level_of(b % node_period) : fixed_level; }
 
-    /// Calls f(pointer) for every block, in file order.
+    /// Calls f(pointer) for every block, in file order; the pointer is T* or bf16_type*.
     template <class F>
     void for_each_block(F&& f) const {
-        for (const auto& r : runs)
+        if (element == element_kind::bf16)
+            each(bf16_runs, f);
+        else
+            each(runs, f);
+    }
+
+private:
+    template <class Runs, class F>
+    static void each(const Runs& rs, F& f) {
+        for (const auto& r : rs)
             for (index_t b = 0; b < r.count; ++b) f(r.data + b * r.stride);
     }
 };
@@ -100,8 +112,8 @@ template <class S, int I, int O, class P>
 struct layer_kind<dense<S, I, O, P>> {
     static constexpr int value = 1;
 };
-template <class S, int I, int O, int D, class P>
-struct layer_kind<tree_linear<S, I, O, D, P>> {
+template <class S, int I, int O, int D, class P, class St>
+struct layer_kind<tree_linear<S, I, O, D, P, St>> {
     static constexpr int value = 2;
 };
 template <class S, int I, int O, int D, class P>
@@ -138,10 +150,16 @@ void describe_trees(index_t trees, TreeFn&& tree_fn, const std::string& p, bool 
     }
     auto w = make_tensor<T>(p + "weight", ws, o, in, true, lv, period);
     auto b = make_tensor<T>(p + "bias", bs, o, 1, false, lv, period);
+    using tree_t = std::remove_reference_t<decltype(first)>;
+    constexpr bool half = std::is_same_v<typename std::remove_const_t<tree_t>::weight_type, bf16>;
+    if (half) w.element = element_kind::bf16;
     for (index_t t = 0; t < trees; ++t) {
         auto& tr = tree_fn(t);
-        w.runs.push_back(run_of<T>(tr.weight(0).data(), nb > 1 ? tr.weight(1).data() : nullptr, nb));
-        if (tr.has_bias()) b.runs.push_back(run_of<T>(tr.bias(0).data(), nb > 1 ? tr.bias(1).data() : nullptr, nb));
+        if constexpr (half)
+            w.bf16_runs.push_back(tr.weight_blocks());
+        else
+            w.runs.push_back(tr.weight_blocks());
+        b.runs.push_back(tr.bias_blocks());
     }
     out.push_back(std::move(w));
     if (first.has_bias()) out.push_back(std::move(b));

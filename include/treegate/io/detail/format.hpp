@@ -297,6 +297,7 @@ struct tensor_values {
     std::string name;
     std::vector<std::uint64_t> shape;
     std::vector<Scalar> values;
+    bool bf16 = false;  ///< written as BF16 whatever the file's dtype: bf16-stored weights, exact
 };
 
 
@@ -367,12 +368,12 @@ template <class Scalar>
 std::vector<unsigned char> encode(const std::vector<tensor_values<Scalar>>& tensors, const metadata& md, dtype type,
                                   const std::string& target) {
     nlohmann::json header = nlohmann::json::object();
-    const std::uint64_t width = dtype_bytes(type);
     std::uint64_t offset = 0;
     for (const auto& t : tensors) {
-        const std::uint64_t bytes = static_cast<std::uint64_t>(t.values.size()) * width;
+        const dtype tt = t.bf16 ? dtype::bf16 : type;
+        const std::uint64_t bytes = static_cast<std::uint64_t>(t.values.size()) * dtype_bytes(tt);
         nlohmann::json entry = nlohmann::json::object();
-        entry["dtype"] = to_string(type);
+        entry["dtype"] = to_string(tt);
         entry["shape"] = t.shape;
         entry["data_offsets"] = nlohmann::json::array({offset, offset + bytes});
         header[t.name] = std::move(entry);
@@ -390,20 +391,21 @@ std::vector<unsigned char> encode(const std::vector<tensor_values<Scalar>>& tens
     write_le(out, static_cast<std::uint64_t>(text.size()), 8);
     out.insert(out.end(), text.begin(), text.end());
     for (const auto& t : tensors) {
+        const dtype tt = t.bf16 ? dtype::bf16 : type;
         for (std::size_t k = 0; k < t.values.size(); ++k) {
             const Scalar v = t.values[k];
             if (!std::isfinite(static_cast<double>(v)))
                 fail(target, "tensor '", t.name, "' element ", k, " of ", t.values.size(), " (at ",
                      index_string(t.shape, k), ") is ", std::isnan(static_cast<double>(v)) ? "NaN" : "infinite",
                      ": not saved, since loading refuses non-finite values");
-            if (type == dtype::f64) {
+            if (tt == dtype::f64) {
                 write_le(out, bit_copy<std::uint64_t>(static_cast<double>(v)), 8);
                 continue;
             }
             if (!fits_float(static_cast<double>(v)))
-                fail(target, "tensor '", t.name, "' element ", k, " (", v, ") does not fit ", to_string(type));
+                fail(target, "tensor '", t.name, "' element ", k, " (", v, ") does not fit ", to_string(tt));
             const float f = static_cast<float>(v);
-            if (type == dtype::f32) {
+            if (tt == dtype::f32) {
                 write_le(out, bit_copy<std::uint32_t>(f), 4);
             } else {
                 const std::uint16_t b = float_to_bf16(f);

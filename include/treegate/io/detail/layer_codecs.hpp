@@ -66,17 +66,32 @@ inline void check_tensors(const parsed_file& f, const std::vector<tensor_spec>& 
             fail(f.source, "unexpected tensor '", t.first, "' (shape ", shape_string(t.second.shape), ")");
 }
 
+// A stored element as the layer's Scalar (bf16 widens exactly) and back (to bf16: rounded to
+// nearest even, as tree_linear_bf16's converting constructor rounds).
+template <class S>
+S widen(S v) noexcept {
+    return v;
+}
+inline float widen(bf16 v) noexcept { return to_float(v); }
+template <class E, class S>
+E narrow(S v) noexcept {
+    if constexpr (std::is_same_v<E, bf16>)
+        return to_bf16(static_cast<float>(v));
+    else
+        return v;
+}
+
 /// The tensors of `l` as the file writes them (each block row-major, blocks in order), derived
 /// from the layer's parameter description (layers/parameters.hpp).
 template <class Layer>
 std::vector<tensor_values<typename Layer::scalar_type>> store_tensors(const Layer& l) {
     std::vector<tensor_values<typename Layer::scalar_type>> out;
     for (const auto& t : parameters(l)) {
-        tensor_values<typename Layer::scalar_type> v{t.name, t.file_shape, {}};
+        tensor_values<typename Layer::scalar_type> v{t.name, t.file_shape, {}, t.element == element_kind::bf16};
         v.values.reserve(static_cast<std::size_t>(t.block_count() * t.block_size()));
         t.for_each_block([&](const auto* b) {
             for (index_t r = 0; r < t.rows; ++r)
-                for (index_t c = 0; c < t.cols; ++c) v.values.push_back(b[r + c * t.rows]);
+                for (index_t c = 0; c < t.cols; ++c) v.values.push_back(widen(b[r + c * t.rows]));
         });
         out.push_back(std::move(v));
     }
@@ -90,8 +105,9 @@ void fill_tensors(Layer& l, const parsed_file& f) {
         const auto values = read_values<typename Layer::scalar_type>(f, t.name);
         std::size_t k = 0;
         t.for_each_block([&](auto* b) {
+            using E = std::remove_pointer_t<decltype(b)>;
             for (index_t r = 0; r < t.rows; ++r)
-                for (index_t c = 0; c < t.cols; ++c) b[r + c * t.rows] = values[k++];
+                for (index_t c = 0; c < t.cols; ++c) b[r + c * t.rows] = narrow<E>(values[k++]);
         });
     }
 }
@@ -173,9 +189,9 @@ struct layer_io<dense<Scalar, In, Out, Policy>> {
 
 // ---- tree_linear -----------------------------------------------------------------------------
 
-template <class Scalar, int In, int Out, int Depth, class Policy>
-struct layer_io<tree_linear<Scalar, In, Out, Depth, Policy>> {
-    using layer = tree_linear<Scalar, In, Out, Depth, Policy>;
+template <class Scalar, int In, int Out, int Depth, class Policy, class Storage>
+struct layer_io<tree_linear<Scalar, In, Out, Depth, Policy, Storage>> {
+    using layer = tree_linear<Scalar, In, Out, Depth, Policy, Storage>;
     struct config {
         index_t in, out;
         int depth;
