@@ -11,6 +11,7 @@
 #include "../schedule.hpp"
 #include "../tree.hpp"
 #include "../workspace.hpp"
+#include "batch_overloads.hpp"
 #include "grouped_forward.hpp"
 #include "layer_common.hpp"
 #include "storage.hpp"
@@ -113,7 +114,9 @@ index_t weight_stride(index_t n, const char* layer) {
 /// storage::owned<Scalar> trains; storage::owned<bf16> is tree_linear_bf16, the serving copy.
 template <class Scalar, int In = dynamic, int Out = dynamic, int Depth = dynamic, class Policy = kernels::default_policy,
           class Storage = storage::owned<Scalar>>
-class tree_linear : private detail::tree_state<typename Storage::element, Scalar, Storage> {
+class tree_linear : private detail::tree_state<typename Storage::element, Scalar, Storage>,
+                    public detail::batch_overloads<tree_linear<Scalar, In, Out, Depth, Policy, Storage>, matrix<Scalar>,
+                                                   workspace<Scalar>> {
     static_assert(std::is_floating_point_v<Scalar>, "tree_linear: Scalar must be a floating-point type");
     using W = typename Storage::element;
     static_assert(std::is_same_v<W, Scalar> || (std::is_same_v<W, bf16> && std::is_same_v<Scalar, float>),
@@ -300,14 +303,8 @@ public:
 
     // ---- batches: features x examples ----------------------------------------------------------
 
-    void forward_batch(const Eigen::Ref<const batch>& X, Eigen::Ref<batch> Y, workspace<Scalar>& ws) const {
-        forward_batch(X, Y, ws, parallel::serial{});
-    }
-
-    void forward_batch(const Eigen::Ref<const batch>& X, const Eigen::Ref<const batch>& G, Eigen::Ref<batch> Y,
-                       workspace<Scalar>& ws) const {
-        forward_batch(X, G, Y, ws, parallel::serial{});
-    }
+    // The serial and the allocating overloads (layers/batch_overloads.hpp).
+    using detail::batch_overloads<tree_linear, matrix<Scalar>, workspace<Scalar>>::forward_batch;
 
     /// The batched forward on an executor (parallel/thread_pool.hpp, or parallel::serial): each
     /// level's work is cut into (node, row-chunk) pieces that do not depend on the thread
@@ -327,19 +324,6 @@ public:
         detail::grouped_forward<Policy>(table(), X, Y, ws, ex);
     }
 
-    batch forward_batch(const Eigen::Ref<const batch>& X) const {
-        batch Y(out_, X.cols());
-        workspace<Scalar> ws;
-        forward_batch(X, Y, ws);
-        return Y;
-    }
-
-    batch forward_batch(const Eigen::Ref<const batch>& X, const Eigen::Ref<const batch>& G) const {
-        batch Y(out_, X.cols());
-        workspace<Scalar> ws;
-        forward_batch(X, G, Y, ws);
-        return Y;
-    }
 
 private:
     void allocate() {
