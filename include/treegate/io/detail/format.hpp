@@ -47,6 +47,18 @@ struct load_options {
     /// files of other writers have none and load without). Off, the data is not read up front
     /// for it, which a memory-mapped file would want; a file changed in place then goes unnoticed.
     bool verify_checksum = true;
+
+    /// load_into only. The layer's configuration is the specification, and the file needs no
+    /// __metadata__ (a PyTorch state_dict): every tensor of the layer's parameter description
+    /// must be in the file with its shape. Taken when `require_metadata` is false, or `prefix`
+    /// or `names` is set.
+    bool require_metadata = true;
+    /// Prepended to every file name looked up: a layer inside a larger model's file.
+    std::string prefix;
+    /// File name (after the prefix) -> treegate name, for files that name tensors differently.
+    std::map<std::string, std::string> names;
+    /// A file tensor the layer does not use is an error naming it (strict), or skipped.
+    bool strict = true;
 };
 
 namespace detail {

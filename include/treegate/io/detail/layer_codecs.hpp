@@ -98,11 +98,12 @@ std::vector<tensor_values<typename Layer::scalar_type>> store_tensors(const Laye
     return out;
 }
 
-/// Writes the file's tensors into `l`, whose shapes check_tensors has matched to the file.
-template <class Layer>
-void fill_tensors(Layer& l, const parsed_file& f) {
+/// Writes the file's tensors into `l`, whose shapes have been matched to the file;
+/// file_name(name) is the file's name of the layer's tensor `name`.
+template <class Layer, class FileName>
+void fill_tensors(Layer& l, const parsed_file& f, FileName&& file_name) {
     for (const auto& t : parameters(l)) {
-        const auto values = read_values<typename Layer::scalar_type>(f, t.name);
+        const auto values = read_values<typename Layer::scalar_type>(f, file_name(t.name));
         std::size_t k = 0;
         t.for_each_block([&](auto* b) {
             using E = std::remove_pointer_t<decltype(b)>;
