@@ -22,6 +22,7 @@
 #include <map>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 // The parts: detail/format.hpp (the container), detail/checksum.hpp (zlib's CRC-32 of the data),
@@ -53,6 +54,12 @@ Layer build(const parsed_file& f, const Layer* target) {
     io::specs(cfg, "", specs);
     check_tensors(f, specs);
     Layer layer = io::make(m, cfg);
+    // The configuration's tensor list (checked before allocating) is the description's.
+    const auto described = parameters(std::as_const(layer));
+    bool same = described.size() == specs.size();
+    for (std::size_t k = 0; same && k < specs.size(); ++k)
+        same = described[k].name == specs[k].name && described[k].file_shape == specs[k].shape;
+    if (!same) fail(f.source, "internal error: the ", io::kind, " codec's tensors differ from the layer's description");
     fill_tensors(layer, f, [](const std::string& n) -> const std::string& { return n; });
     return layer;
 }
