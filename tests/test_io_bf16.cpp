@@ -110,10 +110,10 @@ TEST_CASE("safetensors: a file that does not match a tree_linear_bf16 is rejecte
     }
     SECTION("a weight tensor of another shape") {
         auto p = split(file);
-        p.header["weight"]["shape"] = nlohmann::json::array({7, 6, 10});
+        p.header["weight"]["shape"] = nlohmann::json::array({7, 11, 6});  // as many bytes, another shape
         const auto broken = tg_test::join(p.header, p.data);
-        TG_CHECK_THROWS_WITH(file_error, st::load_from_memory<half_t>(broken.data(), broken.size()), "tensor 'weight'",
-                             "[7, 6, 10]", "[7, 6, 11]");
+        TG_CHECK_THROWS_WITH(file_error, st::load_from_memory<half_t>(broken.data(), broken.size()),
+                             "tensor 'weight' has shape [7, 11, 6], expected [7, 6, 11]");
     }
     SECTION("another kind of layer") {
         const treegate::dense<float> d(11, 6);

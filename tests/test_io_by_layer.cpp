@@ -81,7 +81,7 @@ TEST_CASE("safetensors: a state_dict without metadata loads into a sequential of
     st::write_tensors(sd, path);
 
     model_t m = blank_model();
-    TG_CHECK_THROWS_WITH(file_error, st::load_into(m, path), "has no __metadata__");  // the default needs treegate's
+    TG_CHECK_THROWS_WITH(file_error, st::load_into(m, path), "metadata 'kind' is missing");  // the default needs treegate's
     st::load_options o;
     o.require_metadata = false;
     st::load_into(m, path, o);

@@ -218,13 +218,14 @@ void describe(Layer& l, const std::string& p, std::vector<parameter_tensor<param
                second([&](index_t t, index_t i) { return l.hidden_bias(t, i).data(); }), n, lv, period);
         tensor("output_weight", {kd, ud, file_dim(o), file_dim(w)}, o, w, true, l.output_weight(0, 0).data(),
                second([&](index_t t, index_t i) { return l.output_weight(t, i).data(); }), n, lv, period);
-        if (R > 0) {
+        if (!node_sum) {  // leaf_mlp: router tensors, empty at depth 0
             const index_t nr = K * R;
-            auto rsecond = [&](auto&& at) { return nr > 1 ? at(1 / R, 1 % R) : nullptr; };
-            tensor("router_weight", {kd, file_dim(R), file_dim(in)}, in, 1, true, l.router_weight(0, 0).data(),
-                   rsecond([&](index_t t, index_t i) { return l.router_weight(t, i).data(); }), nr, 0, R);
-            tensor("router_bias", {kd, file_dim(R)}, 1, 1, false, &l.router_bias(0, 0),
-                   rsecond([&](index_t t, index_t i) { return &l.router_bias(t, i); }), nr, 0, R);
+            auto first = [&](auto&& at) { return nr > 0 ? at(0, 0) : nullptr; };
+            auto second = [&](auto&& at) { return nr > 1 ? at(1 / R, 1 % R) : nullptr; };
+            const auto rw = [&](index_t t, index_t i) { return l.router_weight(t, i).data(); };
+            const auto rb = [&](index_t t, index_t i) { return &l.router_bias(t, i); };
+            tensor("router_weight", {kd, file_dim(R), file_dim(in)}, in, 1, true, first(rw), second(rw), nr, 0, R);
+            tensor("router_bias", {kd, file_dim(R)}, 1, 1, false, first(rb), second(rb), nr, 0, R);
         }
         if (l.has_output_bias())
             tensor("output_bias", {file_dim(o)}, o, 1, false, l.output_bias().data(), nullptr, 1, 0, 0);
