@@ -49,9 +49,7 @@ using tensors_of = std::vector<st::detail::tensor_values<typename Layer::scalar_
 /// The tensors of a layer in file order and layout (row-major), for value comparisons.
 template <class Layer>
 tensors_of<Layer> tensors(const Layer& layer) {
-    tensors_of<Layer> out;
-    st::detail::layer_io<Layer>::store(layer, "", out);
-    return out;
+    return st::detail::store_tensors(layer);
 }
 
 /// Every value of `b` has the bits of that of `a` when the dtype holds the scalar exactly (F64,

@@ -7,6 +7,7 @@
 #include "../layers/dense.hpp"
 #include "../layers/tree_feedforward.hpp"
 #include "../layers/tree_linear.hpp"
+#include "../layers/tree_linear_bf16.hpp"
 #include "../layers/tree_linear_blocked.hpp"
 #include "detail/atomic_file.hpp"
 #include "detail/checksum.hpp"
@@ -19,7 +20,9 @@
 #include <cstdint>
 #include <limits>
 #include <map>
+#include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 // The parts: detail/format.hpp (the container), detail/checksum.hpp (zlib's CRC-32 of the data),
@@ -51,7 +54,47 @@ Layer build(const parsed_file& f, const Layer* target) {
     io::specs(cfg, "", specs);
     check_tensors(f, specs);
     Layer layer = io::make(m, cfg);
-    io::fill(layer, f, "");
+    // The configuration's tensor list (checked before allocating) is the description's.
+    const auto described = parameters(std::as_const(layer));
+    bool same = described.size() == specs.size();
+    for (std::size_t k = 0; same && k < specs.size(); ++k)
+        same = described[k].name == specs[k].name && described[k].file_shape == specs[k].shape;
+    if (!same) fail(f.source, "internal error: the ", io::kind, " codec's tensors differ from the layer's description");
+    fill_tensors(layer, f, [](const std::string& n) -> const std::string& { return n; });
+    return layer;
+}
+
+/// `target` with the file's tensors, the layer's parameter description as the specification
+/// (load_options: prefix, names, strict); the file's metadata is not read.
+template <class Layer>
+Layer fill_by_description(const parsed_file& f, const Layer& target, const load_options& o) {
+    std::map<std::string, std::string> to_file;  // treegate name -> file name without the prefix
+    for (const auto& entry : o.names) to_file[entry.second] = entry.first;
+    const auto file_name = [&](const std::string& n) {
+        const auto it = to_file.find(n);
+        return o.prefix + (it == to_file.end() ? n : it->second);
+    };
+    std::set<std::string> used;
+    for (const auto& t : parameters(target)) {
+        const std::string name = file_name(t.name);
+        const auto it = f.tensors.find(name);
+        if (it == f.tensors.end())
+            fail(f.source, "tensor '", name, "' is missing (the layer's '", t.name, "', shape ", shape_string(t.file_shape),
+                 ")");
+        if (it->second.shape != t.file_shape)
+            fail(f.source, "tensor '", name, "' has shape ", shape_string(it->second.shape), " but the layer's '", t.name,
+                 "' has shape ", shape_string(t.file_shape));
+        used.insert(name);
+    }
+    if (o.strict) {
+        std::string unused;
+        for (const auto& t : f.tensors)
+            if (!used.count(t.first)) unused += (unused.empty() ? "'" : ", '") + t.first + "' " + shape_string(t.second.shape);
+        if (!unused.empty())
+            fail(f.source, "tensors the layer does not use: ", unused, " (load_options::strict = false skips them)");
+    }
+    Layer layer = target;
+    fill_tensors(layer, f, file_name);
     return layer;
 }
 
@@ -63,16 +106,15 @@ std::vector<unsigned char> save_bytes(const Layer& layer, dtype type, const std:
     md["treegate_version"] = version_string();
     md["kind"] = io::kind;
     io::write(io::config_of(layer), md, "");
-    std::vector<tensor_values<typename Layer::scalar_type>> tensors;
-    io::store(layer, "", tensors);
-    return encode(tensors, md, type, target);
+    return encode(store_tensors(layer), md, type, target);
 }
 
 }  // namespace detail
 
 // ---- public interface ------------------------------------------------------------------------
-// Layer is dense, tree_linear, tree_linear_blocked, tree_feedforward, or a sequential of those
-// and activation_layer. `source` names a memory buffer in error messages. Saving refuses NaN and
+// Layer is dense, tree_linear (tree_linear_bf16 included: its bf16 weights are written as BF16
+// whatever `type` says, and an F32 or F64 file loads into it rounded to bf16), tree_linear_blocked, tree_feedforward, or a
+// sequential of those and activation_layer. `source` names a memory buffer in error messages. Saving refuses NaN and
 // infinite values (loading would refuse them); loading verifies the data's checksum when the
 // file has one, unless `options` turn that off.
 
@@ -89,12 +131,17 @@ void save(const Layer& layer, const std::string& path, dtype type = dtype::f32) 
 }
 
 /// Loads into an existing layer whose configuration the file must match; on failure the
-/// layer is unchanged and a file_error names the tensor or setting and the numbers.
+/// layer is unchanged and a file_error names the tensor or setting and the numbers. With
+/// `options` (require_metadata = false, a prefix or a name map) the file needs no treegate
+/// metadata: the layer's parameter description is checked tensor by tensor instead.
 template <class Layer>
 void load_into_from_memory(Layer& layer, const void* data, std::size_t size, const std::string& source = "<memory>",
                            const load_options& options = {}) {
     const auto f = detail::parse_checked(data, size, source, options);
-    layer = detail::build<Layer>(f, &layer);
+    if (!options.require_metadata || !options.prefix.empty() || !options.names.empty())
+        layer = detail::fill_by_description(f, layer, options);
+    else
+        layer = detail::build<Layer>(f, &layer);
 }
 
 template <class Layer>

@@ -6,6 +6,7 @@
 #include "../activation.hpp"
 #include "../parallel/executor.hpp"
 #include "../workspace.hpp"
+#include "batch_overloads.hpp"
 #include "layer_common.hpp"
 
 #include <algorithm>
@@ -15,7 +16,7 @@
 namespace treegate {
 
 template <class Scalar, int Size = dynamic>
-class activation_layer {
+class activation_layer : public detail::batch_overloads<activation_layer<Scalar, Size>, matrix<Scalar>, workspace<Scalar>> {
     static_assert(std::is_floating_point_v<Scalar>, "activation_layer: Scalar must be a floating-point type");
     static_assert(Size == dynamic || Size > 0, "activation_layer: Size must be positive or dynamic");
 
@@ -56,9 +57,8 @@ public:
         apply_inplace(act_, y.data(), size_);
     }
 
-    void forward_batch(const Eigen::Ref<const batch>& X, Eigen::Ref<batch> Y, workspace<Scalar>& ws) const {
-        forward_batch(X, Y, ws, parallel::serial{});
-    }
+    // The serial and the allocating overloads (layers/batch_overloads.hpp).
+    using detail::batch_overloads<activation_layer, matrix<Scalar>, workspace<Scalar>>::forward_batch;
 
     /// The batched forward on an executor (pieces of 256 examples; element-wise, so any split
     /// gives the same bits).
@@ -76,13 +76,6 @@ public:
                 apply_inplace(act_, Y.col(e).data(), size_);
             }
         });
-    }
-
-    batch forward_batch(const Eigen::Ref<const batch>& X) const {
-        batch Y(size_, X.cols());
-        workspace<Scalar> ws;
-        forward_batch(X, Y, ws);
-        return Y;
     }
 
 private:

@@ -8,6 +8,7 @@
 #include "../kernels/policy.hpp"
 #include "../parallel/executor.hpp"
 #include "../workspace.hpp"
+#include "batch_overloads.hpp"
 #include "layer_common.hpp"
 
 #include <algorithm>
@@ -18,7 +19,7 @@
 namespace treegate {
 
 template <class Scalar, int In = dynamic, int Out = dynamic, class Policy = kernels::default_policy>
-class dense {
+class dense : public detail::batch_overloads<dense<Scalar, In, Out, Policy>, matrix<Scalar>, workspace<Scalar>> {
     static_assert(std::is_floating_point_v<Scalar>, "dense: Scalar must be a floating-point type");
     static_assert(In == dynamic || In > 0, "dense: In must be positive or dynamic");
     static_assert(Out == dynamic || Out > 0, "dense: Out must be positive or dynamic");
@@ -106,9 +107,8 @@ public:
         Policy::gemv(out_, in_, weights_.data(), out_, x.data(), y.data());
     }
 
-    void forward_batch(const Eigen::Ref<const batch>& X, Eigen::Ref<batch> Y, workspace<Scalar>& ws) const {
-        forward_batch(X, Y, ws, parallel::serial{});
-    }
+    // The serial and the allocating overloads (layers/batch_overloads.hpp).
+    using detail::batch_overloads<dense, matrix<Scalar>, workspace<Scalar>>::forward_batch;
 
     /// The batched forward on an executor: pieces of 256 examples, the same for any executor,
     /// so the output is bit-identical for any thread count.
@@ -128,13 +128,6 @@ public:
             Policy::gemm(out_, in_, m, weights_.data(), out_, X.data() + e0 * X.outerStride(), X.outerStride(),
                          Y.data() + e0 * Y.outerStride(), Y.outerStride());
         });
-    }
-
-    batch forward_batch(const Eigen::Ref<const batch>& X) const {
-        batch Y(out_, X.cols());
-        workspace<Scalar> ws;
-        forward_batch(X, Y, ws);
-        return Y;
     }
 
 private:

@@ -5,6 +5,7 @@
 
 #include "../parallel/executor.hpp"
 #include "../workspace.hpp"
+#include "batch_overloads.hpp"
 #include "layer_common.hpp"
 
 #include <array>
@@ -30,10 +31,22 @@ bool needs_external_gates(const L& layer) {
         return false;
 }
 
+/// A sequential model's scratch (see sequential::workspace_type).
+template <class Scalar, std::size_t N>
+struct sequential_workspace {
+    workspace<Scalar> inner;
+    std::array<matrix<Scalar>, N> acts;
+};
+
+template <class... Layers>
+using sequential_scalar = typename std::tuple_element_t<0, std::tuple<Layers...>>::scalar_type;
+
 }  // namespace detail
 
 template <class... Layers>
-class sequential {
+class sequential : public detail::batch_overloads<sequential<Layers...>, matrix<detail::sequential_scalar<Layers...>>,
+                                                  detail::sequential_workspace<detail::sequential_scalar<Layers...>,
+                                                                               sizeof...(Layers)>> {
     static_assert(sizeof...(Layers) >= 1, "sequential: needs at least one layer");
     using first = std::tuple_element_t<0, std::tuple<Layers...>>;
 
@@ -48,10 +61,7 @@ public:
 
     /// Scratch for forward passes: the layers' shared workspace and one buffer per boundary.
     /// Reused across calls; a steady batch size allocates nothing after the first call.
-    struct workspace_type {
-        workspace<scalar_type> inner;
-        std::array<batch, size> acts;
-    };
+    using workspace_type = detail::sequential_workspace<scalar_type, size>;
 
     explicit sequential(Layers... layers) : layers_(std::move(layers)...) {
         check_chain(std::make_index_sequence<size>{});
@@ -85,9 +95,8 @@ public:
         std::apply([&](auto&... l) { (l.initialize(seed + i++), ...); }, layers_);
     }
 
-    void forward_batch(const Eigen::Ref<const batch>& X, Eigen::Ref<batch> Y, workspace_type& ws) const {
-        forward_batch(X, Y, ws, parallel::serial{});
-    }
+    // The serial and the allocating overloads (layers/batch_overloads.hpp).
+    using detail::batch_overloads<sequential, batch, workspace_type>::forward_batch;
 
     /// The batched forward on an executor: layer after layer, each on the executor
     /// (bit-identical for any thread count).
@@ -96,13 +105,6 @@ public:
         check_live();
         detail::check_batch(name, in_size(), X.rows(), X.cols(), out_size(), Y.rows(), Y.cols());
         run<0>(X, Y, ws, ex);
-    }
-
-    batch forward_batch(const Eigen::Ref<const batch>& X) const {
-        batch Y(out_size(), X.cols());
-        workspace_type ws;
-        forward_batch(X, Y, ws);
-        return Y;
     }
 
     /// One example; allocates only the first time `ws` meets this model.

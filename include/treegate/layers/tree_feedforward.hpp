@@ -16,6 +16,7 @@
 #include "../schedule.hpp"
 #include "../tree.hpp"
 #include "../workspace.hpp"
+#include "batch_overloads.hpp"
 #include "layer_common.hpp"
 
 #include <algorithm>
@@ -43,7 +44,8 @@ inline const char* to_string(ff_variant v) noexcept { return v == ff_variant::no
 /// internal nodes. Units are numbered in heap order, tree-major.
 template <class Scalar, int In = dynamic, int Out = dynamic, int Width = dynamic, int Depth = dynamic,
           class Policy = kernels::default_policy>
-class tree_feedforward {
+class tree_feedforward
+    : public detail::batch_overloads<tree_feedforward<Scalar, In, Out, Width, Depth, Policy>, matrix<Scalar>, workspace<Scalar>> {
     static_assert(std::is_floating_point_v<Scalar>, "tree_feedforward: Scalar must be a floating-point type");
     static_assert(In == dynamic || In > 0, "tree_feedforward: In must be positive or dynamic");
     static_assert(Out == dynamic || Out > 0, "tree_feedforward: Out must be positive or dynamic");
@@ -263,9 +265,8 @@ public:
 
     // ---- batches: features x examples ----------------------------------------------------------
 
-    void forward_batch(const Eigen::Ref<const batch>& X, Eigen::Ref<batch> Y, workspace<Scalar>& ws) const {
-        forward_batch(X, Y, ws, parallel::serial{});
-    }
+    // The serial and the allocating overloads (layers/batch_overloads.hpp).
+    using detail::batch_overloads<tree_feedforward, matrix<Scalar>, workspace<Scalar>>::forward_batch;
 
     /// The batched forward on an executor (parallel/thread_pool.hpp, or parallel::serial).
     /// With batch_stream = per_tile, all levels run on one tile of 64 examples before the next
@@ -284,13 +285,6 @@ public:
         exec::run_streamed(batch_stream, X.cols(), ws, ex, [&](index_t t0, index_t end, workspace<Scalar>& w, auto&) {
             forward_tile(X.middleCols(t0, end - t0), Y.middleCols(t0, end - t0), w);
         });
-    }
-
-    batch forward_batch(const Eigen::Ref<const batch>& X) const {
-        batch Y(out_, X.cols());
-        workspace<Scalar> ws;
-        forward_batch(X, Y, ws);
-        return Y;
     }
 
 private:

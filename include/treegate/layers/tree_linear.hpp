@@ -1,5 +1,5 @@
 // treegate/layers/tree_linear.hpp — the paper's layer: weight blocks on a prefix tree of gate bits.
-// Composes topology, routing, schedule and a kernel policy; owns its weights in one buffer.
+// Composes topology, routing, schedule and a kernel policy; holds its weights as its Storage says.
 #ifndef TREEGATE_LAYERS_TREE_LINEAR_HPP
 #define TREEGATE_LAYERS_TREE_LINEAR_HPP
 
@@ -13,7 +13,9 @@
 #include "../schedule.hpp"
 #include "../tree.hpp"
 #include "../workspace.hpp"
+#include "batch_overloads.hpp"
 #include "layer_common.hpp"
+#include "storage.hpp"
 
 #include <algorithm>
 #include <array>
@@ -31,10 +33,10 @@ inline const char* to_string(tree_mode m) noexcept { return m == tree_mode::path
 
 namespace detail {
 
-/// The state tree_linear and its bf16 serving copy share: sizes, gating and the two buffers of
-/// blocks (weights of type W) and biases. Moving it leaves the source empty (every size 0),
+/// The state of a tree_linear: sizes, gating and the two buffers of blocks (weights of type W,
+/// in the Storage's buffer) and biases. Moving it leaves the source empty (every size 0),
 /// which is how a moved-from layer knows it has nothing to compute with.
-template <class W, class Scalar>
+template <class W, class Scalar, class Storage = storage::owned<W>>
 struct tree_state {
     index_t in_ = 0, out_ = 0;
     int depth_ = 0;
@@ -42,7 +44,7 @@ struct tree_state {
     bool has_bias_ = false;
     gating gates_;
     index_t blocks_ = 0, stride_ = 0, bias_stride_ = 0;
-    aligned_buffer<W> weights_;
+    typename Storage::template buffer<W> weights_;
     aligned_buffer<Scalar> biases_;
 
     tree_state() = default;
@@ -85,19 +87,44 @@ struct tree_state {
     }
 };
 
+/// The name a tree_linear reports in errors and files: its storage's, where that is not Scalar.
+template <class W, class Scalar>
+constexpr const char* tree_linear_name() noexcept {
+    return std::is_same_v<W, Scalar> ? "tree_linear" : "tree_linear_bf16";
+}
+
+/// A block of n weights of type W padded for the kernels: where that costs at most 1/8 of a
+/// block for Scalar weights (block_stride), to a whole cache line always for bf16 weights.
+template <class W, class Scalar>
+index_t weight_stride(index_t n, const char* layer) {
+    if constexpr (std::is_same_v<W, Scalar>)
+        return block_stride<Scalar>(n, layer, "block size");
+    else
+        return checked_add(n, line_padding<W>(n), layer, "block size");
+}
+
 }  // namespace detail
 
 /// A linear layer whose weights are selected per example by D gate bits.
 ///
 /// Storage: one contiguous buffer of blocks, each `Out x In` column-major and 64-byte aligned
-/// where the padding costs at most 1/8 of a block (detail::block_stride).
-/// In `path_sum` mode block i is tree node i (heap order: level-major); in `leaf_only` mode
-/// block i is leaf i (leaf number = node - (2^D - 1)). Biases live in a second buffer, same order.
-template <class Scalar, int In = dynamic, int Out = dynamic, int Depth = dynamic, class Policy = kernels::default_policy>
-class tree_linear : private detail::tree_state<Scalar, Scalar> {
+/// where the padding costs at most 1/8 of a block (detail::block_stride; bf16 blocks are always
+/// whole cache lines). In `path_sum` mode block i is tree node i (heap order: level-major); in
+/// `leaf_only` mode block i is leaf i (leaf number = node - (2^D - 1)). Biases (Scalar) live in
+/// a second buffer, same order. `Storage` (layers/storage.hpp) sets the weights' element type:
+/// storage::owned<Scalar> trains; storage::owned<bf16> is tree_linear_bf16, the serving copy.
+template <class Scalar, int In = dynamic, int Out = dynamic, int Depth = dynamic, class Policy = kernels::default_policy,
+          class Storage = storage::owned<Scalar>>
+class tree_linear : private detail::tree_state<typename Storage::element, Scalar, Storage>,
+                    public detail::batch_overloads<tree_linear<Scalar, In, Out, Depth, Policy, Storage>, matrix<Scalar>,
+                                                   workspace<Scalar>> {
     static_assert(std::is_floating_point_v<Scalar>, "tree_linear: Scalar must be a floating-point type");
+    using W = typename Storage::element;
+    static_assert(std::is_same_v<W, Scalar> || (std::is_same_v<W, bf16> && std::is_same_v<Scalar, float>),
+                  "tree_linear: weights are stored as Scalar, or as bf16 for a float layer");
+    static constexpr bool exact = std::is_same_v<W, Scalar>;  // weights are the Scalars the kernels multiply by
     // Moving leaves the source empty (tree_state): every size reads 0 and every call raises usage_error.
-    using state = detail::tree_state<Scalar, Scalar>;
+    using state = detail::tree_state<W, Scalar, Storage>;
     using state::in_, state::out_, state::depth_, state::mode_, state::has_bias_, state::gates_, state::blocks_,
         state::stride_, state::bias_stride_, state::weights_, state::biases_, state::check_block, state::check_single,
         state::path_block;
@@ -107,7 +134,10 @@ class tree_linear : private detail::tree_state<Scalar, Scalar> {
 
 public:
     using scalar_type = Scalar;
+    using weight_type = W;
+    using storage_type = Storage;
     using policy_type = Policy;
+    using vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
     using input_vector = Eigen::Matrix<Scalar, In, 1>;
     using output_vector = Eigen::Matrix<Scalar, Out, 1>;
     using gate_vector = Eigen::Matrix<Scalar, Depth, 1>;
@@ -116,7 +146,7 @@ public:
     using const_weight_map = Eigen::Map<const Eigen::Matrix<Scalar, Out, In>>;
     using bias_map = Eigen::Map<Eigen::Matrix<Scalar, Out, 1>>;
     using const_bias_map = Eigen::Map<const Eigen::Matrix<Scalar, Out, 1>>;
-    static constexpr const char* name = "tree_linear";
+    static constexpr const char* name = detail::tree_linear_name<W, Scalar>();
 
     /// Sizes at run time (they must match any that are fixed). Weights start at zero: call
     /// initialize(seed) or write them through weight(i) / bias(i).
@@ -128,19 +158,29 @@ public:
         mode_ = mode;
         has_bias_ = bias;
         gates_ = std::move(gates);
-        detail::check_gating(name, gates_, depth_, in_);
-        blocks_ = mode_ == tree_mode::path_sum ? tree::node_count(depth_) : tree::leaf_count(depth_);
-        const index_t block = detail::checked_mul(in_, out_, name, "block size");
-        stride_ = detail::block_stride<Scalar>(block, name, "block size");
-        bias_stride_ = detail::block_stride<Scalar>(out_, name, "bias size");
-        const index_t wn = detail::checked_mul(blocks_, stride_, name, "parameter count");
-        const index_t bn = has_bias_ ? detail::checked_mul(blocks_, bias_stride_, name, "bias count") : 0;
-        const detail::footprint total{
-            detail::checked_mul(blocks_, detail::checked_sum({block, has_bias_ ? out_ : 0}, name, "parameter count"), name,
-                                "parameter count"),
-            detail::checked_bytes<Scalar>({wn, bn}, name)};
-        weights_ = detail::aligned_buffer<Scalar>(wn, name, total);
-        biases_ = detail::aligned_buffer<Scalar>(bn, name, total);
+        allocate();
+    }
+
+    /// The serving copy of a trained float layer (bf16 storage only): rounds every weight of `t`
+    /// to bf16 (ties to even) and copies its biases, sizes, mode and gating.
+    template <int I, int O, int D, class P, bool B = exact, std::enable_if_t<!B, int> = 0>
+    explicit tree_linear(const tree_linear<float, I, O, D, P>& t) {
+        kernels::prepare<Policy>();  // a bad TREEGATE_ISA is an exception here, not in a kernel
+        if (t.in_size() == 0) detail::raise<usage_error>(name, ": the source tree_linear is empty (moved from)");
+        in_ = detail::resolve_size(name, "input size", In, t.in_size());
+        out_ = detail::resolve_size(name, "output size", Out, t.out_size());
+        depth_ = detail::resolve_depth(name, Depth, t.depth());
+        mode_ = t.mode();
+        has_bias_ = t.has_bias();
+        gates_ = t.gates();
+        allocate();
+        for (index_t b = 0; b < blocks_; ++b) {
+            const auto w = t.weight(b);
+            W* dst = weights_.data() + b * stride_;
+            for (index_t c = 0; c < in_; ++c)
+                for (index_t r = 0; r < out_; ++r) dst[r + c * out_] = to_bf16(w(r, c));
+            if (has_bias_) bias_map(biases_.data() + b * bias_stride_, out_) = t.bias(b);
+        }
     }
 
     /// All sizes fixed at compile time.
@@ -165,17 +205,30 @@ public:
     /// Bytes the weights and biases occupy, padding between blocks included (README, "Errors").
     index_t memory_bytes() const noexcept { return weights_.bytes() + biases_.bytes(); }
 
+    /// Bytes of the stored weights alone (padding included): about half the float layer's in bf16.
+    index_t weight_bytes() const noexcept { return weights_.bytes(); }
+
     /// Multiply-adds per example: (D+1) blocks on the path (path_sum) or one (leaf_only).
     index_t macs_per_example() const noexcept { return blocks_on_path() * in_ * out_; }
 
-    /// Block i: tree node i (path_sum) or leaf i (leaf_only).
+    /// Block i: tree node i (path_sum) or leaf i (leaf_only). With bf16 storage, a copy of the
+    /// float values the kernels multiply by (write bf16 blocks through weight_blocks()).
+    template <bool B = exact, std::enable_if_t<B, int> = 0>
     weight_map weight(index_t i) {
         check_block(name, i, false);
         return weight_map(weights_.data() + i * stride_, out_, in_);
     }
-    const_weight_map weight(index_t i) const {
+    auto weight(index_t i) const {
         check_block(name, i, false);
-        return const_weight_map(weights_.data() + i * stride_, out_, in_);
+        if constexpr (exact) {
+            return const_weight_map(weights_.data() + i * stride_, out_, in_);
+        } else {
+            Eigen::Matrix<Scalar, Out, In> w(out_, in_);
+            const W* src = weights_.data() + i * stride_;
+            for (index_t c = 0; c < in_; ++c)
+                for (index_t r = 0; r < out_; ++r) w(r, c) = to_float(src[r + c * out_]);
+            return w;
+        }
     }
     bias_map bias(index_t i) {
         check_block(name, i, true);
@@ -185,6 +238,13 @@ public:
         check_block(name, i, true);
         return const_bias_map(biases_.data() + i * bias_stride_, out_);
     }
+
+    /// The stored blocks as they are (layers/parameters.hpp describes them from these): weights
+    /// in the storage's element type, biases in Scalar; block i at data + i * stride.
+    block_run<W> weight_blocks() noexcept { return {weights_.data(), blocks_, stride_}; }
+    block_run<const W> weight_blocks() const noexcept { return {weights_.data(), blocks_, stride_}; }
+    block_run<Scalar> bias_blocks() noexcept { return {biases_.data(), has_bias_ ? blocks_ : 0, bias_stride_}; }
+    block_run<const Scalar> bias_blocks() const noexcept { return {biases_.data(), has_bias_ ? blocks_ : 0, bias_stride_}; }
 
     /// Block used at `level` by the path with bit pattern `code` (leaf_only: only level D has one).
     index_t block_on_path(leaf_t code, int level) const {
@@ -197,6 +257,7 @@ public:
     /// 1/sqrt(in * (D+1)) per node for a path sum, so the summed weight has a dense layer's scale.
     /// Block i draws from its own stream: for one seed, block i gets the same draws at any depth
     /// (only the bound above changes with the depth).
+    template <bool B = exact, std::enable_if_t<B, int> = 0>
     void initialize(std::uint64_t seed) noexcept {
         const double bound = 1.0 / std::sqrt(static_cast<double>(in_) * static_cast<double>(blocks_on_path()));
         for (index_t i = 0; i < blocks_; ++i) {
@@ -241,14 +302,8 @@ public:
 
     // ---- batches: features x examples ----------------------------------------------------------
 
-    void forward_batch(const Eigen::Ref<const batch>& X, Eigen::Ref<batch> Y, workspace<Scalar>& ws) const {
-        forward_batch(X, Y, ws, parallel::serial{});
-    }
-
-    void forward_batch(const Eigen::Ref<const batch>& X, const Eigen::Ref<const batch>& G, Eigen::Ref<batch> Y,
-                       workspace<Scalar>& ws) const {
-        forward_batch(X, G, Y, ws, parallel::serial{});
-    }
+    // The serial and the allocating overloads (layers/batch_overloads.hpp).
+    using detail::batch_overloads<tree_linear, matrix<Scalar>, workspace<Scalar>>::forward_batch;
 
     /// The batched forward on an executor (parallel/thread_pool.hpp, or parallel::serial): each
     /// level's work is cut into (node, row-chunk) pieces that do not depend on the thread
@@ -270,21 +325,30 @@ public:
         exec::grouped_forward<Policy>(table(), X, Y, ws, ex);
     }
 
-    batch forward_batch(const Eigen::Ref<const batch>& X) const {
-        batch Y(out_, X.cols());
-        workspace<Scalar> ws;
-        forward_batch(X, Y, ws);
-        return Y;
-    }
-
-    batch forward_batch(const Eigen::Ref<const batch>& X, const Eigen::Ref<const batch>& G) const {
-        batch Y(out_, X.cols());
-        workspace<Scalar> ws;
-        forward_batch(X, G, Y, ws);
-        return Y;
-    }
 
 private:
+    void allocate() {
+        detail::check_gating(name, gates_, depth_, in_);
+        blocks_ = mode_ == tree_mode::path_sum ? tree::node_count(depth_) : tree::leaf_count(depth_);
+        const index_t block = detail::checked_mul(in_, out_, name, "block size");
+        stride_ = detail::weight_stride<W, Scalar>(block, name);
+        bias_stride_ = detail::block_stride<Scalar>(out_, name, "bias size");
+        const index_t wn = detail::checked_mul(blocks_, stride_, name, "parameter count");
+        const index_t bn = has_bias_ ? detail::checked_mul(blocks_, bias_stride_, name, "bias count") : 0;
+        const index_t params =
+            detail::checked_mul(blocks_, detail::checked_sum({block, has_bias_ ? out_ : 0}, name, "parameter count"), name,
+                                "parameter count");
+        index_t bytes = 0;
+        if constexpr (exact)
+            bytes = detail::checked_bytes<Scalar>({wn, bn}, name);
+        else
+            bytes = detail::checked_add(detail::checked_bytes<W>({wn}, name), detail::checked_bytes<Scalar>({bn}, name), name,
+                                        "byte count");
+        const detail::footprint total{params, bytes};
+        weights_ = typename Storage::template buffer<W>(wn, name, total);
+        biases_ = detail::aligned_buffer<Scalar>(bn, name, total);
+    }
+
     index_t blocks_on_path() const noexcept { return mode_ == tree_mode::path_sum ? depth_ + 1 : 1; }
     int first_level() const noexcept { return mode_ == tree_mode::path_sum ? 0 : depth_; }
 
@@ -295,7 +359,7 @@ private:
     }
 
     void accumulate_code(leaf_t code, const Scalar* x, Scalar* y) const noexcept {
-        std::array<const Scalar*, max_depth + 1> blocks{};
+        std::array<const W*, max_depth + 1> blocks{};
         int count = 0;
         Eigen::Map<Eigen::Matrix<Scalar, Out, 1>> yv(y, out_);
         for (int level = first_level(); level <= depth_; ++level) {
@@ -306,7 +370,7 @@ private:
         Policy::path_sum(out_, in_, blocks.data(), count, x, y);
     }
 
-    exec::block_table<Scalar, Scalar> table() const noexcept {
+    exec::block_table<W, Scalar> table() const noexcept {
         return {in_, out_, depth_, mode_ == tree_mode::path_sum, weights_.data(), stride_,
                 has_bias_ ? biases_.data() : nullptr, bias_stride_};
     }

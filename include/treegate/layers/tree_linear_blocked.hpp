@@ -3,6 +3,7 @@
 #ifndef TREEGATE_LAYERS_TREE_LINEAR_BLOCKED_HPP
 #define TREEGATE_LAYERS_TREE_LINEAR_BLOCKED_HPP
 
+#include "batch_overloads.hpp"
 #include "tree_linear.hpp"
 
 #include <string>
@@ -18,7 +19,8 @@ enum class block_combine { sum, concat };
 /// own units (indices relative to its slice), and produces a SliceOut-sized output.
 template <class Scalar, int SliceIn = dynamic, int SliceOut = dynamic, int Depth = dynamic,
           class Policy = kernels::default_policy>
-class tree_linear_blocked {
+class tree_linear_blocked
+    : public detail::batch_overloads<tree_linear_blocked<Scalar, SliceIn, SliceOut, Depth, Policy>, matrix<Scalar>, workspace<Scalar>> {
 public:
     using tree_type = tree_linear<Scalar, SliceIn, SliceOut, Depth, Policy>;
     using scalar_type = Scalar;
@@ -103,9 +105,8 @@ public:
         }
     }
 
-    void forward_batch(const Eigen::Ref<const batch>& X, Eigen::Ref<batch> Y, workspace<Scalar>& ws) const {
-        forward_batch(X, Y, ws, parallel::serial{});
-    }
+    // The serial and the allocating overloads (layers/batch_overloads.hpp).
+    using detail::batch_overloads<tree_linear_blocked, matrix<Scalar>, workspace<Scalar>>::forward_batch;
 
     /// The batched forward on an executor: the trees run one after another, each on the
     /// executor (bit-identical for any thread count, see tree_linear).
@@ -129,13 +130,6 @@ public:
             tree(t).forward_batch(X.middleRows(t * si, si), part, ws, ex);
             Y += part;
         }
-    }
-
-    batch forward_batch(const Eigen::Ref<const batch>& X) const {
-        batch Y(out_size(), X.cols());
-        workspace<Scalar> ws;
-        forward_batch(X, Y, ws);
-        return Y;
     }
 
 private:

@@ -63,6 +63,19 @@ private:
     index_t total_ = 0;
 };
 
+/// The one walk both optimizers make: every visited block k of `blocks`, in order, with the
+/// factor (1 - lr * lambda_j) its decoupled decay applies (1 for biases). `rule(k, block, keep)`
+/// is the update, the only thing sgd and adam do differently.
+template <class Scalar, class Rule>
+void for_each_visited(const param_list<Scalar>& blocks, double lr, const weight_decay& decay, Rule&& rule) {
+    for (std::size_t k = 0; k < blocks.size(); ++k) {
+        const param_block<Scalar>& b = blocks[k];
+        if (!b.visited) continue;
+        const Scalar keep = b.decay ? static_cast<Scalar>(1.0 - lr * decay.at_level(b.level)) : Scalar(1);
+        rule(k, b, keep);
+    }
+}
+
 }  // namespace detail
 
 /// SGD with (heavy-ball) momentum, lazy per block: for a visited block
@@ -88,16 +101,13 @@ public:
         layout_.bind(blocks, "sgd");
         velocity_.resize(static_cast<std::size_t>(layout_.total()), Scalar(0));
         const Scalar lr = static_cast<Scalar>(opt_.lr), mu = static_cast<Scalar>(opt_.momentum);
-        for (std::size_t k = 0; k < blocks.size(); ++k) {
-            const param_block<Scalar>& b = blocks[k];
-            if (!b.visited) continue;
+        detail::for_each_visited(blocks, opt_.lr, opt_.decay, [&](std::size_t k, const param_block<Scalar>& b, Scalar keep) {
             Scalar* v = velocity_.data() + layout_.offset(k);
-            const Scalar keep = b.decay ? static_cast<Scalar>(1.0 - opt_.lr * opt_.decay.at_level(b.level)) : Scalar(1);
             for (index_t i = 0; i < b.size; ++i) {
                 v[i] = mu * v[i] + b.grad[i];
                 b.value[i] = keep * b.value[i] - lr * v[i];
             }
-        }
+        });
     }
 
     /// Collects `grad`'s blocks of `layer` (a layer or a sequential model) and steps.
@@ -151,14 +161,11 @@ public:
         const Scalar b1 = static_cast<Scalar>(opt_.beta1), b2 = static_cast<Scalar>(opt_.beta2);
         const Scalar one_b1 = static_cast<Scalar>(1.0 - opt_.beta1), one_b2 = static_cast<Scalar>(1.0 - opt_.beta2);
         const Scalar eps = static_cast<Scalar>(opt_.eps);
-        for (std::size_t k = 0; k < blocks.size(); ++k) {
-            const param_block<Scalar>& b = blocks[k];
-            if (!b.visited) continue;
+        detail::for_each_visited(blocks, opt_.lr, opt_.decay, [&](std::size_t k, const param_block<Scalar>& b, Scalar keep) {
             const std::int64_t t = ++steps_.data()[k];
             const double td = static_cast<double>(t);
             const Scalar step_size = static_cast<Scalar>(opt_.lr / (1.0 - std::pow(opt_.beta1, td)));
             const Scalar inv_c2 = static_cast<Scalar>(1.0 / (1.0 - std::pow(opt_.beta2, td)));
-            const Scalar keep = b.decay ? static_cast<Scalar>(1.0 - opt_.lr * opt_.decay.at_level(b.level)) : Scalar(1);
             Scalar* m = m_.data() + layout_.offset(k);
             Scalar* v = v_.data() + layout_.offset(k);
             for (index_t i = 0; i < b.size; ++i) {
@@ -167,7 +174,7 @@ public:
                 v[i] = b2 * v[i] + one_b2 * g * g;
                 b.value[i] = keep * b.value[i] - step_size * m[i] / (std::sqrt(v[i] * inv_c2) + eps);
             }
-        }
+        });
     }
 
     /// Collects `grad`'s blocks of `layer` (a layer or a sequential model) and steps.

@@ -96,59 +96,6 @@ struct layer_io<tree_feedforward<Scalar, In, Out, Width, Depth, Policy>> {
     static layer make(const meta_reader& m, const config& c) {
         return construct(m, [&] { return layer(c.in, c.out, c.width, c.depth, c.trees, c.act, c.variant, c.bias); });
     }
-    static void store(const layer& l, const std::string& p, std::vector<tensor_values<Scalar>>& out) {
-        const config c = config_of(l);
-        std::vector<tensor_spec> s;
-        specs(c, p, s);
-        std::vector<tensor_values<Scalar>> v;
-        for (auto& spec : s) v.push_back({spec.name, spec.shape, {}});
-        for (index_t t = 0; t < c.trees; ++t) {
-            for (index_t u = 0; u < units(c); ++u) {
-                for (index_t r = 0; r < c.width; ++r) {
-                    for (index_t k = 0; k < c.in; ++k) v[0].values.push_back(l.hidden_weight(t, u)(r, k));
-                    v[1].values.push_back(l.hidden_bias(t, u)(r));
-                }
-                for (index_t r = 0; r < c.out; ++r)
-                    for (index_t k = 0; k < c.width; ++k) v[2].values.push_back(l.output_weight(t, u)(r, k));
-            }
-            for (index_t g = 0; g < routers(c); ++g) {
-                for (index_t k = 0; k < c.in; ++k) v[3].values.push_back(l.router_weight(t, g)(k));
-                v[4].values.push_back(l.router_bias(t, g));
-            }
-        }
-        if (c.bias)
-            for (index_t r = 0; r < c.out; ++r) v.back().values.push_back(l.output_bias()(r));
-        for (auto& t : v) out.push_back(std::move(t));
-    }
-    static void fill(layer& l, const parsed_file& f, const std::string& p) {
-        const config c = config_of(l);
-        const auto U = read_values<Scalar>(f, p + "hidden_weight");
-        const auto A = read_values<Scalar>(f, p + "hidden_bias");
-        const auto V = read_values<Scalar>(f, p + "output_weight");
-        std::vector<Scalar> R, S, C;
-        if (c.variant == ff_variant::leaf_mlp) {
-            R = read_values<Scalar>(f, p + "router_weight");
-            S = read_values<Scalar>(f, p + "router_bias");
-        }
-        if (c.bias) C = read_values<Scalar>(f, p + "output_bias");
-        std::size_t ku = 0, ka = 0, kv = 0, kr = 0, ks = 0;
-        for (index_t t = 0; t < c.trees; ++t) {
-            for (index_t u = 0; u < units(c); ++u) {
-                for (index_t r = 0; r < c.width; ++r) {
-                    for (index_t k = 0; k < c.in; ++k) l.hidden_weight(t, u)(r, k) = U[ku++];
-                    l.hidden_bias(t, u)(r) = A[ka++];
-                }
-                for (index_t r = 0; r < c.out; ++r)
-                    for (index_t k = 0; k < c.width; ++k) l.output_weight(t, u)(r, k) = V[kv++];
-            }
-            for (index_t g = 0; g < routers(c); ++g) {
-                for (index_t k = 0; k < c.in; ++k) l.router_weight(t, g)(k) = R[kr++];
-                l.router_bias(t, g) = S[ks++];
-            }
-        }
-        if (c.bias)
-            for (index_t r = 0; r < c.out; ++r) l.output_bias()(r) = C[static_cast<std::size_t>(r)];
-    }
 };
 
 // ---- activation_layer (inside a sequential: metadata only) -----------------------------------
@@ -176,8 +123,6 @@ struct layer_io<activation_layer<Scalar, Size>> {
     static layer make(const meta_reader& m, const config& c) {
         return construct(m, [&] { return layer(c.act, c.size); });
     }
-    static void store(const layer&, const std::string&, std::vector<tensor_values<Scalar>>&) {}
-    static void fill(layer&, const parsed_file&, const std::string&) {}
 };
 
 // ---- sequential: layer i under the prefix "i." -----------------------------------------------
@@ -245,20 +190,6 @@ struct layer_io<sequential<Layers...>> {
         return construct(m, [&] { return layer(io<I>::make(meta_reader(m.file(), sub(m.prefix(), I)), std::get<I>(c))...); });
     }
     static layer make(const meta_reader& m, const config& c) { return make(m, c, seq{}); }
-
-    template <std::size_t... I>
-    static void store(const layer& l, const std::string& p, std::vector<tensor_values<scalar>>& out, std::index_sequence<I...>) {
-        (io<I>::store(l.template layer<I>(), sub(p, I), out), ...);
-    }
-    static void store(const layer& l, const std::string& p, std::vector<tensor_values<scalar>>& out) {
-        store(l, p, out, seq{});
-    }
-
-    template <std::size_t... I>
-    static void fill(layer& l, const parsed_file& f, const std::string& p, std::index_sequence<I...>) {
-        (io<I>::fill(l.template layer<I>(), f, sub(p, I)), ...);
-    }
-    static void fill(layer& l, const parsed_file& f, const std::string& p) { fill(l, f, p, seq{}); }
 
     static void check_kind(const meta_reader& m, const char* expected) {
         const std::string& k = m.get("kind");

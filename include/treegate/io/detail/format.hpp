@@ -54,6 +54,18 @@ struct load_options {
     /// files of other writers have none and load without). Off, the data is not read up front
     /// for it, which a memory-mapped file would want; a file changed in place then goes unnoticed.
     bool verify_checksum = true;
+
+    /// load_into only. The layer's configuration is the specification, and the file needs no
+    /// __metadata__ (a PyTorch state_dict): every tensor of the layer's parameter description
+    /// must be in the file with its shape. Taken when `require_metadata` is false, or `prefix`
+    /// or `names` is set.
+    bool require_metadata = true;
+    /// Prepended to every file name looked up: a layer inside a larger model's file.
+    std::string prefix;
+    /// File name (after the prefix) -> treegate name, for files that name tensors differently.
+    std::map<std::string, std::string> names;
+    /// A file tensor the layer does not use is an error naming it (strict), or skipped.
+    bool strict = true;
 };
 
 namespace detail {
@@ -349,6 +361,7 @@ struct tensor_values {
     std::string name;
     std::vector<std::uint64_t> shape;
     std::vector<Scalar> values;
+    bool bf16 = false;  ///< written as BF16 whatever the file's dtype: bf16-stored weights, exact
 };
 
 
@@ -443,12 +456,12 @@ std::vector<unsigned char> encode(const std::vector<tensor_values<Scalar>>& tens
         fail(target, "dtype ", to_string(type), " is read where an integer is asked for, never written; "
                      "save as F32, F64, BF16 or F16");
     nlohmann::json header = nlohmann::json::object();
-    const std::uint64_t width = dtype_bytes(type);
     std::uint64_t offset = 0;
     for (const auto& t : tensors) {
-        const std::uint64_t bytes = static_cast<std::uint64_t>(t.values.size()) * width;
+        const dtype tt = t.bf16 ? dtype::bf16 : type;
+        const std::uint64_t bytes = static_cast<std::uint64_t>(t.values.size()) * dtype_bytes(tt);
         nlohmann::json entry = nlohmann::json::object();
-        entry["dtype"] = to_string(type);
+        entry["dtype"] = to_string(tt);
         entry["shape"] = t.shape;
         entry["data_offsets"] = nlohmann::json::array({offset, offset + bytes});
         header[t.name] = std::move(entry);
@@ -466,19 +479,20 @@ std::vector<unsigned char> encode(const std::vector<tensor_values<Scalar>>& tens
     write_le(out, static_cast<std::uint64_t>(text.size()), 8);
     out.insert(out.end(), text.begin(), text.end());
     for (const auto& t : tensors) {
+        const dtype tt = t.bf16 ? dtype::bf16 : type;
         for (std::size_t k = 0; k < t.values.size(); ++k) {
             const Scalar v = t.values[k];
             if (!std::isfinite(static_cast<double>(v)))
                 fail(target, "tensor '", t.name, "' element ", k, " of ", t.values.size(), " (at ",
                      index_string(t.shape, k), ") is ", std::isnan(static_cast<double>(v)) ? "NaN" : "infinite",
                      ": not saved, since loading refuses non-finite values");
-            if (type == dtype::f64) {
+            if (tt == dtype::f64) {
                 write_le(out, bit_copy<std::uint64_t>(static_cast<double>(v)), 8);
                 continue;
             }
             if (!fits_float(static_cast<double>(v)))
-                fail(target, "tensor '", t.name, "' element ", k, " (", v, ") does not fit ", to_string(type));
-            if (type == dtype::f16) {
+                fail(target, "tensor '", t.name, "' element ", k, " (", v, ") does not fit ", to_string(tt));
+            if (tt == dtype::f16) {
                 const std::uint16_t h = double_to_f16(static_cast<double>(v));
                 if ((h & 0x7c00u) == 0x7c00u)  // v is finite: it rounds beyond the largest half
                     fail(target, "tensor '", t.name, "' element ", k, " (", v, ") overflows F16");
@@ -486,7 +500,7 @@ std::vector<unsigned char> encode(const std::vector<tensor_values<Scalar>>& tens
                 continue;
             }
             const float f = static_cast<float>(v);
-            if (type == dtype::f32) {
+            if (tt == dtype::f32) {
                 write_le(out, bit_copy<std::uint32_t>(f), 4);
             } else {
                 const std::uint16_t b = float_to_bf16(f);

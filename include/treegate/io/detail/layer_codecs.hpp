@@ -6,6 +6,7 @@
 #include "../../config.hpp"
 #include "../../error.hpp"
 #include "../../layers/dense.hpp"
+#include "../../layers/parameters.hpp"
 #include "../../layers/tree_linear.hpp"
 #include "../../layers/tree_linear_blocked.hpp"
 #include "../../routing.hpp"
@@ -63,6 +64,53 @@ inline void check_tensors(const parsed_file& f, const std::vector<tensor_spec>& 
     for (const auto& t : f.tensors)
         if (!expected.count(t.first))
             fail(f.source, "unexpected tensor '", t.first, "' (shape ", shape_string(t.second.shape), ")");
+}
+
+// A stored element as the layer's Scalar (bf16 widens exactly) and back (to bf16: rounded to
+// nearest even, as tree_linear_bf16's converting constructor rounds).
+template <class S>
+S widen(S v) noexcept {
+    return v;
+}
+inline float widen(bf16 v) noexcept { return to_float(v); }
+template <class E, class S>
+E narrow(S v) noexcept {
+    if constexpr (std::is_same_v<E, bf16>)
+        return to_bf16(static_cast<float>(v));
+    else
+        return v;
+}
+
+/// The tensors of `l` as the file writes them (each block row-major, blocks in order), derived
+/// from the layer's parameter description (layers/parameters.hpp).
+template <class Layer>
+std::vector<tensor_values<typename Layer::scalar_type>> store_tensors(const Layer& l) {
+    std::vector<tensor_values<typename Layer::scalar_type>> out;
+    for (const auto& t : parameters(l)) {
+        tensor_values<typename Layer::scalar_type> v{t.name, t.file_shape, {}, t.element == element_kind::bf16};
+        v.values.reserve(static_cast<std::size_t>(t.block_count() * t.block_size()));
+        t.for_each_block([&](const auto* b) {
+            for (index_t r = 0; r < t.rows; ++r)
+                for (index_t c = 0; c < t.cols; ++c) v.values.push_back(widen(b[r + c * t.rows]));
+        });
+        out.push_back(std::move(v));
+    }
+    return out;
+}
+
+/// Writes the file's tensors into `l`, whose shapes have been matched to the file;
+/// file_name(name) is the file's name of the layer's tensor `name`.
+template <class Layer, class FileName>
+void fill_tensors(Layer& l, const parsed_file& f, FileName&& file_name) {
+    for (const auto& t : parameters(l)) {
+        const auto values = read_values<typename Layer::scalar_type>(f, file_name(t.name));
+        std::size_t k = 0;
+        t.for_each_block([&](auto* b) {
+            using E = std::remove_pointer_t<decltype(b)>;
+            for (index_t r = 0; r < t.rows; ++r)
+                for (index_t c = 0; c < t.cols; ++c) b[r + c * t.rows] = narrow<E>(values[k++]);
+        });
+    }
 }
 
 template <class... Args>
@@ -138,36 +186,13 @@ struct layer_io<dense<Scalar, In, Out, Policy>> {
     static layer make(const meta_reader& m, const config& c) {
         return construct(m, [&] { return layer(c.in, c.out, c.bias); });
     }
-    static void store(const layer& l, const std::string& p, std::vector<tensor_values<Scalar>>& out) {
-        const index_t in = l.in_size(), o = l.out_size();
-        tensor_values<Scalar> w{p + "weight", {dim(o), dim(in)}, {}};
-        for (index_t r = 0; r < o; ++r)
-            for (index_t k = 0; k < in; ++k) w.values.push_back(l.weight()(r, k));
-        out.push_back(std::move(w));
-        if (l.has_bias()) {
-            tensor_values<Scalar> b{p + "bias", {dim(o)}, {}};
-            for (index_t r = 0; r < o; ++r) b.values.push_back(l.bias()(r));
-            out.push_back(std::move(b));
-        }
-    }
-    static void fill(layer& l, const parsed_file& f, const std::string& p) {
-        const index_t in = l.in_size(), o = l.out_size();
-        const auto w = read_values<Scalar>(f, p + "weight");
-        std::size_t k = 0;
-        for (index_t r = 0; r < o; ++r)
-            for (index_t c = 0; c < in; ++c) l.weight()(r, c) = w[k++];
-        if (l.has_bias()) {
-            const auto b = read_values<Scalar>(f, p + "bias");
-            for (index_t r = 0; r < o; ++r) l.bias()(r) = b[static_cast<std::size_t>(r)];
-        }
-    }
 };
 
 // ---- tree_linear -----------------------------------------------------------------------------
 
-template <class Scalar, int In, int Out, int Depth, class Policy>
-struct layer_io<tree_linear<Scalar, In, Out, Depth, Policy>> {
-    using layer = tree_linear<Scalar, In, Out, Depth, Policy>;
+template <class Scalar, int In, int Out, int Depth, class Policy, class Storage>
+struct layer_io<tree_linear<Scalar, In, Out, Depth, Policy, Storage>> {
+    using layer = tree_linear<Scalar, In, Out, Depth, Policy, Storage>;
     struct config {
         index_t in, out;
         int depth;
@@ -220,32 +245,6 @@ struct layer_io<tree_linear<Scalar, In, Out, Depth, Policy>> {
             return layer(c.in, c.out, c.depth, c.mode, c.external ? gating::external() : gating::from_input(c.gates), c.bias);
         });
     }
-    static void store(const layer& l, const std::string& p, std::vector<tensor_values<Scalar>>& out) {
-        const index_t nb = l.block_count(), in = l.in_size(), o = l.out_size();
-        tensor_values<Scalar> w{p + "weight", {dim(nb), dim(o), dim(in)}, {}};
-        tensor_values<Scalar> b{p + "bias", {dim(nb), dim(o)}, {}};
-        for (index_t i = 0; i < nb; ++i) {
-            for (index_t r = 0; r < o; ++r)
-                for (index_t k = 0; k < in; ++k) w.values.push_back(l.weight(i)(r, k));
-            if (l.has_bias())
-                for (index_t r = 0; r < o; ++r) b.values.push_back(l.bias(i)(r));
-        }
-        out.push_back(std::move(w));
-        if (l.has_bias()) out.push_back(std::move(b));
-    }
-    static void fill(layer& l, const parsed_file& f, const std::string& p) {
-        const index_t nb = l.block_count(), in = l.in_size(), o = l.out_size();
-        const auto w = read_values<Scalar>(f, p + "weight");
-        std::vector<Scalar> b;
-        if (l.has_bias()) b = read_values<Scalar>(f, p + "bias");
-        std::size_t kw = 0, kb = 0;
-        for (index_t i = 0; i < nb; ++i) {
-            for (index_t r = 0; r < o; ++r)
-                for (index_t k = 0; k < in; ++k) l.weight(i)(r, k) = w[kw++];
-            if (l.has_bias())
-                for (index_t r = 0; r < o; ++r) l.bias(i)(r) = b[kb++];
-        }
-    }
 };
 
 // ---- tree_linear_blocked ---------------------------------------------------------------------
@@ -253,7 +252,6 @@ struct layer_io<tree_linear<Scalar, In, Out, Depth, Policy>> {
 template <class Scalar, int SliceIn, int SliceOut, int Depth, class Policy>
 struct layer_io<tree_linear_blocked<Scalar, SliceIn, SliceOut, Depth, Policy>> {
     using layer = tree_linear_blocked<Scalar, SliceIn, SliceOut, Depth, Policy>;
-    using tree_io = layer_io<typename layer::tree_type>;
     struct config {
         index_t slice_in, slice_out, trees;
         int depth;
@@ -323,35 +321,6 @@ struct layer_io<tree_linear_blocked<Scalar, SliceIn, SliceOut, Depth, Policy>> {
     }
     static layer make(const meta_reader& m, const config& c) {
         return construct(m, [&] { return layer(c.slice_in, c.slice_out, c.depth, c.mode, c.combine, c.gates, c.bias); });
-    }
-    static void store(const layer& l, const std::string& p, std::vector<tensor_values<Scalar>>& out) {
-        const config c = config_of(l);
-        tensor_values<Scalar> w{p + "weight", {dim(c.trees), dim(blocks(c)), dim(c.slice_out), dim(c.slice_in)}, {}};
-        tensor_values<Scalar> b{p + "bias", {dim(c.trees), dim(blocks(c)), dim(c.slice_out)}, {}};
-        for (index_t t = 0; t < c.trees; ++t) {
-            std::vector<tensor_values<Scalar>> one;
-            tree_io::store(l.tree(t), "", one);
-            w.values.insert(w.values.end(), one[0].values.begin(), one[0].values.end());
-            if (c.bias) b.values.insert(b.values.end(), one[1].values.begin(), one[1].values.end());
-        }
-        out.push_back(std::move(w));
-        if (c.bias) out.push_back(std::move(b));
-    }
-    static void fill(layer& l, const parsed_file& f, const std::string& p) {
-        const config c = config_of(l);
-        const auto w = read_values<Scalar>(f, p + "weight");
-        std::vector<Scalar> b;
-        if (c.bias) b = read_values<Scalar>(f, p + "bias");
-        std::size_t kw = 0, kb = 0;
-        for (index_t t = 0; t < c.trees; ++t) {
-            auto& tr = l.tree(t);
-            for (index_t i = 0; i < blocks(c); ++i) {
-                for (index_t r = 0; r < c.slice_out; ++r)
-                    for (index_t k = 0; k < c.slice_in; ++k) tr.weight(i)(r, k) = w[kw++];
-                if (c.bias)
-                    for (index_t r = 0; r < c.slice_out; ++r) tr.bias(i)(r) = b[kb++];
-            }
-        }
     }
 };
 
