@@ -66,16 +66,9 @@ int main(int argc, char** argv) {
             treegate::sequential<treegate::dense<float>, treegate::activation_layer<float>, treegate::dense<float>> net(
                 treegate::dense<float>(in, hidden), treegate::activation_layer<float>(treegate::activation::relu, hidden),
                 treegate::dense<float>(hidden, out));
-            try {
-                st::load_into(net, model);
-            } catch (const treegate::file_error& e) {
-                const std::string what = e.what();
-                if (what.find("metadata") != std::string::npos || what.find("kind") != std::string::npos) {
-                    std::cerr << "pytorch_main: load_into needs treegate metadata here: " << what << "\n";
-                    return 3;
-                }
-                throw;
-            }
+            st::load_options by_layer;  // a state_dict: the C++ model is the specification
+            by_layer.require_metadata = false;
+            st::load_into(net, model, by_layer);
             run(net, inputs, outputs);
         } else {
             std::cerr << "pytorch_main: unknown kind '" << kind << "'\n";
