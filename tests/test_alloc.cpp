@@ -180,7 +180,7 @@ TEMPLATE_TEST_CASE("alloc: tree_feedforward single-example forward never allocat
                    treegate::kernels::reference, treegate::kernels::eigen) {
     using P = TestType;
     using ff_t = treegate::tree_feedforward<float, treegate::dynamic, treegate::dynamic, treegate::dynamic, treegate::dynamic, P>;
-    for (auto variant : {treegate::ff_variant::node_sum, treegate::ff_variant::leaf_mlp})
+    for (auto variant : {treegate::tree_mode::path_sum, treegate::tree_mode::leaf_only})
         for (index_t width : {index_t{1}, index_t{3}, index_t{130}})  // 130 > the 64-unit chunk
             for (index_t trees : {index_t{1}, index_t{3}}) {
                 CAPTURE(treegate::to_string(variant), width, trees);
@@ -197,12 +197,12 @@ TEMPLATE_TEST_CASE("alloc: tree_feedforward single-example forward never allocat
             }
 }
 
-TEST_CASE("alloc: dense, activation_layer and tree_linear_blocked single forward never allocate", "[alloc]") {
+TEST_CASE("alloc: dense, activation_layer and sliced_tree_linear single forward never allocate", "[alloc]") {
     treegate::dense<float> d(45, 23);
     d.initialize(1);
     treegate::activation_layer<float> a(activation::gelu, 23);
-    treegate::tree_linear_blocked<float> bs(9, 23, 2, tree_mode::path_sum, treegate::block_combine::sum, {{0, 1}, {2, 3}, {4, 8}, {5, 6}, {7, 0}});
-    treegate::tree_linear_blocked<float> bc(9, 4, 2, tree_mode::leaf_only, treegate::block_combine::concat, {{0, 1}, {2, 3}, {4, 8}, {5, 6}, {7, 0}});
+    treegate::sliced_tree_linear<float> bs(9, 23, 2, tree_mode::path_sum, treegate::slice_combine::sum, {{0, 1}, {2, 3}, {4, 8}, {5, 6}, {7, 0}});
+    treegate::sliced_tree_linear<float> bc(9, 4, 2, tree_mode::leaf_only, treegate::slice_combine::concat, {{0, 1}, {2, 3}, {4, 8}, {5, 6}, {7, 0}});
     bs.initialize(2);
     bc.initialize(3);
     const Eigen::VectorXf x = Eigen::VectorXf::Random(45);
@@ -310,11 +310,11 @@ TEST_CASE("alloc: sequential batched forward with a warm workspace and a steady 
     CHECK(c.eigen_malloc == 0);
 }
 
-TEST_CASE("alloc: tree_linear_blocked batched forward with a warm workspace allocates nothing", "[alloc][blocked][batch]") {
+TEST_CASE("alloc: sliced_tree_linear batched forward with a warm workspace allocates nothing", "[alloc][blocked][batch]") {
     using ref = treegate::kernels::reference;
-    for (auto combine : {treegate::block_combine::concat, treegate::block_combine::sum}) {
-        CAPTURE(combine == treegate::block_combine::sum ? "sum" : "concat");
-        treegate::tree_linear_blocked<float, treegate::dynamic, treegate::dynamic, treegate::dynamic, ref> b(
+    for (auto combine : {treegate::slice_combine::concat, treegate::slice_combine::sum}) {
+        CAPTURE(combine == treegate::slice_combine::sum ? "sum" : "concat");
+        treegate::sliced_tree_linear<float, treegate::dynamic, treegate::dynamic, treegate::dynamic, ref> b(
             6, 4, 2, tree_mode::path_sum, combine, {{0, 1}, {2, 3}, {4, 5}});
         b.initialize(1);
         std::mt19937 g(3);

@@ -184,7 +184,7 @@ TEMPLATE_LIST_TEST_CASE("sequential dense -> activation -> tree_linear equals th
 TEST_CASE("sequential with tree_feedforward and blocked trees; initialize seeds layer i with seed + i", "[sequential]") {
     treegate::dense<float> d(12, 8);
     treegate::tree_feedforward<float> ff(8, 8, 2, 3, 2, activation::gelu);
-    treegate::tree_linear_blocked<float> b(4, 5, 1, tree_mode::leaf_only, treegate::block_combine::concat, {{0}, {1}});
+    treegate::sliced_tree_linear<float> b(4, 5, 1, tree_mode::leaf_only, treegate::slice_combine::concat, {{0}, {1}});
     treegate::sequential model(d, ff, b);
     model.initialize(10);
     d.initialize(10);

@@ -166,7 +166,7 @@ TEST_CASE("errors: absurd sizes raise config_error instead of crashing", "[error
     CHECK(ok.parameter_count() == 3 * (3 * 2 + 2));
 }
 
-TEST_CASE("errors: dense, activation_layer and tree_linear_blocked", "[errors]") {
+TEST_CASE("errors: dense, activation_layer and sliced_tree_linear", "[errors]") {
     TG_CHECK_THROWS_WITH(config_error, treegate::dense<float>(0, 3), "dense", "input size must be positive, got 0");
     TG_CHECK_THROWS_WITH(config_error, treegate::dense<float>(3, -2), "dense", "output size must be positive, got -2");
     TG_CHECK_THROWS_WITH(config_error, (treegate::dense<float, 4, 2>(5, 2)), "dense", "input size is fixed at 4 but 5 was given");
@@ -187,19 +187,19 @@ TEST_CASE("errors: dense, activation_layer and tree_linear_blocked", "[errors]")
     TG_CHECK_THROWS_WITH(shape_error, a.forward(v6, v5), "activation_layer", "output has 5 entries, expected 6");
     TG_CHECK_THROWS_WITH(shape_error, a.forward_batch(mat<float>(5, 2)), "activation_layer", "input batch has 5 rows, expected 6");
 
-    using blocked = treegate::tree_linear_blocked<float>;
-    TG_CHECK_THROWS_WITH(config_error, blocked(4, 3, 2, tree_mode::path_sum, treegate::block_combine::sum, {}),
-                         "tree_linear_blocked", "at least one tree");
+    using blocked = treegate::sliced_tree_linear<float>;
+    TG_CHECK_THROWS_WITH(config_error, blocked(4, 3, 2, tree_mode::path_sum, treegate::slice_combine::sum, {}),
+                         "sliced_tree_linear", "at least one tree");
     // A bad index list of one tree names the blocked layer, the tree and the numbers.
-    TG_CHECK_THROWS_WITH(config_error, blocked(4, 3, 2, tree_mode::path_sum, treegate::block_combine::sum, {{0, 1}, {0, 4}}),
-                         "tree_linear_blocked", "tree 1 of 2", "gating index 4 (level 2) is outside the input [0, 4)");
-    TG_CHECK_THROWS_WITH(config_error, blocked(4, 3, 2, tree_mode::path_sum, treegate::block_combine::sum, {{0, 1}, {0}}),
-                         "tree_linear_blocked", "tree 1 of 2", "depth 2 needs 2 gating indices, got 1");
-    blocked b(4, 3, 1, tree_mode::path_sum, treegate::block_combine::concat, {{0}, {3}});
+    TG_CHECK_THROWS_WITH(config_error, blocked(4, 3, 2, tree_mode::path_sum, treegate::slice_combine::sum, {{0, 1}, {0, 4}}),
+                         "sliced_tree_linear", "tree 1 of 2", "gating index 4 (level 2) is outside the input [0, 4)");
+    TG_CHECK_THROWS_WITH(config_error, blocked(4, 3, 2, tree_mode::path_sum, treegate::slice_combine::sum, {{0, 1}, {0}}),
+                         "sliced_tree_linear", "tree 1 of 2", "depth 2 needs 2 gating indices, got 1");
+    blocked b(4, 3, 1, tree_mode::path_sum, treegate::slice_combine::concat, {{0}, {3}});
     vec<float> x8 = vec<float>::Ones(8), x7(7), y6(6), y5(5);
-    TG_CHECK_THROWS_WITH(shape_error, b.forward(x7, y6), "tree_linear_blocked", "input has 7 entries, expected 8");
-    TG_CHECK_THROWS_WITH(shape_error, b.forward(x8, y5), "tree_linear_blocked", "output has 5 entries, expected 6");
-    TG_CHECK_THROWS_WITH(shape_error, b.forward_batch(mat<float>(7, 3)), "tree_linear_blocked", "input batch has 7 rows, expected 8");
+    TG_CHECK_THROWS_WITH(shape_error, b.forward(x7, y6), "sliced_tree_linear", "input has 7 entries, expected 8");
+    TG_CHECK_THROWS_WITH(shape_error, b.forward(x8, y5), "sliced_tree_linear", "output has 5 entries, expected 6");
+    TG_CHECK_THROWS_WITH(shape_error, b.forward_batch(mat<float>(7, 3)), "sliced_tree_linear", "input batch has 7 rows, expected 8");
     CHECK_NOTHROW(b.forward(x8, y6));
 }
 

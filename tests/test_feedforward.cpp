@@ -13,7 +13,7 @@
 #include <vector>
 
 using treegate::activation;
-using treegate::ff_variant;
+using treegate::tree_mode;
 using treegate::index_t;
 using namespace tg_test;
 
@@ -51,7 +51,7 @@ void check_against_oracle(const Layer& layer, const mat<S>& X, treegate::workspa
 TEMPLATE_LIST_TEST_CASE("tree_feedforward matches the per-example oracle", "[tree_feedforward][oracle]", scalar_policy_list) {
     using S = typename TestType::scalar;
     using P = typename TestType::policy;
-    const ff_variant variant = GENERATE(ff_variant::node_sum, ff_variant::leaf_mlp);
+    const tree_mode variant = GENERATE(tree_mode::path_sum, tree_mode::leaf_only);
     const activation act = GENERATE(activation::gelu, activation::relu, activation::gelu_tanh, activation::tanh,
                                     activation::identity);
     // Output bias on for some activations, off for others (it is added once, outside the trees).
@@ -82,7 +82,7 @@ TEMPLATE_LIST_TEST_CASE("tree_feedforward: UltraFastBERT's layer equals a transc
     // UltraFastBERT: width-1 nodes, exact-erf GELU, depth 11 (4095 nodes, 12 visited), K trees summed.
     const index_t in = 24, out = 20, K = 3;
     const int D = 11;
-    ff_t<S, P> layer(in, out, 1, D, K, activation::gelu, ff_variant::node_sum, false);
+    ff_t<S, P> layer(in, out, 1, D, K, activation::gelu, tree_mode::path_sum, false);
     layer.initialize(2023);
     REQUIRE(layer.unit_count() == 4095);
 
@@ -130,7 +130,7 @@ TEMPLATE_LIST_TEST_CASE("tree_feedforward: UltraFastBERT's layer equals a transc
 
 TEMPLATE_TEST_CASE("tree_feedforward reference and eigen policies agree", "[tree_feedforward][policy]", float, double) {
     using S = TestType;
-    for (auto variant : {ff_variant::node_sum, ff_variant::leaf_mlp})
+    for (auto variant : {tree_mode::path_sum, tree_mode::leaf_only})
         for (index_t width : {index_t{1}, index_t{4}, index_t{65}}) {
             CAPTURE(treegate::to_string(variant), width);
             ff_t<S, treegate::kernels::reference> a(29, 13, width, 4, 2, activation::gelu, variant);
@@ -149,7 +149,7 @@ TEMPLATE_TEST_CASE("tree_feedforward reference and eigen policies agree", "[tree
 }
 
 TEST_CASE("tree_feedforward with K trees is the sum of K one-tree layers plus the output bias", "[tree_feedforward]") {
-    for (auto variant : {ff_variant::node_sum, ff_variant::leaf_mlp}) {
+    for (auto variant : {tree_mode::path_sum, tree_mode::leaf_only}) {
         CAPTURE(treegate::to_string(variant));
         const index_t in = 14, out = 6, w = 3, K = 4;
         const int D = 3;
@@ -186,7 +186,7 @@ TEST_CASE("tree_feedforward node_sum at depth 0 is a two-layer MLP", "[tree_feed
     const Eigen::MatrixXd want = (V * ((U * X).colwise() + a).array().tanh().matrix()).colwise() + c;
     CHECK((layer.forward_batch(X) - want).cwiseAbs().maxCoeff() <= 1e-13);
     // leaf_mlp at depth 0 is the same MLP.
-    treegate::tree_feedforward<double> leaf(10, 4, 6, 0, 1, activation::tanh, ff_variant::leaf_mlp);
+    treegate::tree_feedforward<double> leaf(10, 4, 6, 0, 1, activation::tanh, tree_mode::leaf_only);
     leaf.hidden_weight(0, 0) = U;
     leaf.hidden_bias(0, 0) = a;
     leaf.output_weight(0, 0) = V;
@@ -201,8 +201,8 @@ TEST_CASE("tree_feedforward parameter_count, macs_per_example and unit counts", 
                 const index_t in = 11, out = 7, w = 4;
                 const index_t nodes = (index_t{2} << D) - 1, leaves = index_t{1} << D;
                 CAPTURE(D, K, bias);
-                treegate::tree_feedforward<float> ns(in, out, w, D, K, activation::gelu, ff_variant::node_sum, bias);
-                treegate::tree_feedforward<float> lm(in, out, w, D, K, activation::gelu, ff_variant::leaf_mlp, bias);
+                treegate::tree_feedforward<float> ns(in, out, w, D, K, activation::gelu, tree_mode::path_sum, bias);
+                treegate::tree_feedforward<float> lm(in, out, w, D, K, activation::gelu, tree_mode::leaf_only, bias);
                 const index_t mlp_params = w * in + w + out * w;
                 CHECK(ns.unit_count() == nodes);
                 CHECK(ns.router_count() == 0);
@@ -220,7 +220,7 @@ TEST_CASE("tree_feedforward parameter_count, macs_per_example and unit counts", 
 }
 
 TEST_CASE("tree_feedforward initialize(seed) is deterministic, seed dependent and bounded", "[tree_feedforward][init]") {
-    for (auto variant : {ff_variant::node_sum, ff_variant::leaf_mlp}) {
+    for (auto variant : {tree_mode::path_sum, tree_mode::leaf_only}) {
         CAPTURE(treegate::to_string(variant));
         const index_t in = 16, out = 5, w = 4, K = 2;
         const int D = 3;
@@ -231,7 +231,7 @@ TEST_CASE("tree_feedforward initialize(seed) is deterministic, seed dependent an
         b.initialize(100);
         c.initialize(101);
         const double b_in = 1.0 / std::sqrt(double(in));
-        const double b_out = 1.0 / std::sqrt(double(w)) / (variant == ff_variant::node_sum ? std::sqrt(D + 1.0) : 1.0);
+        const double b_out = 1.0 / std::sqrt(double(w)) / (variant == tree_mode::path_sum ? std::sqrt(D + 1.0) : 1.0);
         bool differs = false;
         for (index_t t = 0; t < K; ++t) {
             for (index_t u = 0; u < a.unit_count(); ++u) {
@@ -265,7 +265,7 @@ TEST_CASE("tree_feedforward routes a NaN or zero pre-activation to child 0", "[t
     // (or -0) it is exactly zero; with a = NaN it is NaN. Both must take child 1 (bit 0).
     for (double a0 : {0.0, -0.0, std::numeric_limits<double>::quiet_NaN()}) {
         CAPTURE(a0);
-        treegate::tree_feedforward<double> layer(3, 2, 1, 1, 1, activation::identity, ff_variant::node_sum, false);
+        treegate::tree_feedforward<double> layer(3, 2, 1, 1, 1, activation::identity, tree_mode::path_sum, false);
         layer.hidden_bias(0, 0)(0) = a0;
         layer.output_weight(0, 0).setZero();  // NaN * 0 is NaN; keep the root's output out of y
         layer.hidden_weight(0, 1) << 1, 0, 0;  // child 1 (bit 0): y = x0 * [1, 1]
@@ -285,7 +285,7 @@ TEST_CASE("tree_feedforward routes a NaN or zero pre-activation to child 0", "[t
         }
     }
     // leaf_mlp with a NaN router: leaf 0.
-    treegate::tree_feedforward<double> leaf(2, 1, 1, 1, 1, activation::identity, ff_variant::leaf_mlp, false);
+    treegate::tree_feedforward<double> leaf(2, 1, 1, 1, 1, activation::identity, tree_mode::leaf_only, false);
     leaf.router_bias(0, 0) = std::numeric_limits<double>::quiet_NaN();
     leaf.hidden_weight(0, 0) << 1, 0;
     leaf.output_weight(0, 0) << 1;
@@ -299,8 +299,8 @@ TEST_CASE("tree_feedforward routes a NaN or zero pre-activation to child 0", "[t
 }
 
 TEST_CASE("tree_feedforward fixed sizes match the dynamic layer", "[tree_feedforward][fixed]") {
-    treegate::tree_feedforward<float, 12, 6, 3, 4> f(2, activation::gelu, ff_variant::node_sum);
-    treegate::tree_feedforward<float> d(12, 6, 3, 4, 2, activation::gelu, ff_variant::node_sum);
+    treegate::tree_feedforward<float, 12, 6, 3, 4> f(2, activation::gelu, tree_mode::path_sum);
+    treegate::tree_feedforward<float> d(12, 6, 3, 4, 2, activation::gelu, tree_mode::path_sum);
     f.initialize(8);
     d.initialize(8);
     std::mt19937 g(8);
@@ -342,7 +342,7 @@ TEMPLATE_LIST_TEST_CASE("fused tree_feedforward: sorted batches match the oracle
     for (const shape sh : {shape{77, 61, 1, 1500, 11, true, activation::gelu}, shape{90, 65, 2, 701, 10, false, activation::relu},
                            shape{64, 64, 1, 20, 11, true, activation::gelu_tanh}}) {
         CAPTURE(sh.in, sh.out, sh.trees, sh.n, sh.depth, sh.bias);
-        ff_t<S, P> layer(sh.in, sh.out, 1, sh.depth, sh.trees, sh.act, ff_variant::node_sum, sh.bias);
+        ff_t<S, P> layer(sh.in, sh.out, 1, sh.depth, sh.trees, sh.act, tree_mode::path_sum, sh.bias);
         layer.initialize(static_cast<std::uint64_t>(g()));
         const mat<S> X = random_matrix<S>(sh.in, sh.n, g);
         const auto want = oracle_tree_feedforward(layer, X);

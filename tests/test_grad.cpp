@@ -8,7 +8,7 @@
 #include <treegate/layers/sequential.hpp>
 #include <treegate/layers/tree_feedforward.hpp>
 #include <treegate/layers/tree_linear.hpp>
-#include <treegate/layers/tree_linear_blocked.hpp>
+#include <treegate/layers/sliced_tree_linear.hpp>
 #include <treegate/train/backward.hpp>
 #include <treegate/train/gradients.hpp>
 
@@ -23,10 +23,9 @@
 #include <vector>
 
 using treegate::activation;
-using treegate::ff_variant;
+using treegate::tree_mode;
 using treegate::gating;
 using treegate::index_t;
-using treegate::tree_mode;
 using namespace tg_test;
 namespace tt = treegate::train;
 
@@ -148,7 +147,7 @@ double ff_margin(const FF& f, const V& x, std::vector<index_t>* reached) {
     const bool relu = f.activation_kind() == activation::relu;
     for (index_t t = 0; t < f.tree_count(); ++t) {
         index_t node = 0;
-        if (f.variant() == ff_variant::node_sum) {
+        if (f.mode() == tree_mode::path_sum) {
             for (int level = 0; level <= D; ++level) {
                 const V pre = f.hidden_weight(t, node) * x + f.hidden_bias(t, node);
                 if (level < D) m = std::min(m, std::abs(pre(0)));
@@ -318,8 +317,8 @@ TEST_CASE("tree_linear backward matches finite differences", "[grad][tree_linear
         }
 }
 
-TEST_CASE("tree_linear_blocked backward matches finite differences", "[grad][tree_linear]") {
-    const treegate::block_combine combine = GENERATE(treegate::block_combine::sum, treegate::block_combine::concat);
+TEST_CASE("sliced_tree_linear backward matches finite differences", "[grad][tree_linear]") {
+    const treegate::slice_combine combine = GENERATE(treegate::slice_combine::sum, treegate::slice_combine::concat);
     const tree_mode mode = GENERATE(tree_mode::path_sum, tree_mode::leaf_only);
     std::mt19937 g(300 + static_cast<unsigned>(combine) * 2 + static_cast<unsigned>(mode));
     for (int depth = 0; depth <= 3; ++depth) {
@@ -327,7 +326,7 @@ TEST_CASE("tree_linear_blocked backward matches finite differences", "[grad][tre
         CAPTURE(static_cast<int>(combine), treegate::to_string(mode), depth);
         std::vector<std::vector<index_t>> idx;
         for (index_t t = 0; t < trees; ++t) idx.push_back(random_gating_indices(depth, si, g));
-        treegate::tree_linear_blocked<double> layer(si, so, depth, mode, combine, idx);
+        treegate::sliced_tree_linear<double> layer(si, so, depth, mode, combine, idx);
         for (index_t t = 0; t < trees; ++t) fill_random(layer.tree(t), g);
         M X = random_matrix<double>(si * trees, n, g);
         for (index_t t = 0; t < trees; ++t)
@@ -354,7 +353,7 @@ TEST_CASE("tree_linear_blocked backward matches finite differences", "[grad][tre
 namespace {
 
 void check_tree_feedforward(index_t in, index_t out, index_t width, int depth, index_t trees, activation act,
-                            ff_variant variant, bool output_bias, std::uint64_t seed) {
+                            tree_mode variant, bool output_bias, std::uint64_t seed) {
     CAPTURE(in, out, width, depth, trees, treegate::to_string(act), treegate::to_string(variant), output_bias);
     std::mt19937 g(static_cast<unsigned>(seed));
     treegate::tree_feedforward<double> layer(in, out, width, depth, trees, act, variant, output_bias);
@@ -393,23 +392,23 @@ TEST_CASE("tree_feedforward node_sum backward matches finite differences", "[gra
     const index_t trees = GENERATE(1, 2);
     const activation act = GENERATE(activation::gelu, activation::relu);
     for (int depth = 0; depth <= 4; ++depth) {
-        check_tree_feedforward(5, 3, width, depth, trees, act, ff_variant::node_sum, true,
+        check_tree_feedforward(5, 3, width, depth, trees, act, tree_mode::path_sum, true,
                                static_cast<std::uint64_t>(1000 + 10 * depth + width));
-        check_tree_feedforward(3, 1, width, depth, trees, act, ff_variant::node_sum, false,
+        check_tree_feedforward(3, 1, width, depth, trees, act, tree_mode::path_sum, false,
                                static_cast<std::uint64_t>(2000 + 10 * depth + width));
     }
 }
 
 TEST_CASE("tree_feedforward backward with the other activations", "[grad][tree_feedforward]") {
     for (activation act : {activation::gelu_tanh, activation::tanh, activation::identity})
-        for (int depth : {0, 2}) check_tree_feedforward(4, 3, 3, depth, 2, act, ff_variant::node_sum, true, 3000);
+        for (int depth : {0, 2}) check_tree_feedforward(4, 3, 3, depth, 2, act, tree_mode::path_sum, true, 3000);
 }
 
 TEST_CASE("tree_feedforward leaf_mlp backward matches finite differences", "[grad][tree_feedforward]") {
     const activation act = GENERATE(activation::gelu, activation::relu);
     for (int depth = 0; depth <= 4; ++depth) {
-        check_tree_feedforward(5, 3, 3, depth, 1, act, ff_variant::leaf_mlp, true, static_cast<std::uint64_t>(4000 + depth));
-        check_tree_feedforward(3, 2, 1, depth, 2, act, ff_variant::leaf_mlp, false, static_cast<std::uint64_t>(5000 + depth));
+        check_tree_feedforward(5, 3, 3, depth, 1, act, tree_mode::leaf_only, true, static_cast<std::uint64_t>(4000 + depth));
+        check_tree_feedforward(3, 2, 1, depth, 2, act, tree_mode::leaf_only, false, static_cast<std::uint64_t>(5000 + depth));
     }
 }
 
@@ -417,7 +416,7 @@ TEST_CASE("tree_feedforward backward with the reference policy", "[grad][tree_fe
     std::mt19937 g(77);
     using ref_ff = treegate::tree_feedforward<double, treegate::dynamic, treegate::dynamic, treegate::dynamic,
                                               treegate::dynamic, treegate::kernels::reference>;
-    ref_ff layer(5, 3, 3, 3, 2, activation::gelu, ff_variant::node_sum);
+    ref_ff layer(5, 3, 3, 3, 2, activation::gelu, tree_mode::path_sum);
     layer.initialize(9);
     M X = random_matrix<double>(5, 21, g);
     ff_redraw(layer, X, g);

@@ -274,7 +274,7 @@ TEST_CASE("load_fastfeedforward computes the package's eval output, depth 0 to 4
         for (const bool exact : {true, false}) {
             opt.exact_ties = exact;
             const auto layer = tp::load_fastfeedforward<double>(path, opt);
-            CHECK(layer.variant() == treegate::ff_variant::leaf_mlp);
+            CHECK(layer.mode() == treegate::tree_mode::leaf_only);
             CHECK(!layer.has_output_bias());
             const Eigen::MatrixXd X = tg_test::random_matrix<double>(in, 40, g);
             const Eigen::MatrixXd Y = layer.forward_batch(X);

@@ -22,10 +22,9 @@
 
 namespace st = treegate::safetensors;
 using treegate::activation;
-using treegate::ff_variant;
+using treegate::tree_mode;
 using treegate::file_error;
 using treegate::gating;
-using treegate::tree_mode;
 using tg_test::bytes_t;
 
 namespace {
@@ -179,7 +178,7 @@ using ff_t = treegate::tree_feedforward<float>;
 /// leaf_mlp with output bias: all six tensors (hidden_weight, hidden_bias, output_weight,
 /// router_weight, router_bias, output_bias).
 ff_t ff_layer() {
-    ff_t l(3, 2, 2, 2, 2, activation::tanh, ff_variant::leaf_mlp, true);
+    ff_t l(3, 2, 2, 2, 2, activation::tanh, tree_mode::leaf_only, true);
     l.initialize(11);
     return l;
 }

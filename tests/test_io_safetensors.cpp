@@ -26,12 +26,11 @@
 
 namespace st = treegate::safetensors;
 using treegate::activation;
-using treegate::block_combine;
-using treegate::ff_variant;
+using treegate::slice_combine;
+using treegate::tree_mode;
 using treegate::file_error;
 using treegate::gating;
 using treegate::index_t;
-using treegate::tree_mode;
 using tg_test::bytes_t;
 using tg_test::join;
 using tg_test::parts;
@@ -195,7 +194,7 @@ TEMPLATE_TEST_CASE("safetensors: tree_feedforward round trip", "[io][safetensors
     using S = TestType;
     using layer_t = treegate::tree_feedforward<S>;
     const st::dtype type = GENERATE(st::dtype::f32, st::dtype::f64, st::dtype::bf16);
-    const ff_variant variant = GENERATE(ff_variant::node_sum, ff_variant::leaf_mlp);
+    const tree_mode variant = GENERATE(tree_mode::path_sum, tree_mode::leaf_only);
     const index_t width = GENERATE(1, 3);
     const int depth = GENERATE(0, 2);
     const index_t trees = GENERATE(1, 2);
@@ -205,17 +204,17 @@ TEMPLATE_TEST_CASE("safetensors: tree_feedforward round trip", "[io][safetensors
     const auto back = round_trip(layer, layer_t(6, 4, width, depth, trees, activation::gelu, variant, bias), type);
     if (type == st::dtype::f64 || (type == st::dtype::f32 && sizeof(S) == 4)) check_same_outputs(layer, back, 6, 3);
     const parts p = split(st::save_to_memory(layer, type));
-    const index_t units = variant == ff_variant::node_sum ? (index_t{2} << depth) - 1 : index_t{1} << depth;
+    const index_t units = variant == tree_mode::path_sum ? (index_t{2} << depth) - 1 : index_t{1} << depth;
     CHECK(p.header["hidden_weight"]["shape"] == nlohmann::json::array({trees, units, width, 6}));
     CHECK(p.header["output_weight"]["shape"] == nlohmann::json::array({trees, units, 4, width}));
-    CHECK(p.header.contains("router_weight") == (variant == ff_variant::leaf_mlp));
+    CHECK(p.header.contains("router_weight") == (variant == tree_mode::leaf_only));
     CHECK(p.header.contains("output_bias") == bias);
 }
 
-TEST_CASE("safetensors: tree_linear_blocked round trip", "[io][safetensors]") {
-    using layer_t = treegate::tree_linear_blocked<float>;
+TEST_CASE("safetensors: sliced_tree_linear round trip", "[io][safetensors]") {
+    using layer_t = treegate::sliced_tree_linear<float>;
     const st::dtype type = GENERATE(st::dtype::f32, st::dtype::f64, st::dtype::bf16);
-    const block_combine combine = GENERATE(block_combine::sum, block_combine::concat);
+    const slice_combine combine = GENERATE(slice_combine::sum, slice_combine::concat);
     const tree_mode mode = GENERATE(tree_mode::path_sum, tree_mode::leaf_only);
     const std::vector<std::vector<index_t>> gates = {{0, 2}, {3, 1}, {2, 2}};
     layer_t layer(4, 3, 2, mode, combine, gates);
@@ -227,6 +226,83 @@ TEST_CASE("safetensors: tree_linear_blocked round trip", "[io][safetensors]") {
     CHECK(split(st::save_to_memory(layer)).header["__metadata__"]["gating"] == "0,2;3,1;2,2");
 }
 
+TEST_CASE("safetensors: files written before tree_mode and sliced_tree_linear still load", "[io][safetensors]") {
+    // Older files say variant = node_sum / leaf_mlp (tree_feedforward) and kind =
+    // tree_linear_blocked; built here by rewriting a new file's metadata the old way.
+    using ff_t = treegate::tree_feedforward<float>;
+    using sl_t = treegate::sliced_tree_linear<float>;
+    const tree_mode mode = GENERATE(tree_mode::path_sum, tree_mode::leaf_only);
+    const char* old_name = mode == tree_mode::path_sum ? "node_sum" : "leaf_mlp";
+    CAPTURE(treegate::to_string(mode));
+    SECTION("tree_feedforward") {
+        ff_t layer(5, 3, 2, 2, 2, activation::relu, mode, true);
+        layer.initialize(17);
+        parts q = split(st::save_to_memory(layer));
+        CHECK(q.header["__metadata__"]["mode"] == treegate::to_string(mode));
+        CHECK_FALSE(q.header["__metadata__"].contains("variant"));
+        q.header["__metadata__"].erase("mode");
+        q.header["__metadata__"]["variant"] = old_name;
+        const bytes_t old_file = join(q.header, q.data);
+        const ff_t built = st::load_from_memory<ff_t>(old_file.data(), old_file.size());
+        CHECK(built.mode() == mode);
+        check_same_values(layer, built, st::dtype::f32);
+        check_same_outputs(layer, built, 5, 8);
+        ff_t blank(5, 3, 2, 2, 2, activation::relu, mode, true);
+        st::load_into_from_memory(blank, old_file.data(), old_file.size());
+        check_same_values(layer, blank, st::dtype::f32);
+        // Saved again, it speaks the new vocabulary.
+        const parts again = split(st::save_to_memory(built));
+        CHECK(again.header["__metadata__"]["mode"] == treegate::to_string(mode));
+        CHECK_FALSE(again.header["__metadata__"].contains("variant"));
+        // The old key keeps its old choices, and a layer of the other mode is told apart.
+        ff_t other(5, 3, 2, 2, 2, activation::relu,
+                   mode == tree_mode::path_sum ? tree_mode::leaf_only : tree_mode::path_sum, true);
+        TG_CHECK_THROWS_WITH(file_error, st::load_into_from_memory(other, old_file.data(), old_file.size()),
+                             "mode is", "in the file");
+        q.header["__metadata__"]["variant"] = treegate::to_string(mode);
+        const bytes_t bad = join(q.header, q.data);
+        TG_CHECK_THROWS_WITH(file_error, (st::load_from_memory<ff_t>(bad.data(), bad.size())),
+                             "metadata 'variant' is \"", "expected one of node_sum, leaf_mlp");
+        q.header["__metadata__"].erase("variant");
+        const bytes_t none = join(q.header, q.data);
+        TG_CHECK_THROWS_WITH(file_error, (st::load_from_memory<ff_t>(none.data(), none.size())),
+                             "metadata 'mode' is missing");
+    }
+    SECTION("sliced_tree_linear, alone and inside a sequential") {
+        const std::vector<std::vector<index_t>> gates = {{1, 0}, {3, 3}};
+        sl_t layer(4, 3, 2, mode, slice_combine::sum, gates);
+        layer.initialize(23);
+        parts q = split(st::save_to_memory(layer));
+        CHECK(q.header["__metadata__"]["kind"] == "sliced_tree_linear");
+        q.header["__metadata__"]["kind"] = "tree_linear_blocked";
+        const bytes_t old_file = join(q.header, q.data);
+        const sl_t built = st::load_from_memory<sl_t>(old_file.data(), old_file.size());
+        check_same_values(layer, built, st::dtype::f32);
+        check_same_outputs(layer, built, 8, 9);
+        CHECK(split(st::save_to_memory(built)).header["__metadata__"]["kind"] == "sliced_tree_linear");
+        TG_CHECK_THROWS_WITH(file_error, (st::load_from_memory<treegate::tree_linear<float>>(old_file.data(), old_file.size())),
+                             "holds a \"tree_linear_blocked\" layer, not a tree_linear");
+
+        using model_t = treegate::sequential<sl_t, ff_t>;
+        model_t model(sl_t(4, 3, 2, mode, slice_combine::sum, gates), ff_t(3, 2, 1, 1, 1, activation::gelu, mode, false));
+        model.initialize(29);
+        parts m = split(st::save_to_memory(model));
+        CHECK(m.header["__metadata__"]["0.kind"] == "sliced_tree_linear");
+        CHECK(m.header["__metadata__"]["1.mode"] == treegate::to_string(mode));
+        m.header["__metadata__"]["0.kind"] = "tree_linear_blocked";
+        m.header["__metadata__"].erase("1.mode");
+        m.header["__metadata__"]["1.variant"] = old_name;
+        const bytes_t old_model = join(m.header, m.data);
+        const model_t back = st::load_from_memory<model_t>(old_model.data(), old_model.size());
+        check_same_values(model, back, st::dtype::f32);
+        check_same_outputs(model, back, 8, 10);
+        m.header["__metadata__"]["0.kind"] = "tree_linear";
+        const bytes_t wrong = join(m.header, m.data);
+        TG_CHECK_THROWS_WITH(file_error, (st::load_from_memory<model_t>(wrong.data(), wrong.size())),
+                             "metadata '0.kind' is \"tree_linear\" but the model expects \"sliced_tree_linear\"");
+    }
+}
+
 TEST_CASE("safetensors: sequential round trip, names prefixed by the layer index", "[io][safetensors]") {
     using S = float;
     using model_t = treegate::sequential<treegate::dense<S>, treegate::activation_layer<S>, treegate::tree_linear<S>,
@@ -234,7 +310,7 @@ TEST_CASE("safetensors: sequential round trip, names prefixed by the layer index
     auto make = [] {
         return model_t(treegate::dense<S>(5, 6), treegate::activation_layer<S>(activation::relu, 6),
                        treegate::tree_linear<S>(6, 6, 2, tree_mode::path_sum, gating::from_input({1, 4})),
-                       treegate::tree_feedforward<S>(6, 3, 2, 2, 1, activation::gelu, ff_variant::node_sum));
+                       treegate::tree_feedforward<S>(6, 3, 2, 2, 1, activation::gelu, tree_mode::path_sum));
     };
     model_t model = make();
     model.initialize(8);
@@ -269,7 +345,7 @@ TEST_CASE("safetensors: files on disk and the named factories", "[io][safetensor
     CHECK(!t2.has_bias());
     check_same_values(tlayer, t2, st::dtype::f32);
 
-    treegate::tree_feedforward<double> ff(3, 2, 2, 1, 2, activation::tanh, ff_variant::leaf_mlp, true);
+    treegate::tree_feedforward<double> ff(3, 2, 2, 1, 2, activation::tanh, tree_mode::leaf_only, true);
     ff.initialize(2);
     st::save(ff, path, st::dtype::f64);
     const auto ff2 = st::load_tree_feedforward<double>(path);
@@ -285,10 +361,10 @@ TEST_CASE("safetensors: files on disk and the named factories", "[io][safetensor
     st::load_into(d2, path);
     check_same_values(d, d2, st::dtype::bf16);
 
-    treegate::tree_linear_blocked<float> bl(2, 2, 1, tree_mode::path_sum, block_combine::sum, {{0}, {1}});
+    treegate::sliced_tree_linear<float> bl(2, 2, 1, tree_mode::path_sum, slice_combine::sum, {{0}, {1}});
     bl.initialize(4);
     st::save(bl, path);
-    check_same_values(bl, st::load_tree_linear_blocked<float>(path), st::dtype::f32);
+    check_same_values(bl, st::load_sliced_tree_linear<float>(path), st::dtype::f32);
 
     // No temporary file is left behind.
     std::size_t files = 0;

@@ -286,7 +286,7 @@ TEMPLATE_TEST_CASE("tree_feedforward with a simd policy matches the reference po
     using ref_t = treegate::tree_feedforward<float, treegate::dynamic, treegate::dynamic, treegate::dynamic,
                                              treegate::dynamic, reference>;
     const index_t width = GENERATE(index_t{1}, index_t{3}, index_t{17});
-    const treegate::ff_variant variant = GENERATE(treegate::ff_variant::node_sum, treegate::ff_variant::leaf_mlp);
+    const treegate::tree_mode variant = GENERATE(treegate::tree_mode::path_sum, treegate::tree_mode::leaf_only);
     CAPTURE(width, treegate::to_string(variant));
     std::mt19937 g(707u + static_cast<unsigned>(width));
     treegate::workspace<float> ws_a, ws_r;

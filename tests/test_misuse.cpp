@@ -15,10 +15,9 @@
 #include <utility>
 
 using treegate::activation;
-using treegate::ff_variant;
+using treegate::tree_mode;
 using treegate::gating;
 using treegate::index_t;
-using treegate::tree_mode;
 using tg_test::mat;
 using tg_test::vec;
 
@@ -84,7 +83,7 @@ TEST_CASE("misuse: tree_feedforward units carry a NaN (or 0 * inf) pre-activatio
     // to child 1 (bit 0, documented); the NaN itself must reach y.
     for (index_t width : {index_t{1}, index_t{3}, index_t{70}})
         for (activation a : all_activations)
-            for (ff_variant variant : {ff_variant::node_sum, ff_variant::leaf_mlp}) {
+            for (tree_mode variant : {tree_mode::path_sum, tree_mode::leaf_only}) {
                 CAPTURE(width, treegate::to_string(a), treegate::to_string(variant));
                 treegate::tree_feedforward<double> layer(3, 2, width, 1, 1, a, variant, false);
                 for (index_t u = 0; u < layer.unit_count(); ++u) {
@@ -200,7 +199,7 @@ TEST_CASE("misuse: tree_linear and its bf16 copy with overlapping input and outp
 TEST_CASE("misuse: tree_feedforward with overlapping input and output", "[misuse][alias]") {
     std::mt19937 g(23);
     for (index_t width : {index_t{1}, index_t{4}})
-        for (ff_variant variant : {ff_variant::node_sum, ff_variant::leaf_mlp}) {
+        for (tree_mode variant : {tree_mode::path_sum, tree_mode::leaf_only}) {
             CAPTURE(width, treegate::to_string(variant));
             treegate::tree_feedforward<double> f(7, 7, width, 2, 2, activation::gelu, variant);
             f.initialize(5);
@@ -217,11 +216,11 @@ TEST_CASE("misuse: tree_feedforward with overlapping input and output", "[misuse
     CHECK((X - want).cwiseAbs().maxCoeff() <= 1e-5 * (1.0 + want.cwiseAbs().maxCoeff()));
 }
 
-TEST_CASE("misuse: tree_linear_blocked with overlapping input and output", "[misuse][alias]") {
+TEST_CASE("misuse: sliced_tree_linear with overlapping input and output", "[misuse][alias]") {
     std::mt19937 g(24);
-    for (auto combine : {treegate::block_combine::sum, treegate::block_combine::concat}) {
+    for (auto combine : {treegate::slice_combine::sum, treegate::slice_combine::concat}) {
         // sum: 2 slices of 3 into 6 outputs; concat: 2 slices of 3 into 2 x 3 outputs.
-        treegate::tree_linear_blocked<double> b(3, combine == treegate::block_combine::sum ? 6 : 3, 1, tree_mode::path_sum,
+        treegate::sliced_tree_linear<double> b(3, combine == treegate::slice_combine::sum ? 6 : 3, 1, tree_mode::path_sum,
                                                 combine, {{0}, {2}});
         b.initialize(7);
         check_overlaps(b, {1, 40}, {0, 1, 4}, {0, 3}, g);
@@ -375,7 +374,7 @@ TEST_CASE("misuse: a moved-from tree_linear_bf16 is empty and refuses every call
 }
 
 TEST_CASE("misuse: a moved-from tree_feedforward is empty and refuses every call", "[misuse][moved]") {
-    for (ff_variant variant : {ff_variant::node_sum, ff_variant::leaf_mlp})
+    for (tree_mode variant : {tree_mode::path_sum, tree_mode::leaf_only})
         check_moves(
             [variant] {
                 treegate::tree_feedforward<double> f(5, 3, 2, 2, 2, activation::gelu, variant);
@@ -411,11 +410,11 @@ TEST_CASE("misuse: a moved-from dense or activation_layer is empty and refuses e
                 [](auto&) {});
 }
 
-TEST_CASE("misuse: a moved-from tree_linear_blocked is empty and refuses every call", "[misuse][moved]") {
-    for (auto combine : {treegate::block_combine::sum, treegate::block_combine::concat})
+TEST_CASE("misuse: a moved-from sliced_tree_linear is empty and refuses every call", "[misuse][moved]") {
+    for (auto combine : {treegate::slice_combine::sum, treegate::slice_combine::concat})
         check_moves(
             [combine] {
-                treegate::tree_linear_blocked<float> b(3, 3, 1, tree_mode::path_sum, combine, {{0}, {2}});
+                treegate::sliced_tree_linear<float> b(3, 3, 1, tree_mode::path_sum, combine, {{0}, {2}});
                 b.initialize(15);
                 return b;
             },
@@ -424,7 +423,7 @@ TEST_CASE("misuse: a moved-from tree_linear_blocked is empty and refuses every c
                 CHECK(b.slice_in() == 0);
                 CHECK(b.slice_out() == 0);
                 CHECK(b.depth() == 0);
-                TG_CHECK_THROWS_WITH(treegate::usage_error, b.tree(0), "tree_linear_blocked", "moved from");
+                TG_CHECK_THROWS_WITH(treegate::usage_error, b.tree(0), "sliced_tree_linear", "moved from");
             });
 }
 
@@ -515,10 +514,10 @@ TEST_CASE("misuse: tree_linear and tree_linear_bf16 check block indices in every
     CHECK(b.block_on_path(5u, 3) == 12);
 }
 
-TEST_CASE("misuse: tree_feedforward dense and tree_linear_blocked check indices in every build", "[misuse][index]") {
+TEST_CASE("misuse: tree_feedforward dense and sliced_tree_linear check indices in every build", "[misuse][index]") {
     using treegate::usage_error;
-    treegate::tree_feedforward<double> ns(4, 3, 2, 2, 2, activation::gelu, ff_variant::node_sum, false);
-    treegate::tree_feedforward<double> lm(4, 3, 2, 2, 1, activation::gelu, ff_variant::leaf_mlp);
+    treegate::tree_feedforward<double> ns(4, 3, 2, 2, 2, activation::gelu, tree_mode::path_sum, false);
+    treegate::tree_feedforward<double> lm(4, 3, 2, 2, 1, activation::gelu, tree_mode::leaf_only);
     TG_CHECK_THROWS_WITH(usage_error, ns.hidden_weight(2, 0), "tree_feedforward", "tree 2 is outside [0, 2)");
     TG_CHECK_THROWS_WITH(usage_error, ns.hidden_weight(-1, 0), "tree_feedforward", "tree -1 is outside [0, 2)");
     TG_CHECK_THROWS_WITH(usage_error, ns.hidden_weight(0, 7), "tree_feedforward", "unit 7 is outside [0, 7)");
@@ -539,9 +538,9 @@ TEST_CASE("misuse: tree_feedforward dense and tree_linear_blocked check indices 
     TG_CHECK_THROWS_WITH(usage_error, d.bias(), "dense", "has no bias");
     TG_CHECK_THROWS_WITH(usage_error, std::as_const(d).bias(), "dense", "has no bias");
 
-    treegate::tree_linear_blocked<float> b(3, 2, 1, tree_mode::path_sum, treegate::block_combine::sum, {{0}, {1}});
-    TG_CHECK_THROWS_WITH(usage_error, b.tree(2), "tree_linear_blocked", "tree 2 is outside [0, 2)");
-    TG_CHECK_THROWS_WITH(usage_error, std::as_const(b).tree(-1), "tree_linear_blocked", "tree -1 is outside [0, 2)");
+    treegate::sliced_tree_linear<float> b(3, 2, 1, tree_mode::path_sum, treegate::slice_combine::sum, {{0}, {1}});
+    TG_CHECK_THROWS_WITH(usage_error, b.tree(2), "sliced_tree_linear", "tree 2 is outside [0, 2)");
+    TG_CHECK_THROWS_WITH(usage_error, std::as_const(b).tree(-1), "sliced_tree_linear", "tree -1 is outside [0, 2)");
     CHECK_NOTHROW(b.tree(1));
 }
 
@@ -638,13 +637,13 @@ TEST_CASE("misuse: memory_bytes counts the padding, and padding never multiplies
         const treegate::tree_linear_bf16<> b(tf);
         CHECK(b.memory_bytes() == b.weight_bytes());
         CHECK(b.weight_bytes() == b.block_count() * ((in * out + 31) / 32 * 32) * 2);
-        const treegate::tree_feedforward<float> ff(in, out, w, depth, 2, activation::gelu, ff_variant::leaf_mlp);
+        const treegate::tree_feedforward<float> ff(in, out, w, depth, 2, activation::gelu, tree_mode::leaf_only);
         check(ff.memory_bytes(), ff.parameter_count(), 4);
         const treegate::dense<float> d(in, out);
         CHECK(d.memory_bytes() == d.parameter_count() * 4);
         treegate::sequential seq(treegate::dense<float>(in, out), treegate::activation_layer<float>(activation::relu, out));
         CHECK(seq.memory_bytes() == d.memory_bytes());
-        const treegate::tree_linear_blocked<float> bl(in, out, depth, tree_mode::path_sum, treegate::block_combine::sum,
+        const treegate::sliced_tree_linear<float> bl(in, out, depth, tree_mode::path_sum, treegate::slice_combine::sum,
                                                       {std::vector<index_t>(static_cast<std::size_t>(depth), 0),
                                                        std::vector<index_t>(static_cast<std::size_t>(depth), in - 1)});
         CHECK(bl.memory_bytes() == 2 * treegate::tree_linear<float>(in, out, depth, tree_mode::path_sum,

@@ -147,11 +147,11 @@ TEST_CASE("threaded tree_linear is close to the reference oracle and handles emp
 
 TEST_CASE("threaded tree_feedforward is bit-identical to the serial batch for any thread count", "[parallel]") {
     std::mt19937 g(503);
-    for (auto variant : {treegate::ff_variant::node_sum, treegate::ff_variant::leaf_mlp}) {
+    for (auto variant : {treegate::tree_mode::path_sum, treegate::tree_mode::leaf_only}) {
         for (index_t width : {index_t{1}, index_t{5}}) {
             const index_t in = uniform_index(g, 20, 70), out = uniform_index(g, 10, 50), n = uniform_index(g, 100, 400);
             const int depth = static_cast<int>(uniform_index(g, 0, 6));
-            CAPTURE(variant == treegate::ff_variant::node_sum, width, in, out, n, depth);
+            CAPTURE(variant == treegate::tree_mode::path_sum, width, in, out, n, depth);
             treegate::tree_feedforward<float> layer(in, out, width, depth, 2, treegate::activation::gelu, variant);
             layer.initialize(static_cast<std::uint64_t>(g()));
             const mat<float> X = random_matrix<float>(in, n, g);
@@ -174,7 +174,7 @@ TEST_CASE("threaded dense, activation, blocked trees and sequential models are b
     using namespace treegate;
     const index_t n = 700;
     // Slices of 200 inputs, so the top levels of each tree are cut into row chunks.
-    tree_linear_blocked<float> blocked(200, 150, 3, tree_mode::path_sum, block_combine::sum,
+    sliced_tree_linear<float> blocked(200, 150, 3, tree_mode::path_sum, slice_combine::sum,
                                        {{0, 5, 9}, {1, 2, 3}, {7, 100, 199}});
     for (index_t t = 0; t < blocked.tree_count(); ++t) blocked.tree(t).initialize(static_cast<std::uint64_t>(t + 1));
     sequential<dense<float>, activation_layer<float>, tree_linear<float>> model(
@@ -219,7 +219,7 @@ TEST_CASE("soft forward and backward are bit-identical on any thread count", "[p
     namespace tt = treegate::train;
     using ff = treegate::tree_feedforward<float>;
     std::mt19937 g(97);
-    for (auto variant : {treegate::ff_variant::node_sum, treegate::ff_variant::leaf_mlp}) {
+    for (auto variant : {treegate::tree_mode::path_sum, treegate::tree_mode::leaf_only}) {
         const index_t in = uniform_index(g, 9, 17), out = uniform_index(g, 3, 7), width = uniform_index(g, 1, 5);
         const int depth = static_cast<int>(uniform_index(g, 0, 4));
         const index_t trees = uniform_index(g, 1, 3), n = 150;
@@ -260,7 +260,7 @@ TEST_CASE("soft forward and backward are bit-identical on any thread count", "[p
     }
     // A dense stage in front of a soft tree: the dense forward and the tree both take the pool.
     auto model = treegate::sequential(treegate::dense<float>(11, 8), treegate::activation_layer<float>(treegate::activation::relu, 8),
-                                      ff(8, 4, 3, 2, 2, treegate::activation::relu, treegate::ff_variant::leaf_mlp));
+                                      ff(8, 4, 3, 2, 2, treegate::activation::relu, treegate::tree_mode::leaf_only));
     model.initialize(5);
     const mat<float> X = random_matrix<float>(11, 150, g), R = random_matrix<float>(4, 150, g);
     const tt::soft_routing_options opt{0.5, 0.1};

@@ -12,11 +12,10 @@
 #include <vector>
 
 using treegate::activation;
-using treegate::block_combine;
-using treegate::ff_variant;
+using treegate::slice_combine;
+using treegate::tree_mode;
 using treegate::gating;
 using treegate::index_t;
-using treegate::tree_mode;
 
 namespace {
 
@@ -71,15 +70,15 @@ TEST_CASE("parameters: tree_linear blocks, shapes and levels match the accessors
     }
 }
 
-TEST_CASE("parameters: tree_feedforward, tree_linear_blocked and a sequential", "[parameters]") {
-    const ff_variant variant = GENERATE(ff_variant::node_sum, ff_variant::leaf_mlp);
+TEST_CASE("parameters: tree_feedforward, sliced_tree_linear and a sequential", "[parameters]") {
+    const tree_mode variant = GENERATE(tree_mode::path_sum, tree_mode::leaf_only);
     treegate::tree_feedforward<double> ff(6, 2, 4, 2, 3, activation::relu, variant, true);
     const auto& cff = ff;
     const auto ps = treegate::parameters(cff);
     CHECK(element_count(ps) == ff.parameter_count());
     std::vector<std::string> names;
     for (const auto& t : ps) names.push_back(t.name);
-    if (variant == ff_variant::node_sum)
+    if (variant == tree_mode::path_sum)
         CHECK(names == std::vector<std::string>{"hidden_weight", "hidden_bias", "output_weight", "output_bias"});
     else
         CHECK(names == std::vector<std::string>{"hidden_weight", "hidden_bias", "output_weight", "router_weight",
@@ -91,9 +90,9 @@ TEST_CASE("parameters: tree_feedforward, tree_linear_blocked and a sequential", 
             CHECK(hw[k] == ff.hidden_weight(t, u).data());
             CHECK(ow[k] == ff.output_weight(t, u).data());
             CHECK(ps[0].level(t * ff.unit_count() + u) ==
-                  (variant == ff_variant::node_sum ? treegate::tree::level_of(u) : 2));
+                  (variant == tree_mode::path_sum ? treegate::tree::level_of(u) : 2));
         }
-    if (variant == ff_variant::leaf_mlp) {
+    if (variant == tree_mode::leaf_only) {
         const auto rb = block_pointers(ps[4]);
         for (index_t t = 0; t < ff.tree_count(); ++t)
             for (index_t i = 0; i < ff.router_count(); ++i) {
@@ -102,7 +101,7 @@ TEST_CASE("parameters: tree_feedforward, tree_linear_blocked and a sequential", 
             }
     }
 
-    treegate::tree_linear_blocked<float> blk(3, 2, 2, tree_mode::path_sum, block_combine::sum, {{0, 1}, {2, 0}}, true);
+    treegate::sliced_tree_linear<float> blk(3, 2, 2, tree_mode::path_sum, slice_combine::sum, {{0, 1}, {2, 0}}, true);
     const auto pb = treegate::parameters(blk);
     REQUIRE(pb.size() == 2u);
     CHECK(pb[0].file_shape == std::vector<std::uint64_t>{2, 7, 2, 3});

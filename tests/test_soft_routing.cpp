@@ -21,7 +21,7 @@
 #include <string>
 
 using treegate::activation;
-using treegate::ff_variant;
+using treegate::tree_mode;
 using treegate::index_t;
 using namespace tg_test;
 namespace tt = treegate::train;
@@ -38,7 +38,7 @@ constexpr double u_round = std::numeric_limits<double>::epsilon() / 2;
 
 /// z of internal node `node` of tree t: the router (leaf_mlp) or the first hidden pre-activation.
 double oracle_z(const ff& f, index_t t, index_t node, const V& x) {
-    if (f.variant() == ff_variant::leaf_mlp) return f.router_weight(t, node).dot(x) + f.router_bias(t, node);
+    if (f.mode() == tree_mode::leaf_only) return f.router_weight(t, node).dot(x) + f.router_bias(t, node);
     return f.hidden_weight(t, node).row(0).dot(x) + f.hidden_bias(t, node)(0);
 }
 
@@ -81,8 +81,8 @@ soft_oracle naive_soft(const ff& f, const M& X, double T) {
                         node = 2 * node + 1 + bit;
                     }
                     if (level < D) r.entropy += P * oracle_entropy(oracle_p(oracle_z(f, t, node, x), T));
-                    if (f.variant() == ff_variant::node_sum || level == D) {
-                        const index_t unit = f.variant() == ff_variant::node_sum ? node : code;
+                    if (f.mode() == tree_mode::path_sum || level == D) {
+                        const index_t unit = f.mode() == tree_mode::path_sum ? node : code;
                         const V pre = f.hidden_weight(t, unit) * x + f.hidden_bias(t, unit);
                         V h(pre.size());
                         for (index_t i = 0; i < pre.size(); ++i) h(i) = oracle_act(f.activation_kind(), pre(i));
@@ -167,7 +167,7 @@ const ff_case cases[] = {{3, 2, 1, 0, 1, true, activation::gelu},   {4, 3, 2, 0,
                          {4, 3, 2, 1, 2, false, activation::tanh},  {5, 2, 3, 2, 1, true, activation::gelu},
                          {3, 3, 2, 3, 2, true, activation::gelu_tanh}, {2, 1, 1, 4, 1, false, activation::tanh}};
 
-ff make_layer(const ff_case& c, ff_variant variant, std::mt19937& g) {
+ff make_layer(const ff_case& c, tree_mode variant, std::mt19937& g) {
     ff f(c.in, c.out, c.width, c.depth, c.trees, c.act, variant, c.bias);
     fill_random_ff(f, g);
     return f;
@@ -184,7 +184,7 @@ double make_decisive(ff& f, const M& X, double zmin) {
     const double k = internal > 0 ? zmin / smallest : 1.0;
     for (index_t t = 0; t < f.tree_count(); ++t)
         for (index_t i = 0; i < internal; ++i) {
-            if (f.variant() == ff_variant::leaf_mlp) {
+            if (f.mode() == tree_mode::leaf_only) {
                 f.router_weight(t, i) *= k;
                 f.router_bias(t, i) *= k;
             } else {
@@ -198,7 +198,7 @@ double make_decisive(ff& f, const M& X, double zmin) {
 }  // namespace
 
 TEST_CASE("soft forward matches a brute-force enumeration of paths", "[soft_routing]") {
-    const ff_variant variant = GENERATE(ff_variant::node_sum, ff_variant::leaf_mlp);
+    const tree_mode variant = GENERATE(tree_mode::path_sum, tree_mode::leaf_only);
     std::mt19937 g(41 + static_cast<unsigned>(variant));
     tt::soft_workspace<double> ws;
     for (const ff_case& c : cases)
@@ -221,7 +221,7 @@ TEST_CASE("soft forward matches a brute-force enumeration of paths", "[soft_rout
 }
 
 TEST_CASE("soft backward matches finite differences, penalty included", "[soft_routing][grad]") {
-    const ff_variant variant = GENERATE(ff_variant::node_sum, ff_variant::leaf_mlp);
+    const tree_mode variant = GENERATE(tree_mode::path_sum, tree_mode::leaf_only);
     std::mt19937 g(43 + static_cast<unsigned>(variant));
     tt::soft_workspace<double> ws;
     for (const ff_case& c : cases)
@@ -267,7 +267,7 @@ TEST_CASE("soft routing inside sequential models matches finite differences", "[
     const index_t n = 6;
     SECTION("dense -> tanh -> tree_feedforward (leaf_mlp)") {
         treegate::sequential model(treegate::dense<double>(4, 5), treegate::activation_layer<double>(activation::tanh, 5),
-                                   ff(5, 2, 2, 2, 2, activation::gelu, ff_variant::leaf_mlp));
+                                   ff(5, 2, 2, 2, 2, activation::gelu, tree_mode::leaf_only));
         model.initialize(3);
         fill_random_ff(model.layer<2>(), g);
         M X = random_matrix<double>(4, n, g);
@@ -290,7 +290,7 @@ TEST_CASE("soft routing inside sequential models matches finite differences", "[
         CHECK((model.forward_batch(X) - Y).cwiseAbs().maxCoeff() > 1e-3);
     }
     SECTION("tree_feedforward (node_sum) first -> dense") {
-        treegate::sequential model(ff(3, 4, 2, 2, 1, activation::tanh, ff_variant::node_sum), treegate::dense<double>(4, 2));
+        treegate::sequential model(ff(3, 4, 2, 2, 1, activation::tanh, tree_mode::path_sum), treegate::dense<double>(4, 2));
         model.initialize(5);
         fill_random_ff(model.layer<0>(), g);
         M X = random_matrix<double>(3, n, g);
@@ -318,7 +318,7 @@ TEST_CASE("soft routing inside sequential models matches finite differences", "[
 }
 
 TEST_CASE("decisive routers: the soft forward is the hard forward", "[soft_routing]") {
-    const ff_variant variant = GENERATE(ff_variant::node_sum, ff_variant::leaf_mlp);
+    const tree_mode variant = GENERATE(tree_mode::path_sum, tree_mode::leaf_only);
     std::mt19937 g(53 + static_cast<unsigned>(variant));
     tt::soft_workspace<double> ws;
     for (const ff_case& c : cases) {
@@ -341,7 +341,7 @@ TEST_CASE("decisive routers: the soft forward is the hard forward", "[soft_routi
 }
 
 TEST_CASE("T -> 0 tends to hard routing; T = 0 gives hard-routing gradients", "[soft_routing]") {
-    const ff_variant variant = GENERATE(ff_variant::node_sum, ff_variant::leaf_mlp);
+    const tree_mode variant = GENERATE(tree_mode::path_sum, tree_mode::leaf_only);
     std::mt19937 g(59 + static_cast<unsigned>(variant));
     tt::soft_workspace<double> ws;
     tt::backward_workspace<double> bws;
@@ -396,8 +396,8 @@ TEST_CASE("T -> 0 tends to hard routing; T = 0 gives hard-routing gradients", "[
 }
 
 TEST_CASE("soft routing rejects bad shapes and options", "[soft_routing][errors]") {
-    const ff f(4, 3, 2, 2, 1, activation::gelu, ff_variant::leaf_mlp);
-    const ff other(4, 3, 2, 1, 1, activation::gelu, ff_variant::leaf_mlp);
+    const ff f(4, 3, 2, 2, 1, activation::gelu, tree_mode::leaf_only);
+    const ff other(4, 3, 2, 1, 1, activation::gelu, tree_mode::leaf_only);
     tt::soft_workspace<double> ws;
     const M X = M::Zero(4, 5), dY = M::Zero(3, 5);
     M Y(3, 5), dX(4, 5);
@@ -443,7 +443,7 @@ TEST_CASE("soft training learns the routing that hard training cannot", "[soft_r
     const double t_end = 0.1;
 
     auto train = [&](bool soft) {
-        sff f(in, out, in, 1, 1, activation::identity, ff_variant::leaf_mlp);
+        sff f(in, out, in, 1, 1, activation::identity, tree_mode::leaf_only);
         f.initialize(11);
         auto grad = tt::make_gradient(f);
         tt::adam<S>::options o;

@@ -230,7 +230,7 @@ ff_oracle_result oracle_tree_feedforward(const Layer& layer, const mat<Scalar>& 
     const index_t trees = layer.tree_count();
     const int depth = layer.depth();
     const auto act = layer.activation_kind();
-    const bool node_sum = layer.variant() == treegate::ff_variant::node_sum;
+    const bool node_sum = layer.mode() == treegate::tree_mode::path_sum;
     const double eps = static_cast<double>(std::numeric_limits<Scalar>::epsilon());
     const double tiny = static_cast<double>(std::numeric_limits<Scalar>::denorm_min());
     const double sum_terms = static_cast<double>(w) + 2.0 + static_cast<double>(trees) * (depth + 1.0);

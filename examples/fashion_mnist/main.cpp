@@ -134,11 +134,11 @@ int main(int argc, char** argv) {
         for (index_t h : {16, 64, 256}) specs.push_back(dense_mlp(h));
         specs.push_back(tree_head(16, 6, tree_mode::path_sum, none, head_family));
         specs.push_back(tree_first(16, 4, tree_mode::path_sum, none, pixels, first_family));
-        specs.push_back(fff(8, 3, 1, treegate::ff_variant::node_sum, none));
-        specs.push_back(fff_soft(4, 3, 1, treegate::ff_variant::node_sum, soft));
+        specs.push_back(fff(8, 3, 1, treegate::tree_mode::path_sum, none));
+        specs.push_back(fff_soft(4, 3, 1, treegate::tree_mode::path_sum, soft));
         sweep_depths = {0, 4, 8};
     } else {
-        // 784-11-10 (8734 MACs) sits next to the soft leaf_mlp w8 row (8704 MACs).
+        // 784-11-10 (8734 MACs) sits next to the soft leaf_only w8 row (8704 MACs).
         for (index_t h : {8, 11, 16, 32, 64, 128, 256}) specs.push_back(dense_mlp(h));
         // (a) the paper's layer as the output layer, gated by 6 hidden units, served flat.
         for (index_t h : {8, 16, 32}) specs.push_back(tree_head(h, 6, tree_mode::path_sum, none, head_family));
@@ -151,11 +151,11 @@ int main(int argc, char** argv) {
         specs.push_back(tree_first(16, 4, tree_mode::path_sum, none, pixels, first_family));
         specs.push_back(tree_first(16, 4, tree_mode::leaf_only, none, pixels, "tree first layer, leaf_only"));
         // (d) tree_feedforward blocks replacing the whole MLP.
-        for (index_t w : {4, 8}) specs.push_back(fff(w, 3, 1, treegate::ff_variant::node_sum, none));
-        specs.push_back(fff(32, 3, 1, treegate::ff_variant::leaf_mlp, none));
+        for (index_t w : {4, 8}) specs.push_back(fff(w, 3, 1, treegate::tree_mode::path_sum, none));
+        specs.push_back(fff(32, 3, 1, treegate::tree_mode::leaf_only, none));
         // (f) the same tree_feedforward shapes trained with soft routing, served hard.
-        for (index_t w : {2, 4, 8}) specs.push_back(fff_soft(w, 3, 1, treegate::ff_variant::node_sum, soft));
-        for (index_t w : {8, 32}) specs.push_back(fff_soft(w, 3, 1, treegate::ff_variant::leaf_mlp, soft));
+        for (index_t w : {2, 4, 8}) specs.push_back(fff_soft(w, 3, 1, treegate::tree_mode::path_sum, soft));
+        for (index_t w : {8, 32}) specs.push_back(fff_soft(w, 3, 1, treegate::tree_mode::leaf_only, soft));
         sweep_depths = {0, 2, 4, 6, 8};
     }
     for (int D : sweep_depths) depth_sweep.push_back(tree_first(32, D, tree_mode::path_sum, none, pixels, "depth sweep"));

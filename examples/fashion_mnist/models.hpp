@@ -121,29 +121,29 @@ inline model_spec tree_first(index_t h, int depth, tree_mode mode, tt::weight_de
 }
 
 /// (d): a tree_feedforward block 784 -> 10 (K trees of depth D, node width w, ReLU).
-inline model_spec fff(index_t width, int depth, index_t trees, treegate::ff_variant variant, tt::weight_decay decay) {
-    std::string name = std::string("fff ") + treegate::to_string(variant) + " K" + std::to_string(trees) + " D" +
+inline model_spec fff(index_t width, int depth, index_t trees, treegate::tree_mode mode, tt::weight_decay decay) {
+    std::string name = std::string("fff ") + treegate::to_string(mode) + " K" + std::to_string(trees) + " D" +
                        std::to_string(depth) + " w" + std::to_string(width);
     if (decay.lambda > 0) name += " +decay";
-    return make_spec(name, std::string("tree_feedforward ") + treegate::to_string(variant), [=] {
+    return make_spec(name, std::string("tree_feedforward ") + treegate::to_string(mode), [=] {
         return treegate::sequential(
-            treegate::tree_feedforward<float>(784, 10, width, depth, trees, activation::relu, variant));
+            treegate::tree_feedforward<float>(784, 10, width, depth, trees, activation::relu, mode));
     }, identity_serve{}, decay);
 }
 
 /// (d) trained with soft routing for the first part of training, then hard; served hard. Soft
 /// steps evaluate every node: 2^(D+1) - 1 node MLPs (node_sum) or 2^D leaf MLPs (leaf_mlp) per
 /// example instead of D + 1 or 1, which `cost_factor` tells the progress display.
-inline model_spec fff_soft(index_t width, int depth, index_t trees, treegate::ff_variant variant, const soft_schedule& soft) {
-    const std::string v = treegate::to_string(variant);
+inline model_spec fff_soft(index_t width, int depth, index_t trees, treegate::tree_mode mode, const soft_schedule& soft) {
+    const std::string v = treegate::to_string(mode);
     const std::string name = "fff " + v + " K" + std::to_string(trees) + " D" + std::to_string(depth) + " w" +
                              std::to_string(width) + " soft";
-    const double nodes = variant == treegate::ff_variant::node_sum ? std::ldexp(1.0, depth + 1) - 1.0 : std::ldexp(1.0, depth);
-    const double hard = variant == treegate::ff_variant::node_sum ? depth + 1.0 : 1.0;
+    const double nodes = mode == treegate::tree_mode::path_sum ? std::ldexp(1.0, depth + 1) - 1.0 : std::ldexp(1.0, depth);
+    const double hard = mode == treegate::tree_mode::path_sum ? depth + 1.0 : 1.0;
     const double factor = 1.0 + soft.soft_fraction * (nodes / hard - 1.0);
     return make_spec(name, "tree_feedforward " + v + ", soft-routed", [=] {
         return treegate::sequential(
-            treegate::tree_feedforward<float>(784, 10, width, depth, trees, activation::relu, variant));
+            treegate::tree_feedforward<float>(784, 10, width, depth, trees, activation::relu, mode));
     }, identity_serve{}, tt::weight_decay{}, soft, factor);
 }
 

@@ -83,14 +83,14 @@ inline leaf_t route_by_gates(const Scalar* g, index_t stride, int depth) noexcep
     return code;
 }
 
-/// A node router's bit: the sign of the hyperplane r.x + s (leaf_mlp's internal nodes), with
+/// A node router's bit: the sign of the hyperplane r.x + s (leaf_only's internal nodes), with
 /// the dot product taken by the layer's kernel Policy so that every pass sees the same bit.
 template <class Policy, class Scalar>
 inline int hyperplane_bit(index_t in, const Scalar* r, Scalar s, const Scalar* x) noexcept {
     return tree::gate_bit(Policy::dot(in, r, x) + s);
 }
 
-/// A unit router's bit (node_sum): the sign of the unit's first pre-activation, pre[0] of
+/// A unit router's bit (path_sum): the sign of the unit's first pre-activation, pre[0] of
 /// U x + a, so the node's own MLP decides where the example goes next.
 template <class Scalar>
 inline int unit_bit(const Scalar* pre) noexcept {

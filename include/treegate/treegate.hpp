@@ -14,7 +14,7 @@
 #include "layers/tree_feedforward.hpp"
 #include "layers/tree_linear.hpp"
 #include "layers/tree_linear_bf16.hpp"
-#include "layers/tree_linear_blocked.hpp"
+#include "layers/sliced_tree_linear.hpp"
 #include "parallel/executor.hpp"
 #include "parallel/thread_pool.hpp"
 #include "routing.hpp"

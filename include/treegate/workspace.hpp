@@ -48,12 +48,12 @@ struct workspace {
     leaf_schedule leaves;
     level_schedule levels;
     // Each scratch matrix has one owner at a time; a layer that calls another layer's batch
-    // forward (tree_linear_blocked) uses only members the inner layer never touches.
+    // forward (sliced_tree_linear) uses only members the inner layer never touches.
     scratch_matrix<Scalar> gathered_input;     // input columns in schedule order (exec/grouped.hpp, tree_feedforward)
     scratch_matrix<Scalar> permuted_output;    // their outputs in the same order, before the scatter back
     scratch_matrix<Scalar> hidden;             // tree_feedforward: a group's hidden activations
     scratch_matrix<Scalar> route_activations;  // tree_feedforward fused sorted path: act(pre) of the top levels
-    scratch_matrix<Scalar> part_output;        // tree_linear_blocked (sum): one tree's output before adding it up
+    scratch_matrix<Scalar> part_output;        // sliced_tree_linear (sum): one tree's output before adding it up
     scratch_matrix<Scalar> input;              // a copy of a batch whose output overlaps it (detail::rerun_on_copy)
     std::vector<node_piece> pieces;            // the current level's pieces in a threaded batch (exec/grouped.hpp)
 

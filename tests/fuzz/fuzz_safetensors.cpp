@@ -83,7 +83,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     try_load<treegate::dense<float>>(data, size);
     try_load<treegate::tree_linear<float>>(data, size);
     try_load<treegate::tree_feedforward<float>>(data, size);
-    try_load<treegate::tree_linear_blocked<float>>(data, size);
+    try_load<treegate::sliced_tree_linear<float>>(data, size);
     try_load<treegate::sequential<treegate::dense<float>, treegate::activation_layer<float>, treegate::tree_linear<float>>>(
         data, size);
     try_load<treegate::tree_feedforward<double>>(data, size);

@@ -10,10 +10,9 @@
 
 namespace st = treegate::safetensors;
 using treegate::activation;
-using treegate::block_combine;
-using treegate::ff_variant;
-using treegate::gating;
+using treegate::slice_combine;
 using treegate::tree_mode;
+using treegate::gating;
 
 namespace {
 
@@ -45,11 +44,11 @@ int main(int argc, char** argv) {
     valid("tree_linear_leaf_f64", treegate::tree_linear<float>(2, 1, 2, tree_mode::leaf_only, gating::from_input({1, 0})),
           st::dtype::f64);
     valid("tree_linear_external", treegate::tree_linear<float>(2, 2, 1, tree_mode::path_sum, gating::external(), false));
-    valid("tree_feedforward", treegate::tree_feedforward<float>(2, 2, 1, 1, 1, activation::gelu, ff_variant::node_sum));
+    valid("tree_feedforward", treegate::tree_feedforward<float>(2, 2, 1, 1, 1, activation::gelu, tree_mode::path_sum));
     valid("tree_feedforward_leaf_mlp",
-          treegate::tree_feedforward<float>(2, 1, 2, 1, 2, activation::relu, ff_variant::leaf_mlp, false), st::dtype::bf16);
-    valid("tree_linear_blocked",
-          treegate::tree_linear_blocked<float>(2, 1, 1, tree_mode::path_sum, block_combine::concat, {{0}, {1}}));
+          treegate::tree_feedforward<float>(2, 1, 2, 1, 2, activation::relu, tree_mode::leaf_only, false), st::dtype::bf16);
+    valid("sliced_tree_linear",
+          treegate::sliced_tree_linear<float>(2, 1, 1, tree_mode::path_sum, slice_combine::concat, {{0}, {1}}));
     valid("sequential", treegate::sequential<treegate::dense<float>, treegate::activation_layer<float>, treegate::tree_linear<float>>(
                             treegate::dense<float>(2, 2), treegate::activation_layer<float>(activation::tanh, 2),
                             treegate::tree_linear<float>(2, 1, 1, tree_mode::path_sum, gating::from_input({1}))));

@@ -112,7 +112,7 @@ def case_fff(rng, dt):  # UltraFastBERT-style: width 1, GELU, 2 trees summed
     t = {"hidden_weight": uniform(rng, (2, units, 1, 5), dt), "hidden_bias": uniform(rng, (2, units, 1), dt),
          "output_weight": uniform(rng, (2, units, 3, 1), dt), "output_bias": uniform(rng, (3,), dt)}
     meta = {"kind": "tree_feedforward", "in": "5", "out": "3", "width": "1", "depth": "3", "trees": "2",
-            "activation": "gelu", "variant": "node_sum", "has_bias": "true"}
+            "activation": "gelu", "mode": "path_sum", "has_bias": "true"}
     return t, meta, 5, 0
 
 
@@ -121,13 +121,13 @@ def case_leaf_mlp(rng, dt):  # original FFF: routers, then one leaf MLP
          "output_weight": uniform(rng, (1, 4, 2, 4), dt), "router_weight": uniform(rng, (1, 3, 5), dt),
          "router_bias": uniform(rng, (1, 3), dt)}
     meta = {"kind": "tree_feedforward", "in": "5", "out": "2", "width": "4", "depth": "2", "trees": "1",
-            "activation": "relu", "variant": "leaf_mlp", "has_bias": "false"}
+            "activation": "relu", "mode": "leaf_only", "has_bias": "false"}
     return t, meta, 5, 0
 
 
-def case_blocked(rng, dt):
+def case_sliced(rng, dt):
     t = {"weight": uniform(rng, (2, 2, 2, 3), dt), "bias": uniform(rng, (2, 2, 2), dt)}
-    meta = {"kind": "tree_linear_blocked", "slice_in": "3", "slice_out": "2", "trees": "2", "depth": "1",
+    meta = {"kind": "sliced_tree_linear", "slice_in": "3", "slice_out": "2", "trees": "2", "depth": "1",
             "mode": "leaf_only", "combine": "concat", "gating": "0;2", "has_bias": "true"}
     return t, meta, 6, 0
 
@@ -149,7 +149,7 @@ CASES = [
     ("tree_linear", case_tree_linear_external, np.float64),
     ("tree_feedforward", case_fff, np.float32),
     ("tree_feedforward", case_leaf_mlp, np.float64),
-    ("tree_linear_blocked", case_blocked, np.float32),
+    ("sliced_tree_linear", case_sliced, np.float32),
     ("sequential", case_sequential, np.float32),
 ]
 

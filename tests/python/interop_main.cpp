@@ -59,8 +59,8 @@ int run(const std::string& kind, const std::string& model, const std::string& in
         run_layer(st::load_dense<S>(model), inputs, outputs, resaved, type);
     else if (kind == "tree_linear")
         run_layer(st::load_tree_linear<S>(model), inputs, outputs, resaved, type);
-    else if (kind == "tree_linear_blocked")
-        run_layer(st::load_tree_linear_blocked<S>(model), inputs, outputs, resaved, type);
+    else if (kind == "sliced_tree_linear")
+        run_layer(st::load_sliced_tree_linear<S>(model), inputs, outputs, resaved, type);
     else if (kind == "tree_feedforward")
         run_layer(st::load_tree_feedforward<S>(model), inputs, outputs, resaved, type);
     else if (kind == "sequential")
@@ -103,18 +103,17 @@ void make_one(const std::string& dir, const std::string& name, Layer layer, inde
 
 int make(const std::string& dir) {
     using treegate::activation;
-    using treegate::ff_variant;
-    using treegate::gating;
     using treegate::tree_mode;
+    using treegate::gating;
     make_one(dir, "cpp_dense", treegate::dense<float>(5, 3), 5, st::dtype::f32);
     make_one(dir, "cpp_tree_linear", treegate::tree_linear<float>(6, 4, 3, tree_mode::path_sum, gating::from_input({0, 5, 2})),
              6, st::dtype::f32);
     make_one(dir, "cpp_tree_linear_external",
              treegate::tree_linear<double>(4, 3, 2, tree_mode::leaf_only, gating::external(), false), 4, st::dtype::f64, true);
     make_one(dir, "cpp_tree_feedforward",
-             treegate::tree_feedforward<double>(5, 3, 4, 2, 2, activation::gelu, ff_variant::leaf_mlp), 5, st::dtype::f64);
+             treegate::tree_feedforward<double>(5, 3, 4, 2, 2, activation::gelu, tree_mode::leaf_only), 5, st::dtype::f64);
     make_one(dir, "cpp_tree_feedforward_fff",
-             treegate::tree_feedforward<double>(5, 2, 1, 3, 1, activation::gelu, ff_variant::node_sum, false), 5, st::dtype::f64);
+             treegate::tree_feedforward<double>(5, 2, 1, 3, 1, activation::gelu, tree_mode::path_sum, false), 5, st::dtype::f64);
     return 0;
 }
 

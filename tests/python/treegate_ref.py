@@ -3,7 +3,7 @@
 Shapes follow the safetensors file format (PyTorch conventions): a batch is [batch, features];
 a dense weight is [out, in]; tree_linear stores weight [blocks, out, in] and bias [blocks, out];
 tree_feedforward stores hidden_weight [trees, units, width, in], hidden_bias [trees, units, width],
-output_weight [trees, units, out, width], output_bias [out], and for leaf_mlp router_weight
+output_weight [trees, units, out, width], output_bias [out], and for leaf_only router_weight
 [trees, routers, in], router_bias [trees, routers].
 
 Every computation is done in float64, and carries a rounding-error budget for the implementation
@@ -103,7 +103,7 @@ def tree_linear(t, meta, x, mag, n, gates=None, prefix=""):
     return y, m, n + on_path * (W.shape[2] + 1), margin
 
 
-def tree_linear_blocked(t, meta, x, mag, n):
+def sliced_tree_linear(t, meta, x, mag, n):
     """K trees over K input slices, each gated by its own units; outputs summed or concatenated."""
     k = int(meta["trees"])
     si = int(meta["slice_in"])
@@ -126,11 +126,15 @@ def tree_linear_blocked(t, meta, x, mag, n):
 
 
 def tree_feedforward(t, meta, x, mag, n, prefix=""):
-    """node_sum: every node on the path adds V act(U x + a), and the sign of its first
-    pre-activation picks the child; leaf_mlp: router hyperplanes r.x + s pick the leaf, whose
+    """path_sum (node_sum): every node on the path adds V act(U x + a), and the sign of its first
+    pre-activation picks the child; leaf_only (leaf_mlp): router hyperplanes r.x + s pick the leaf, whose
     MLP alone contributes. K trees are summed, then the optional output bias is added."""
     depth = int(meta[prefix + "depth"])
-    variant = meta[prefix + "variant"]
+    # Files written before tree_mode carry variant = node_sum / leaf_mlp instead of mode.
+    if prefix + "mode" in meta:
+        path_sum = meta[prefix + "mode"] == "path_sum"
+    else:
+        path_sum = meta[prefix + "variant"] == "node_sum"
     a_name = meta[prefix + "activation"]
     lip = LIPSCHITZ[a_name]
     U, A, V = (f64(t[prefix + k]) for k in ("hidden_weight", "hidden_bias", "output_weight"))
@@ -148,7 +152,7 @@ def tree_feedforward(t, meta, x, mag, n, prefix=""):
     for e in range(x.shape[0]):
         for tr in range(trees):
             node = 0
-            if variant == "node_sum":
+            if path_sum:
                 for level in range(depth + 1):
                     pre = unit(e, tr, node)
                     if level < depth:
@@ -164,7 +168,7 @@ def tree_feedforward(t, meta, x, mag, n, prefix=""):
     if prefix + "output_bias" in t:
         y = y + f64(t[prefix + "output_bias"])
         m = m + np.abs(f64(t[prefix + "output_bias"]))
-    units_on_path = depth + 1 if variant == "node_sum" else 1
+    units_on_path = depth + 1 if path_sum else 1
     return y, m, n + (n_in + 1) + ACT_ROUNDINGS + trees * units_on_path * width + 1, margin
 
 
@@ -178,8 +182,8 @@ def forward(t, meta, x, gates=None):
         return dense(t, x, mag, n)
     if kind == "tree_linear":
         return tree_linear(t, meta, x, mag, n, gates)
-    if kind == "tree_linear_blocked":
-        return tree_linear_blocked(t, meta, x, mag, n)
+    if kind in ("sliced_tree_linear", "tree_linear_blocked"):  # the second: files written before the rename
+        return sliced_tree_linear(t, meta, x, mag, n)
     if kind == "tree_feedforward":
         return tree_feedforward(t, meta, x, mag, n)
     if kind == "sequential":

@@ -1,5 +1,5 @@
 // treegate/exec/fused_paths.hpp — an execution schedule of the engine below layers/: the fused
-// forward of width-1 node_sum trees (UltraFastBERT), whole paths routed first, then summed into y.
+// forward of width-1 path_sum trees (UltraFastBERT), whole paths routed first, then summed into y.
 #ifndef TREEGATE_EXEC_FUSED_PATHS_HPP
 #define TREEGATE_EXEC_FUSED_PATHS_HPP
 

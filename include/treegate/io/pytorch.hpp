@@ -140,7 +140,7 @@ inline index_t mirrored(index_t n) noexcept {
 
 /// The `fastfeedforward` package's FFF (its state dict: node_weights [2^D-1, in], node_biases
 /// [2^D-1, 1], w1s [2^D, in, w], b1s [2^D, w], w2s [2^D, w, out], b2s [2^D, out], depth I64;
-/// node_usage and leaf_usage, when present, are ignored) as a leaf_mlp tree_feedforward that
+/// node_usage and leaf_usage, when present, are ignored) as a leaf_only tree_feedforward that
 /// computes the package's eval output `act(x w1s[l] + b1s[l]) w2s[l]` at the leaf l the nodes
 /// choose. b2s is read and checked but unused: the eval path leaves it out (its training path
 /// adds it), so a trained nonzero b2s changes nothing here either.
@@ -178,7 +178,7 @@ feedforward<Scalar, Policy> load_fastfeedforward_from_memory(const void* data, s
 
     auto layer = t.construct([&] {
         return feedforward<Scalar, Policy>(detail::as_index(in), detail::as_index(out), detail::as_index(width), D, 1,
-                                           options.act, ff_variant::leaf_mlp, false);
+                                           options.act, tree_mode::leaf_only, false);
     });
     const auto R = t.values<Scalar>("node_weights");
     const auto S = t.values<Scalar>("node_biases");
@@ -211,7 +211,7 @@ feedforward<Scalar, Policy> load_fastfeedforward_from_memory(const void* data, s
 
 /// UltraFastBERT's layer: linear_in.weight [K*N, in], linear_in.bias [K*N], linear_out.weight
 /// [out, K*N] with N = 2^(D+1)-1 and the nodes of tree t at rows (columns) t*N + n in heap
-/// order; an optional linear_out.bias [out] becomes the output bias. It is a node_sum
+/// order; an optional linear_out.bias [out] becomes the output bias. It is a path_sum
 /// tree_feedforward of width 1 with GELU (erf form): every node on the path adds
 /// `gelu(z_n) v_n`, and its pre-activation z_n picks the child, right iff z_n > 0. Given K
 /// (options.trees) or D (options.depth), the other follows from the rows; given neither, K = 1
@@ -255,7 +255,7 @@ feedforward<Scalar, Policy> load_ultrafastbert_from_memory(const void* data, std
 
     auto layer = t.construct([&] {
         return feedforward<Scalar, Policy>(detail::as_index(in), detail::as_index(out), 1, D, detail::as_index(K),
-                                           activation::gelu, ff_variant::node_sum, has_bias);
+                                           activation::gelu, tree_mode::path_sum, has_bias);
     });
     const auto W = t.values<Scalar>("linear_in.weight");
     const auto B = t.values<Scalar>("linear_in.bias");

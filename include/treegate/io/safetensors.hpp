@@ -8,7 +8,7 @@
 #include "../layers/tree_feedforward.hpp"
 #include "../layers/tree_linear.hpp"
 #include "../layers/tree_linear_bf16.hpp"
-#include "../layers/tree_linear_blocked.hpp"
+#include "../layers/sliced_tree_linear.hpp"
 #include "detail/atomic_file.hpp"
 #include "detail/checksum.hpp"
 #include "detail/composite_codecs.hpp"
@@ -47,7 +47,7 @@ Layer build(const parsed_file& f, const Layer* target) {
     using io = layer_io<Layer>;
     const meta_reader m(f, "");
     const std::string& kind = m.get("kind");
-    if (kind != io::kind) fail(f.source, "holds a \"", kind, "\" layer, not a ", io::kind);
+    if (!detail::kind_matches<io>(kind)) fail(f.source, "holds a \"", kind, "\" layer, not a ", io::kind);
     const auto cfg = io::read(m);
     if (target) io::compare(m, cfg, io::config_of(*target));
     std::vector<tensor_spec> specs;
@@ -113,7 +113,7 @@ std::vector<unsigned char> save_bytes(const Layer& layer, dtype type, const std:
 
 // ---- public interface ------------------------------------------------------------------------
 // Layer is dense, tree_linear (tree_linear_bf16 included: its bf16 weights are written as BF16
-// whatever `type` says, and an F32 or F64 file loads into it rounded to bf16), tree_linear_blocked, tree_feedforward, or a
+// whatever `type` says, and an F32 or F64 file loads into it rounded to bf16), sliced_tree_linear, tree_feedforward, or a
 // sequential of those and activation_layer. `source` names a memory buffer in error messages. Saving refuses NaN and
 // infinite values (loading would refuse them); loading verifies the data's checksum when the
 // file has one, unless `options` turn that off.
@@ -220,8 +220,8 @@ tree_linear<Scalar, dynamic, dynamic, dynamic, Policy> load_tree_linear(const st
 }
 
 template <class Scalar, class Policy = kernels::default_policy>
-tree_linear_blocked<Scalar, dynamic, dynamic, dynamic, Policy> load_tree_linear_blocked(const std::string& path, const load_options& options = {}) {
-    return load<tree_linear_blocked<Scalar, dynamic, dynamic, dynamic, Policy>>(path, options);
+sliced_tree_linear<Scalar, dynamic, dynamic, dynamic, Policy> load_sliced_tree_linear(const std::string& path, const load_options& options = {}) {
+    return load<sliced_tree_linear<Scalar, dynamic, dynamic, dynamic, Policy>>(path, options);
 }
 
 template <class Scalar, class Policy = kernels::default_policy>

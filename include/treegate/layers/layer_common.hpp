@@ -18,6 +18,15 @@ namespace treegate {
 template <class Scalar>
 using matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
 
+/// Which nodes on an input's root-to-leaf path contribute, one vocabulary for every tree layer.
+/// path_sum: every node on the path adds its term (tree_linear: y = sum over the path of
+/// (W x + c); tree_feedforward: every node's MLP). leaf_only: only the reached leaf does
+/// (tree_linear: y = W_leaf x + c_leaf, a flat table indexed by the bit pattern;
+/// tree_feedforward: routers pick the leaf whose MLP alone answers).
+enum class tree_mode { path_sum, leaf_only };
+
+inline const char* to_string(tree_mode m) noexcept { return m == tree_mode::path_sum ? "path_sum" : "leaf_only"; }
+
 namespace detail {
 
 /// Resolves a size given at run time against a compile-time one (dynamic accepts anything > 0).

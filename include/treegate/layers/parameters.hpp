@@ -2,7 +2,7 @@
 // Sits above the layers; the safetensors codecs (io/) walk it instead of repeating each layout.
 //
 // A tensor is a sequence of equally shaped blocks, each `rows x cols` column-major in memory,
-// reached as runs of blocks at a fixed stride (a tree_linear_blocked tensor has one run per
+// reached as runs of blocks at a fixed stride (a sliced_tree_linear tensor has one run per
 // tree, every other layer one run). The file writes the same tensor row-major with the shape
 // `file_shape` (README, "Saving and loading": the block index first, then out x in).
 #ifndef TREEGATE_LAYERS_PARAMETERS_HPP
@@ -17,7 +17,7 @@
 #include "storage.hpp"
 #include "tree_feedforward.hpp"
 #include "tree_linear.hpp"
-#include "tree_linear_blocked.hpp"
+#include "sliced_tree_linear.hpp"
 
 #include <cstddef>
 #include <cstdint>
@@ -117,7 +117,7 @@ struct layer_kind<tree_linear<S, I, O, D, P, St>> {
     static constexpr int value = 2;
 };
 template <class S, int I, int O, int D, class P>
-struct layer_kind<tree_linear_blocked<S, I, O, D, P>> {
+struct layer_kind<sliced_tree_linear<S, I, O, D, P>> {
     static constexpr int value = 3;
 };
 template <class S, int I, int O, int W, int D, class P>
@@ -200,9 +200,9 @@ void describe(Layer& l, const std::string& p, std::vector<parameter_tensor<param
         check_live(plain::name, l.in_size() != 0);
         const index_t K = l.tree_count(), U = l.unit_count(), R = l.router_count();
         const index_t in = l.in_size(), o = l.out_size(), w = l.width();
-        const bool node_sum = l.variant() == ff_variant::node_sum;
-        const int lv = node_sum ? 0 : l.depth();
-        const index_t period = node_sum ? U : 0;
+        const bool path_sum = l.mode() == tree_mode::path_sum;
+        const int lv = path_sum ? 0 : l.depth();
+        const index_t period = path_sum ? U : 0;
         const index_t n = K * U;  // unit (t, i) is block t * U + i of one run
         auto tensor = [&](const char* name, std::vector<std::uint64_t> shape, index_t rows, index_t cols, bool decayed,
                           T* p0, T* p1, index_t count, int level, index_t per) {
@@ -218,7 +218,7 @@ void describe(Layer& l, const std::string& p, std::vector<parameter_tensor<param
                second([&](index_t t, index_t i) { return l.hidden_bias(t, i).data(); }), n, lv, period);
         tensor("output_weight", {kd, ud, file_dim(o), file_dim(w)}, o, w, true, l.output_weight(0, 0).data(),
                second([&](index_t t, index_t i) { return l.output_weight(t, i).data(); }), n, lv, period);
-        if (!node_sum) {  // leaf_mlp: router tensors, empty at depth 0
+        if (!path_sum) {  // leaf_only: router tensors, empty at depth 0
             const index_t nr = K * R;
             auto first = [&](auto&& at) { return nr > 0 ? at(0, 0) : nullptr; };
             auto second = [&](auto&& at) { return nr > 1 ? at(1 / R, 1 % R) : nullptr; };

@@ -27,20 +27,19 @@
 
 namespace treegate {
 
-/// node_sum: every node on the path holds an MLP (U, a, V) and contributes V act(U x + a); the
-/// sign of its first pre-activation picks the child (UltraFastBERT when width = 1 and GELU).
-/// leaf_mlp: internal nodes hold only a router hyperplane (r, s), sign(r.x + s) picks the child;
-/// the reached leaf's MLP alone produces the output (the original FFF).
-enum class ff_variant { node_sum, leaf_mlp };
-
-inline const char* to_string(ff_variant v) noexcept { return v == ff_variant::node_sum ? "node_sum" : "leaf_mlp"; }
+// The mode (layer_common.hpp) names what each node holds here. path_sum ("node_sum" in
+// UltraFastBERT's terms): every node on the path holds an MLP (U, a, V) and contributes
+// V act(U x + a); the sign of its first pre-activation picks the child (UltraFastBERT when
+// width = 1 and GELU). leaf_only ("leaf_mlp", the original FFF): internal nodes hold only a
+// router hyperplane (r, s), sign(r.x + s) picks the child; the reached leaf's MLP alone
+// produces the output.
 
 /// K parallel trees of depth D over the same input, outputs summed, plus an optional output bias.
 ///
-/// Storage, per tree t and unit i (a node in node_sum, a leaf in leaf_mlp), each block aligned
+/// Storage, per tree t and unit i (a node in path_sum, a leaf in leaf_only), each block aligned
 /// where that costs at most 1/8 of it (detail::block_stride):
 /// hidden_weight(t, i) `Width x In`, hidden_bias(t, i) `Width`, output_weight(t, i) `Out x Width`
-/// (column-major); leaf_mlp adds router_weight(t, i) `In` and router_bias(t, i) for the
+/// (column-major); leaf_only adds router_weight(t, i) `In` and router_bias(t, i) for the
 /// internal nodes. Units are numbered in heap order, tree-major.
 template <class Scalar, int In = dynamic, int Out = dynamic, int Width = dynamic, int Depth = dynamic,
           class Policy = kernels::default_policy>
@@ -80,7 +79,7 @@ public:
     static constexpr const char* name = "tree_feedforward";
 
     tree_feedforward(index_t in, index_t out, index_t width, int depth, index_t trees = 1,
-                     activation act = activation::gelu, ff_variant variant = ff_variant::node_sum,
+                     activation act = activation::gelu, tree_mode mode = tree_mode::path_sum,
                      bool output_bias = true)
         : in_(detail::resolve_size(name, "input size", In, in)),
           out_(detail::resolve_size(name, "output size", Out, out)),
@@ -88,12 +87,12 @@ public:
           depth_(detail::resolve_depth(name, Depth, depth)),
           trees_(trees),
           act_(act),
-          variant_(variant),
+          mode_(mode),
           has_output_bias_(output_bias) {
         kernels::prepare<Policy>();  // a bad TREEGATE_ISA is an exception here, not in a kernel
         detail::check_config(trees >= 1, name, ": tree count must be positive, got ", trees);
-        units_ = variant_ == ff_variant::node_sum ? tree::node_count(depth_) : tree::leaf_count(depth_);
-        routers_ = variant_ == ff_variant::leaf_mlp ? tree::internal_count(depth_) : 0;
+        units_ = mode_ == tree_mode::path_sum ? tree::node_count(depth_) : tree::leaf_count(depth_);
+        routers_ = mode_ == tree_mode::leaf_only ? tree::internal_count(depth_) : 0;
         const index_t u_size = detail::checked_mul(width_, in_, name, "hidden block size");
         const index_t v_size = detail::checked_mul(out_, width_, name, "output block size");
         u_stride_ = detail::block_stride<Scalar>(u_size, name, "hidden block size");
@@ -124,8 +123,8 @@ public:
 
     /// All sizes fixed at compile time.
     explicit tree_feedforward(index_t trees = 1, activation act = activation::gelu,
-                              ff_variant variant = ff_variant::node_sum, bool output_bias = true)
-        : tree_feedforward(In, Out, Width, Depth, trees, act, variant, output_bias) {
+                              tree_mode mode = tree_mode::path_sum, bool output_bias = true)
+        : tree_feedforward(In, Out, Width, Depth, trees, act, mode, output_bias) {
         static_assert(In != dynamic && Out != dynamic && Width != dynamic && Depth != dynamic,
                       "tree_feedforward: this constructor needs In, Out, Width and Depth fixed");
     }
@@ -142,7 +141,7 @@ public:
         depth_ = std::exchange(o.depth_, 0);
         trees_ = std::exchange(o.trees_, 0);
         act_ = o.act_;
-        variant_ = o.variant_;
+        mode_ = o.mode_;
         has_output_bias_ = std::exchange(o.has_output_bias_, false);
         units_ = std::exchange(o.units_, 0);
         routers_ = std::exchange(o.routers_, 0);
@@ -165,12 +164,12 @@ public:
     int depth() const noexcept { return depth_; }
     index_t tree_count() const noexcept { return trees_; }
     activation activation_kind() const noexcept { return act_; }
-    ff_variant variant() const noexcept { return variant_; }
+    tree_mode mode() const noexcept { return mode_; }
     bool has_output_bias() const noexcept { return has_output_bias_; }
 
-    /// MLP units per tree: every node (node_sum) or every leaf (leaf_mlp).
+    /// MLP units per tree: every node (path_sum) or every leaf (leaf_only).
     index_t unit_count() const noexcept { return units_; }
-    /// Router hyperplanes per tree: the internal nodes in leaf_mlp, none in node_sum.
+    /// Router hyperplanes per tree: the internal nodes in leaf_only, none in path_sum.
     index_t router_count() const noexcept { return routers_; }
 
     index_t parameter_count() const noexcept {
@@ -185,10 +184,10 @@ public:
 
     index_t macs_per_example() const noexcept {
         const index_t mlp = width_ * in_ + out_ * width_;
-        return variant_ == ff_variant::node_sum ? trees_ * (depth_ + 1) * mlp : trees_ * (depth_ * in_ + mlp);
+        return mode_ == tree_mode::path_sum ? trees_ * (depth_ + 1) * mlp : trees_ * (depth_ * in_ + mlp);
     }
 
-    // Unit i of tree t: node i (node_sum) or leaf i (leaf_mlp); router i: internal node i.
+    // Unit i of tree t: node i (path_sum) or leaf i (leaf_only); router i: internal node i.
     hidden_weight_map hidden_weight(index_t t, index_t i) { return {U_.data() + checked_unit(t, i) * u_stride_, width_, in_}; }
     const_hidden_weight_map hidden_weight(index_t t, index_t i) const {
         return {U_.data() + checked_unit(t, i) * u_stride_, width_, in_};
@@ -213,10 +212,10 @@ public:
     }
 
     /// Uniform(-1/sqrt(fan_in), 1/sqrt(fan_in)) per matrix, scaled by 1/sqrt(D+1) for the output
-    /// blocks of node_sum (D+1 of them are summed). Each block draws from its own stream.
+    /// blocks of path_sum (D+1 of them are summed). Each block draws from its own stream.
     void initialize(std::uint64_t seed) noexcept {
         const double b_in = 1.0 / std::sqrt(static_cast<double>(in_));
-        const double sum_scale = variant_ == ff_variant::node_sum ? std::sqrt(static_cast<double>(depth_ + 1)) : 1.0;
+        const double sum_scale = mode_ == tree_mode::path_sum ? std::sqrt(static_cast<double>(depth_ + 1)) : 1.0;
         const double b_out = 1.0 / std::sqrt(static_cast<double>(width_)) / sum_scale;
         for (index_t g = 0; g < trees_ * units_; ++g) {
             const auto s = static_cast<std::uint64_t>(8 * g);
@@ -251,7 +250,7 @@ public:
         }
         for (index_t t = 0; t < trees_; ++t) {
             index_t node = 0;
-            if (variant_ == ff_variant::node_sum) {
+            if (mode_ == tree_mode::path_sum) {
                 for (int level = 0; level <= depth_; ++level) {
                     const int bit = unit_forward(unit(t, node), x.data(), y.data());
                     node = tree::child(node, bit);
@@ -341,8 +340,8 @@ private:
         for (index_t t = 0; t < trees_; ++t) {
             const auto visit = [&](int level, index_t k, group_range r, const index_t* order, unsigned char* bits) {
                 const index_t node = tree::level_begin(level) + k;
-                if (variant_ == ff_variant::node_sum || level == depth_) {
-                    group_forward(unit(t, variant_ == ff_variant::node_sum ? node : k), r, order, bits, X, Y, ws);
+                if (mode_ == tree_mode::path_sum || level == depth_) {
+                    group_forward(unit(t, mode_ == tree_mode::path_sum ? node : k), r, order, bits, X, Y, ws);
                 } else {
                     const index_t g = router(t, node);
                     for (index_t p = r.begin; p < r.end; ++p)
@@ -353,9 +352,9 @@ private:
         }
     }
 
-    // Width-1 node_sum (UltraFastBERT) takes the fused path below in both forwards; leaf_mlp and
+    // Width-1 path_sum (UltraFastBERT) takes the fused path below in both forwards; leaf_only and
     // wider nodes keep the level-by-level groups, whose per-node GEMMs it would not speed up.
-    bool fused() const noexcept { return width_ == 1 && variant_ == ff_variant::node_sum; }
+    bool fused() const noexcept { return width_ == 1 && mode_ == tree_mode::path_sum; }
 
     detail::fused_tree<Scalar, Policy> fused_view(index_t t) const noexcept {
         const index_t g = unit(t, 0);
@@ -367,7 +366,7 @@ private:
     // leaves room for the top levels and the streamed inputs in a 1-2 MiB L2).
     static constexpr std::size_t fused_subtree_bytes = std::size_t{512} << 10;
 
-    // Large fused batches (width-1 node_sum, at least 8 examples per subtree): each tree in two
+    // Large fused batches (width-1 path_sum, at least 8 examples per subtree): each tree in two
     // phases (detail::fused_tree::split): the top levels tile by tile, then the subtrees, one
     // piece per subtree, on the examples sorted by the subtree they reached. Each example's
     // column of Y is written by one piece only and its result does not depend on the pieces,
@@ -432,7 +431,7 @@ private:
         const Scalar* a = A_.data() + g * a_stride_;
         const Scalar* V = V_.data() + g * v_stride_;
         if (width_ == 1) {
-            // Width-1 leaf_mlp leaves: dot, activation and axpy per example; the leaf's two
+            // Width-1 leaf_only leaves: dot, activation and axpy per example; the leaf's two
             // vectors stay in cache for the whole group.
             for (index_t p = r.begin; p < r.end; ++p) {
                 const index_t e = order[p];
@@ -464,7 +463,7 @@ private:
     int depth_ = 0;
     index_t trees_ = 0;
     activation act_ = activation::gelu;
-    ff_variant variant_ = ff_variant::node_sum;
+    tree_mode mode_ = tree_mode::path_sum;
     bool has_output_bias_ = false;
     index_t units_ = 0, routers_ = 0;
     index_t u_stride_ = 0, a_stride_ = 0, v_stride_ = 0, r_stride_ = 0;

@@ -25,12 +25,6 @@
 
 namespace treegate {
 
-/// path_sum: y = sum over the path of (W x + c), the tree parametrization.
-/// leaf_only: y = W_leaf x + c_leaf, a flat table indexed by the bit pattern.
-enum class tree_mode { path_sum, leaf_only };
-
-inline const char* to_string(tree_mode m) noexcept { return m == tree_mode::path_sum ? "path_sum" : "leaf_only"; }
-
 namespace detail {
 
 /// The state of a tree_linear: sizes, gating and the two buffers of blocks (weights of type W,

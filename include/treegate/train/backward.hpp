@@ -15,7 +15,7 @@
 #include "../layers/sequential.hpp"
 #include "../layers/tree_feedforward.hpp"
 #include "../layers/tree_linear.hpp"
-#include "../layers/tree_linear_blocked.hpp"
+#include "../layers/sliced_tree_linear.hpp"
 #include "../routing.hpp"
 #include "../schedule.hpp"
 #include "../tree.hpp"
@@ -189,22 +189,22 @@ void tree_linear_backward(const tree_linear<Scalar, In, Out, Depth, Policy>& lay
     tree_linear_grouped(layer, X, dY, grad, dX, ws);
 }
 
-// ---- tree_linear_blocked -------------------------------------------------------------------------
+// ---- sliced_tree_linear -------------------------------------------------------------------------
 
 // Tree t sees input rows [t si, (t+1) si) and its output gradient (all of dY when the trees are
 // summed, rows [t so, (t+1) so) when concatenated); it owns the same rows of dX.
 template <class Scalar, int SliceIn, int SliceOut, int Depth, class Policy>
-void tree_linear_blocked_backward(const tree_linear_blocked<Scalar, SliceIn, SliceOut, Depth, Policy>& layer,
+void sliced_tree_linear_backward(const sliced_tree_linear<Scalar, SliceIn, SliceOut, Depth, Policy>& layer,
                                   const const_batch_ref<Scalar>& X, const const_batch_ref<Scalar>& dY,
-                                  tree_linear_blocked_gradient<Scalar>& grad, batch_ref<Scalar>* dX,
+                                  sliced_tree_linear_gradient<Scalar>& grad, batch_ref<Scalar>* dX,
                                   backward_workspace<Scalar>& ws) {
-    const char* name = "tree_linear_blocked";
+    const char* name = "sliced_tree_linear";
     check_backward(name, layer.in_size(), layer.out_size(), X.rows(), X.cols(), dY.rows(), dY.cols());
     check_dx(name, dX, layer.in_size(), X.cols());
     treegate::detail::check_shape(grad.tree_count() == layer.tree_count(), name, " backward: the gradient container has ",
                                   grad.tree_count(), " trees, the layer ", layer.tree_count());
     const index_t si = layer.slice_in(), so = layer.slice_out();
-    const bool sum = layer.combine() == block_combine::sum;
+    const bool sum = layer.combine() == slice_combine::sum;
     for (index_t t = 0; t < layer.tree_count(); ++t) {
         const const_batch_ref<Scalar> Xt(X.middleRows(t * si, si));
         const const_batch_ref<Scalar> dYt = sum ? const_batch_ref<Scalar>(dY) : const_batch_ref<Scalar>(dY.middleRows(t * so, so));
@@ -276,7 +276,7 @@ void tree_feedforward_backward(const tree_feedforward<Scalar, In, Out, Width, De
     check_dx(name, dX, layer.in_size(), X.cols());
     treegate::detail::check_shape(grad.in_size() == layer.in_size() && grad.out_size() == layer.out_size() &&
                                       grad.width() == layer.width() && grad.tree_count() == layer.tree_count() &&
-                                      grad.unit_count() == layer.unit_count() && grad.variant() == layer.variant() &&
+                                      grad.unit_count() == layer.unit_count() && grad.mode() == layer.mode() &&
                                       grad.has_output_bias() == layer.has_output_bias(),
                                   name, " backward: the gradient container does not match the layer");
     const index_t n = X.cols(), in = layer.in_size();
@@ -293,13 +293,13 @@ void tree_feedforward_backward(const tree_feedforward<Scalar, In, Out, Width, De
     workspace<Scalar>::ensure(ws.pre, layer.width(), n);
     workspace<Scalar>::ensure(ws.h, layer.width(), n);
     workspace<Scalar>::ensure(ws.dpre, layer.width(), n);
-    const bool node_sum = layer.variant() == ff_variant::node_sum;
+    const bool path_sum = layer.mode() == tree_mode::path_sum;
     // The forward's level driver, so the backward visits the same groups in the same order.
     for (index_t t = 0; t < layer.tree_count(); ++t) {
         const auto visit = [&](int level, index_t k, group_range r, const index_t* order, unsigned char* bits) {
             const index_t node = tree::level_begin(level) + k;
-            if (node_sum || level == depth) {
-                ff_unit_backward(layer, t, node_sum ? node : k, r, order, X, dY, grad, dX, ws);
+            if (path_sum || level == depth) {
+                ff_unit_backward(layer, t, path_sum ? node : k, r, order, X, dY, grad, dX, ws);
             } else {
                 const Scalar* R = layer.router_weight(t, node).data();
                 const Scalar s = layer.router_bias(t, node);
@@ -375,19 +375,19 @@ void backward(const tree_linear<Scalar, In, Out, Depth, Policy>& layer, const de
 
 /// Blocked trees: each tree's backward on its input slice.
 template <class Scalar, int SliceIn, int SliceOut, int Depth, class Policy>
-void backward(const tree_linear_blocked<Scalar, SliceIn, SliceOut, Depth, Policy>& layer,
+void backward(const sliced_tree_linear<Scalar, SliceIn, SliceOut, Depth, Policy>& layer,
               const detail::const_batch_ref<Scalar>& X, const detail::const_batch_ref<Scalar>& dY,
-              tree_linear_blocked_gradient<Scalar>& grad, detail::batch_ref<Scalar> dX, backward_workspace<Scalar>& ws) {
-    detail::tree_linear_blocked_backward(layer, X, dY, grad, &dX, ws);
+              sliced_tree_linear_gradient<Scalar>& grad, detail::batch_ref<Scalar> dX, backward_workspace<Scalar>& ws) {
+    detail::sliced_tree_linear_backward(layer, X, dY, grad, &dX, ws);
 }
 template <class Scalar, int SliceIn, int SliceOut, int Depth, class Policy>
-void backward(const tree_linear_blocked<Scalar, SliceIn, SliceOut, Depth, Policy>& layer,
+void backward(const sliced_tree_linear<Scalar, SliceIn, SliceOut, Depth, Policy>& layer,
               const detail::const_batch_ref<Scalar>& X, const detail::const_batch_ref<Scalar>& dY,
-              tree_linear_blocked_gradient<Scalar>& grad, backward_workspace<Scalar>& ws) {
-    detail::tree_linear_blocked_backward<Scalar>(layer, X, dY, grad, nullptr, ws);
+              sliced_tree_linear_gradient<Scalar>& grad, backward_workspace<Scalar>& ws) {
+    detail::sliced_tree_linear_backward<Scalar>(layer, X, dY, grad, nullptr, ws);
 }
 
-/// Route bits (node pre-activations, leaf_mlp routers) are constants: routers get no gradient
+/// Route bits (node pre-activations, leaf_only routers) are constants: routers get no gradient
 /// (their entries stay zero and unvisited; train/soft_routing.hpp trains them).
 template <class Scalar, int In, int Out, int Width, int Depth, class Policy>
 void backward(const tree_feedforward<Scalar, In, Out, Width, Depth, Policy>& layer,

@@ -10,7 +10,7 @@
 #include "../layers/sequential.hpp"
 #include "../layers/tree_feedforward.hpp"
 #include "../layers/tree_linear.hpp"
-#include "../layers/tree_linear_blocked.hpp"
+#include "../layers/sliced_tree_linear.hpp"
 #include "../tree.hpp"
 
 #include <cstddef>
@@ -211,9 +211,9 @@ private:
     detail::visit_set visits_;
 };
 
-/// Gradients of a tree_feedforward: per tree t and unit i (node in node_sum, leaf in leaf_mlp)
+/// Gradients of a tree_feedforward: per tree t and unit i (node in path_sum, leaf in leaf_only)
 /// the hidden weight `width x in`, hidden bias `width` and output weight `out x width`; per tree
-/// t and internal node i of a leaf_mlp the router weight `in` and router bias; the output bias.
+/// t and internal node i of a leaf_only the router weight `in` and router bias; the output bias.
 /// Hard-routing backward never reaches a router (a hard route bit has zero gradient), so router
 /// entries stay zero and unvisited there; soft routing (train/soft_routing.hpp) fills them.
 template <class Scalar>
@@ -228,7 +228,7 @@ public:
           trees_(layer.tree_count()),
           units_(layer.unit_count()),
           routers_(layer.router_count()),
-          variant_(layer.variant()),
+          mode_(layer.mode()),
           has_output_bias_(layer.has_output_bias()),
           U_(static_cast<std::size_t>(trees_ * units_ * width_ * in_), Scalar(0)),
           A_(static_cast<std::size_t>(trees_ * units_ * width_), Scalar(0)),
@@ -245,9 +245,9 @@ public:
     int depth() const noexcept { return depth_; }
     index_t tree_count() const noexcept { return trees_; }
     index_t unit_count() const noexcept { return units_; }
-    /// Routers per tree: the internal nodes in leaf_mlp, none in node_sum.
+    /// Routers per tree: the internal nodes in leaf_only, none in path_sum.
     index_t router_count() const noexcept { return routers_; }
-    ff_variant variant() const noexcept { return variant_; }
+    tree_mode mode() const noexcept { return mode_; }
     bool has_output_bias() const noexcept { return has_output_bias_; }
 
     detail::matrix_map<Scalar> hidden_weight(index_t t, index_t i) noexcept {
@@ -275,8 +275,8 @@ public:
     detail::vector_map<Scalar> output_bias() noexcept { return {c_.data(), has_output_bias_ ? out_ : 0}; }
     detail::const_vector_map<Scalar> output_bias() const noexcept { return {c_.data(), has_output_bias_ ? out_ : 0}; }
 
-    /// Tree level of unit i: its node's level (node_sum) or D (leaf_mlp).
-    int level(index_t i) const noexcept { return variant_ == ff_variant::node_sum ? tree::level_of(i) : depth_; }
+    /// Tree level of unit i: its node's level (path_sum) or D (leaf_only).
+    int level(index_t i) const noexcept { return mode_ == tree_mode::path_sum ? tree::level_of(i) : depth_; }
 
     bool visited(index_t t, index_t i) const noexcept { return visits_.contains(unit(t, i)); }
     /// Visited units as t * unit_count() + i, in first-visit order.
@@ -308,7 +308,7 @@ public:
     }
 
     /// Per tree, per unit: hidden weight, hidden bias, output weight; then per tree, per router
-    /// (leaf_mlp): router weight (decayed at the router's level), router bias; then the output bias.
+    /// (leaf_only): router weight (decayed at the router's level), router bias; then the output bias.
     template <int In, int Out, int Width, int Depth, class Policy>
     void collect(tree_feedforward<Scalar, In, Out, Width, Depth, Policy>& layer, param_list<Scalar>& out) const {
         treegate::detail::check_shape(layer.in_size() == in_ && layer.out_size() == out_ && layer.width() == width_ &&
@@ -345,19 +345,19 @@ private:
     index_t in_, out_, width_;
     int depth_;
     index_t trees_, units_, routers_;
-    ff_variant variant_;
+    tree_mode mode_;
     bool has_output_bias_;
     std::vector<Scalar> U_, A_, V_, R_, S_, c_;
     detail::visit_set visits_, router_visits_;
     bool bias_visited_ = false;
 };
 
-/// Gradients of a tree_linear_blocked: one tree_linear_gradient per tree.
+/// Gradients of a sliced_tree_linear: one tree_linear_gradient per tree.
 template <class Scalar>
-class tree_linear_blocked_gradient {
+class sliced_tree_linear_gradient {
 public:
     template <int SliceIn, int SliceOut, int Depth, class Policy>
-    explicit tree_linear_blocked_gradient(const tree_linear_blocked<Scalar, SliceIn, SliceOut, Depth, Policy>& layer) {
+    explicit sliced_tree_linear_gradient(const sliced_tree_linear<Scalar, SliceIn, SliceOut, Depth, Policy>& layer) {
         trees_.reserve(static_cast<std::size_t>(layer.tree_count()));
         for (index_t t = 0; t < layer.tree_count(); ++t) trees_.emplace_back(layer.tree(t));
     }
@@ -372,8 +372,8 @@ public:
 
     /// Tree by tree, each as tree_linear_gradient::collect.
     template <int SliceIn, int SliceOut, int Depth, class Policy>
-    void collect(tree_linear_blocked<Scalar, SliceIn, SliceOut, Depth, Policy>& layer, param_list<Scalar>& out) const {
-        treegate::detail::check_shape(layer.tree_count() == tree_count(), "tree_linear_blocked_gradient: the layer has ",
+    void collect(sliced_tree_linear<Scalar, SliceIn, SliceOut, Depth, Policy>& layer, param_list<Scalar>& out) const {
+        treegate::detail::check_shape(layer.tree_count() == tree_count(), "sliced_tree_linear_gradient: the layer has ",
                                       layer.tree_count(), " trees, the gradient ", tree_count());
         for (index_t t = 0; t < tree_count(); ++t) tree(t).collect(layer.tree(t), out);
     }
@@ -400,8 +400,8 @@ struct gradient_for<tree_linear<Scalar, In, Out, Depth, Policy>> {
     using type = tree_linear_gradient<Scalar>;
 };
 template <class Scalar, int SliceIn, int SliceOut, int Depth, class Policy>
-struct gradient_for<tree_linear_blocked<Scalar, SliceIn, SliceOut, Depth, Policy>> {
-    using type = tree_linear_blocked_gradient<Scalar>;
+struct gradient_for<sliced_tree_linear<Scalar, SliceIn, SliceOut, Depth, Policy>> {
+    using type = sliced_tree_linear_gradient<Scalar>;
 };
 template <class Scalar, int In, int Out, int Width, int Depth, class Policy>
 struct gradient_for<tree_feedforward<Scalar, In, Out, Width, Depth, Policy>> {

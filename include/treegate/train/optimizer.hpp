@@ -18,7 +18,7 @@ namespace treegate::train {
 ///
 ///     lambda_j = lambda * scale^j
 ///
-/// (level 0: the root, dense layers and the output bias; a leaf_only / leaf_mlp block sits at
+/// (level 0: the root, dense layers and the output bias; a leaf_only / leaf_only block sits at
 /// level D). With scale > 1 deeper, rarer nodes decay more. The decay is decoupled from the
 /// gradient (as AdamW): each step that updates the block first multiplies it by
 /// (1 - lr * lambda_j). Biases never decay, and a block no example visited is not decayed either.

@@ -26,13 +26,13 @@ namespace treegate::train {
 /// Soft routing of a tree_feedforward (training only; evaluate with the layer's hard forward).
 ///
 /// Internal node i of a tree sends an example right with probability p_i = sigmoid(z_i / T) and
-/// left with q_i = 1 - p_i, where z_i is the router pre-activation r.x + s (leaf_mlp) or the
-/// node's first pre-activation (U x + a)_0 (node_sum): the quantities whose sign is the hard
+/// left with q_i = 1 - p_i, where z_i is the router pre-activation r.x + s (leaf_only) or the
+/// node's first pre-activation (U x + a)_0 (path_sum): the quantities whose sign is the hard
 /// route bit. The probability P(i) of reaching a node is the product along its path (P(root) = 1)
 /// and the output mixes every path:
 ///
-///     leaf_mlp:  y = c + sum_trees sum_leaves  P(leaf) V act(U x + a)
-///     node_sum:  y = c + sum_trees sum_nodes   P(node) V act(U x + a)
+///     leaf_only:  y = c + sum_trees sum_leaves  P(leaf) V act(U x + a)
+///     path_sum:  y = c + sum_trees sum_nodes   P(node) V act(U x + a)
 ///
 /// With decisive routers (|z| / T large) every P is 0 or 1 and y is the hard forward's output.
 ///
@@ -52,7 +52,7 @@ namespace treegate::train {
 /// keeps the penalty's scale independent of the depth. D = 0 has no decision: the penalty is 0.
 ///
 /// Cost: the soft forward and backward evaluate every node of every tree, 2^(D+1) - 1 MLPs
-/// (node_sum) or 2^D MLPs and 2^D - 1 routers (leaf_mlp) per example, against D + 1 for the hard
+/// (path_sum) or 2^D MLPs and 2^D - 1 routers (leaf_only) per example, against D + 1 for the hard
 /// forward. It is a training mode for modest depths (a few levels, or as a warm start before
 /// hard training), not a serving path.
 struct soft_routing_options {
@@ -144,7 +144,7 @@ void check_soft_gradient(const tree_feedforward<Scalar, In, Out, Width, Depth, P
     treegate::detail::check_shape(grad.in_size() == layer.in_size() && grad.out_size() == layer.out_size() &&
                                       grad.width() == layer.width() && grad.tree_count() == layer.tree_count() &&
                                       grad.unit_count() == layer.unit_count() && grad.router_count() == layer.router_count() &&
-                                      grad.variant() == layer.variant() && grad.has_output_bias() == layer.has_output_bias(),
+                                      grad.mode() == layer.mode() && grad.has_output_bias() == layer.has_output_bias(),
                                   "tree_feedforward soft_backward: the gradient container (", grad.tree_count(), " trees of ",
                                   grad.unit_count(), " units, ", grad.in_size(), " -> ", grad.width(), " -> ",
                                   grad.out_size(), ") does not match the layer (", layer.tree_count(), " trees of ",
@@ -165,9 +165,9 @@ double soft_route(const tree_feedforward<Scalar, In, Out, Width, Depth, Policy>&
     const index_t n = X.cols(), internal = tree::internal_count(layer.depth());
     workspace<Scalar>::ensure(ws.z, n, internal);
     workspace<Scalar>::ensure(ws.reach, n, tree::node_count(layer.depth()));
-    const bool leaf_mlp = layer.variant() == ff_variant::leaf_mlp;
+    const bool leaf_only = layer.mode() == tree_mode::leaf_only;
     ex.run(internal, [&](index_t i, int) {
-        if (leaf_mlp) {
+        if (leaf_only) {
             ws.z.col(i).noalias() = X.transpose() * layer.router_weight(t, i);
             ws.z.col(i).array() += layer.router_bias(t, i);
         } else {
@@ -205,7 +205,7 @@ void soft_unit_hidden(const tree_feedforward<Scalar, In, Out, Width, Depth, Poli
 
 template <class Layer>
 index_t soft_unit_node(const Layer& layer, index_t u) noexcept {
-    return layer.variant() == ff_variant::node_sum ? u : tree::level_begin(layer.depth()) + u;
+    return layer.mode() == tree_mode::path_sum ? u : tree::level_begin(layer.depth()) + u;
 }
 
 // The mean over n K D decisions of `total` (0 without decisions).
@@ -253,7 +253,7 @@ Scalar soft_forward_impl(const tree_feedforward<Scalar, In, Out, Width, Depth, P
 //  2. every unit's MLP with upstream P dY, and G(i) = dL/dP(i) = dY . (V act(U x + a));
 //  3. leaves to root: G(i) += lambda' H(p_i) + p_i G(right) + q_i G(left), and
 //     dL/dz_i = P(i) [(G(right) - G(left)) dp/dz + lambda' dH/dz];
-//  4. dL/dz_i into the router row (r, s), or node_sum's first hidden row (U_0, a_0), and dX.
+//  4. dL/dz_i into the router row (r, s), or path_sum's first hidden row (U_0, a_0), and dX.
 //
 // On an executor: the routers' pre-activations and every unit's gradients are one piece per node or
 // unit (each writes only its own gradient blocks and its own column of greach); dX is summed over
@@ -279,7 +279,7 @@ Scalar soft_backward_impl(const tree_feedforward<Scalar, In, Out, Width, Depth, 
     const Scalar T = static_cast<Scalar>(opt.temperature);
     const int depth = layer.depth();
     const index_t internal = tree::internal_count(depth), width = layer.width(), units = layer.unit_count();
-    const bool leaf_mlp = layer.variant() == ff_variant::leaf_mlp;
+    const bool leaf_only = layer.mode() == tree_mode::leaf_only;
     const activation act = layer.activation_kind();
     const Scalar lam = static_cast<Scalar>(soft_mean(layer, n, opt.hardening));  // lambda / (n K D)
     if (layer.has_output_bias()) {
@@ -322,11 +322,11 @@ Scalar soft_backward_impl(const tree_feedforward<Scalar, In, Out, Width, Depth, 
                 ws.greach(e, i) += d.p * gr + d.q * gl + lam * d.entropy;
             }
         }
-        if (leaf_mlp)
+        if (leaf_only)
             for (index_t i = 0; i < internal; ++i) grad.mark_router(t, i);
         ex.run(internal, [&](index_t i, int) {
             const auto dz = ws.dz.col(i);
-            if (leaf_mlp) {
+            if (leaf_only) {
                 grad.router_weight(t, i).noalias() += X * dz;
                 grad.router_bias(t, i) += dz.sum();
             } else {
@@ -342,7 +342,7 @@ Scalar soft_backward_impl(const tree_feedforward<Scalar, In, Out, Width, Depth, 
                         layer.hidden_weight(t, u).transpose() * ws.hidden_grad.block(u * width, b, width, end - b);
                 for (index_t i = 0; i < internal; ++i) {
                     const auto dz = ws.dz.col(i).segment(b, end - b);
-                    if (leaf_mlp)
+                    if (leaf_only)
                         dXt.noalias() += layer.router_weight(t, i) * dz.transpose();
                     else
                         dXt.noalias() += layer.hidden_weight(t, i).row(0).transpose() * dz.transpose();

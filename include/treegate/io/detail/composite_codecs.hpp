@@ -26,8 +26,9 @@ inline const std::pair<const char*, activation> activation_names[] = {{"identity
                                                                       {"gelu", activation::gelu},
                                                                       {"gelu_tanh", activation::gelu_tanh},
                                                                       {"tanh", activation::tanh}};
-inline const std::pair<const char*, ff_variant> variant_names[] = {{"node_sum", ff_variant::node_sum},
-                                                                   {"leaf_mlp", ff_variant::leaf_mlp}};
+// Files written before tree_feedforward spoke of tree_mode carry `variant` = node_sum / leaf_mlp.
+inline const std::pair<const char*, tree_mode> former_variant_names[] = {{"node_sum", tree_mode::path_sum},
+                                                                         {"leaf_mlp", tree_mode::leaf_only}};
 
 // ---- tree_feedforward ------------------------------------------------------------------------
 
@@ -39,17 +40,17 @@ struct layer_io<tree_feedforward<Scalar, In, Out, Width, Depth, Policy>> {
         int depth;
         index_t trees;
         activation act;
-        ff_variant variant;
+        tree_mode mode;
         bool bias;
     };
     static constexpr const char* kind = "tree_feedforward";
 
     static index_t units(const config& c) {
-        return c.variant == ff_variant::node_sum ? tree::node_count(c.depth) : tree::leaf_count(c.depth);
+        return c.mode == tree_mode::path_sum ? tree::node_count(c.depth) : tree::leaf_count(c.depth);
     }
-    static index_t routers(const config& c) { return c.variant == ff_variant::leaf_mlp ? tree::internal_count(c.depth) : 0; }
+    static index_t routers(const config& c) { return c.mode == tree_mode::leaf_only ? tree::internal_count(c.depth) : 0; }
     static config config_of(const layer& l) {
-        return {l.in_size(), l.out_size(), l.width(), l.depth(), l.tree_count(), l.activation_kind(), l.variant(),
+        return {l.in_size(), l.out_size(), l.width(), l.depth(), l.tree_count(), l.activation_kind(), l.mode(),
                 l.has_output_bias()};
     }
     static void write(const config& c, metadata& md, const std::string& p) {
@@ -59,7 +60,7 @@ struct layer_io<tree_feedforward<Scalar, In, Out, Width, Depth, Policy>> {
         md[p + "depth"] = std::to_string(c.depth);
         md[p + "trees"] = std::to_string(c.trees);
         md[p + "activation"] = to_string(c.act);
-        md[p + "variant"] = to_string(c.variant);
+        md[p + "mode"] = to_string(c.mode);
         md[p + "has_bias"] = flag_name(c.bias);
     }
     static config read(const meta_reader& m) {
@@ -69,7 +70,8 @@ struct layer_io<tree_feedforward<Scalar, In, Out, Width, Depth, Policy>> {
                 m.depth(),
                 m.size("trees"),
                 m.choice("activation", activation_names),
-                m.choice("variant", variant_names),
+                !m.has("mode") && m.has("variant") ? m.choice("variant", former_variant_names)
+                                                   : m.choice("mode", mode_names),
                 m.flag("has_bias")};
     }
     static void compare(const meta_reader& m, const config& f, const config& l) {
@@ -79,7 +81,7 @@ struct layer_io<tree_feedforward<Scalar, In, Out, Width, Depth, Policy>> {
         same_field(m, "depth", f.depth, l.depth);
         same_field(m, "trees", f.trees, l.trees);
         same_field(m, "activation", f.act, l.act);
-        same_field(m, "variant", f.variant, l.variant);
+        same_field(m, "mode", f.mode, l.mode);
         same_field(m, "has_bias", f.bias, l.bias);
     }
     static void specs(const config& c, const std::string& p, std::vector<tensor_spec>& out) {
@@ -87,14 +89,14 @@ struct layer_io<tree_feedforward<Scalar, In, Out, Width, Depth, Policy>> {
         out.push_back({p + "hidden_weight", {t, u, dim(c.width), dim(c.in)}});
         out.push_back({p + "hidden_bias", {t, u, dim(c.width)}});
         out.push_back({p + "output_weight", {t, u, dim(c.out), dim(c.width)}});
-        if (c.variant == ff_variant::leaf_mlp) {
+        if (c.mode == tree_mode::leaf_only) {
             out.push_back({p + "router_weight", {t, dim(routers(c)), dim(c.in)}});
             out.push_back({p + "router_bias", {t, dim(routers(c))}});
         }
         if (c.bias) out.push_back({p + "output_bias", {dim(c.out)}});
     }
     static layer make(const meta_reader& m, const config& c) {
-        return construct(m, [&] { return layer(c.in, c.out, c.width, c.depth, c.trees, c.act, c.variant, c.bias); });
+        return construct(m, [&] { return layer(c.in, c.out, c.width, c.depth, c.trees, c.act, c.mode, c.bias); });
     }
 };
 
@@ -159,7 +161,7 @@ struct layer_io<sequential<Layers...>> {
     template <std::size_t I>
     static auto read_one(const meta_reader& m) {
         const meta_reader sm(m.file(), sub(m.prefix(), I));
-        check_kind(sm, io<I>::kind);
+        check_kind<io<I>>(sm);
         return io<I>::read(sm);
     }
     template <std::size_t... I>
@@ -191,10 +193,11 @@ struct layer_io<sequential<Layers...>> {
     }
     static layer make(const meta_reader& m, const config& c) { return make(m, c, seq{}); }
 
-    static void check_kind(const meta_reader& m, const char* expected) {
+    template <class Io>
+    static void check_kind(const meta_reader& m) {
         const std::string& k = m.get("kind");
-        if (k != expected)
-            fail(m.source(), "metadata '", m.prefix(), "kind' is \"", k, "\" but the model expects \"", expected, "\"");
+        if (!kind_matches<Io>(k))
+            fail(m.source(), "metadata '", m.prefix(), "kind' is \"", k, "\" but the model expects \"", Io::kind, "\"");
     }
 
 };

@@ -1,5 +1,5 @@
 // treegate/io/detail/layer_codecs.hpp — how a layer maps to tensors and metadata: the shared
-// pieces and the codecs of dense, tree_linear and tree_linear_blocked. Part of treegate/io/safetensors.hpp.
+// pieces and the codecs of dense, tree_linear and sliced_tree_linear. Part of treegate/io/safetensors.hpp.
 #ifndef TREEGATE_IO_DETAIL_LAYER_CODECS_HPP
 #define TREEGATE_IO_DETAIL_LAYER_CODECS_HPP
 
@@ -8,7 +8,7 @@
 #include "../../layers/dense.hpp"
 #include "../../layers/parameters.hpp"
 #include "../../layers/tree_linear.hpp"
-#include "../../layers/tree_linear_blocked.hpp"
+#include "../../layers/sliced_tree_linear.hpp"
 #include "../../routing.hpp"
 #include "../../tree.hpp"
 #include "format.hpp"
@@ -26,18 +26,18 @@
 // Tensor names (row-major, like PyTorch; a `sequential` prefixes layer i's names with "i."):
 //   dense             weight [out, in], bias [out]
 //   tree_linear       weight [blocks, out, in], bias [blocks, out]   (blocks: nodes or leaves)
-//   tree_linear_blocked weight [trees, blocks, out, in], bias [trees, blocks, out]
+//   sliced_tree_linear weight [trees, blocks, out, in], bias [trees, blocks, out]
 //   tree_feedforward  hidden_weight [trees, units, width, in], hidden_bias [trees, units, width],
 //                     output_weight [trees, units, out, width], output_bias [out],
-//                     router_weight [trees, routers, in], router_bias [trees, routers] (leaf_mlp)
+//                     router_weight [trees, routers, in], router_bias [trees, routers] (leaf_only)
 namespace treegate::safetensors::detail {
 
 inline const std::pair<const char*, tree_mode> mode_names[] = {{"path_sum", tree_mode::path_sum},
                                                                 {"leaf_only", tree_mode::leaf_only}};
-inline const std::pair<const char*, block_combine> combine_names[] = {{"sum", block_combine::sum},
-                                                                      {"concat", block_combine::concat}};
+inline const std::pair<const char*, slice_combine> combine_names[] = {{"sum", slice_combine::sum},
+                                                                      {"concat", slice_combine::concat}};
 
-inline const char* to_name(block_combine c) noexcept { return c == block_combine::sum ? "sum" : "concat"; }
+inline const char* to_name(slice_combine c) noexcept { return c == slice_combine::sum ? "sum" : "concat"; }
 
 // ---- tensors ---------------------------------------------------------------------------------
 
@@ -123,7 +123,7 @@ template <class T>
 auto setting_text(const T& v) {
     if constexpr (std::is_same_v<T, bool>)
         return flag_name(v);
-    else if constexpr (std::is_same_v<T, block_combine>)
+    else if constexpr (std::is_same_v<T, slice_combine>)
         return to_name(v);
     else if constexpr (std::is_enum_v<T>)
         return to_string(v);  // treegate's own, found by argument-dependent lookup
@@ -155,6 +155,21 @@ auto construct(const meta_reader& m, Make&& make) {
 
 template <class Layer>
 struct layer_io;  // specialised for every layer kind below
+
+// A codec whose kind was renamed names the old spelling `former_kind`, so files written before the
+// rename still load; new files always carry `kind`.
+template <class Io, class = void>
+struct former_kind_of {
+    static bool matches(const std::string&) noexcept { return false; }
+};
+template <class Io>
+struct former_kind_of<Io, std::void_t<decltype(Io::former_kind)>> {
+    static bool matches(const std::string& k) { return k == Io::former_kind; }
+};
+template <class Io>
+bool kind_matches(const std::string& k) {
+    return k == Io::kind || former_kind_of<Io>::matches(k);
+}
 
 // ---- dense -----------------------------------------------------------------------------------
 
@@ -247,20 +262,21 @@ struct layer_io<tree_linear<Scalar, In, Out, Depth, Policy, Storage>> {
     }
 };
 
-// ---- tree_linear_blocked ---------------------------------------------------------------------
+// ---- sliced_tree_linear ---------------------------------------------------------------------
 
 template <class Scalar, int SliceIn, int SliceOut, int Depth, class Policy>
-struct layer_io<tree_linear_blocked<Scalar, SliceIn, SliceOut, Depth, Policy>> {
-    using layer = tree_linear_blocked<Scalar, SliceIn, SliceOut, Depth, Policy>;
+struct layer_io<sliced_tree_linear<Scalar, SliceIn, SliceOut, Depth, Policy>> {
+    using layer = sliced_tree_linear<Scalar, SliceIn, SliceOut, Depth, Policy>;
     struct config {
         index_t slice_in, slice_out, trees;
         int depth;
         tree_mode mode;
-        block_combine combine;
+        slice_combine combine;
         std::vector<std::vector<index_t>> gates;
         bool bias;
     };
-    static constexpr const char* kind = "tree_linear_blocked";
+    static constexpr const char* kind = "sliced_tree_linear";
+    static constexpr const char* former_kind = "tree_linear_blocked";
 
     static index_t blocks(const config& c) { return tree_blocks(c.mode, c.depth); }
     static std::string gates_text(const std::vector<std::vector<index_t>>& g) {

@@ -23,6 +23,8 @@ public:
     const std::string& prefix() const noexcept { return prefix_; }
     const parsed_file& file() const noexcept { return f_; }
 
+    bool has(const char* key) const { return f_.metadata.count(prefix_ + key) != 0; }
+
     const std::string& get(const char* key) const {
         const auto it = f_.metadata.find(prefix_ + key);
         if (it == f_.metadata.end())

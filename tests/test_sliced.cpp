@@ -1,26 +1,26 @@
-// tree_linear_blocked: K independent trees over K input slices equal K separate tree_linear
+// sliced_tree_linear: K independent trees over K input slices equal K separate tree_linear
 // layers run on the slices, outputs summed or concatenated.
 #include "test_support.hpp"
 
-#include <treegate/layers/tree_linear_blocked.hpp>
+#include <treegate/layers/sliced_tree_linear.hpp>
 
 #include <random>
 #include <vector>
 
-using treegate::block_combine;
+using treegate::slice_combine;
 using treegate::gating;
 using treegate::index_t;
 using treegate::tree_mode;
 using namespace tg_test;
 
-TEMPLATE_LIST_TEST_CASE("tree_linear_blocked equals K independent trees on the slices", "[blocked]", scalar_policy_list) {
+TEMPLATE_LIST_TEST_CASE("sliced_tree_linear equals K independent trees on the slices", "[blocked]", scalar_policy_list) {
     using S = typename TestType::scalar;
     using P = typename TestType::policy;
-    using blocked_t = treegate::tree_linear_blocked<S, treegate::dynamic, treegate::dynamic, treegate::dynamic, P>;
+    using blocked_t = treegate::sliced_tree_linear<S, treegate::dynamic, treegate::dynamic, treegate::dynamic, P>;
     using tree_t = treegate::tree_linear<S, treegate::dynamic, treegate::dynamic, treegate::dynamic, P>;
-    const block_combine combine = GENERATE(block_combine::sum, block_combine::concat);
+    const slice_combine combine = GENERATE(slice_combine::sum, slice_combine::concat);
     const tree_mode mode = GENERATE(tree_mode::path_sum, tree_mode::leaf_only);
-    CAPTURE(combine == block_combine::sum ? "sum" : "concat", treegate::to_string(mode));
+    CAPTURE(combine == slice_combine::sum ? "sum" : "concat", treegate::to_string(mode));
     std::mt19937 g(static_cast<unsigned>(31 + 2 * static_cast<int>(combine) + static_cast<int>(mode)));
     struct shape {
         index_t K, si, so;
@@ -33,7 +33,7 @@ TEMPLATE_LIST_TEST_CASE("tree_linear_blocked equals K independent trees on the s
         blocked_t b(sh.si, sh.so, sh.depth, mode, combine, idx);
         CHECK(b.tree_count() == sh.K);
         CHECK(b.in_size() == sh.K * sh.si);
-        CHECK(b.out_size() == (combine == block_combine::sum ? sh.so : sh.K * sh.so));
+        CHECK(b.out_size() == (combine == slice_combine::sum ? sh.so : sh.K * sh.so));
         CHECK(b.depth() == sh.depth);
 
         std::vector<tree_t> trees;
@@ -64,7 +64,7 @@ TEMPLATE_LIST_TEST_CASE("tree_linear_blocked equals K independent trees on the s
                 for (index_t e = 0; e < n; ++e)
                     codes.push_back(oracle_code_from_input(Xt.col(e), idx[static_cast<std::size_t>(t)]));
                 const auto o = oracle_tree_linear(trees[static_cast<std::size_t>(t)], Xt, codes);
-                if (combine == block_combine::sum) {
+                if (combine == slice_combine::sum) {
                     want += o.y;
                     scale += o.scale;
                 } else {
@@ -74,7 +74,7 @@ TEMPLATE_LIST_TEST_CASE("tree_linear_blocked equals K independent trees on the s
             }
             const double terms =
                 (mode == tree_mode::path_sum ? sh.depth + 1.0 : 1.0) * (static_cast<double>(sh.si) + 1.0) *
-                    (combine == block_combine::sum ? static_cast<double>(sh.K) : 1.0) + 1.0;
+                    (combine == slice_combine::sum ? static_cast<double>(sh.K) : 1.0) + 1.0;
             CHECK(close_report<S>(b.forward_batch(X), want, scale, terms) == "");
             mat<S> Y(b.out_size(), n);
             b.forward_batch(X, Y, ws);
@@ -85,7 +85,7 @@ TEMPLATE_LIST_TEST_CASE("tree_linear_blocked equals K independent trees on the s
                 CHECK(close_report<S>(y, want.col(e), scale.col(e), terms) == "");
             }
             // Concatenation runs each tree exactly as the standalone layer does.
-            if (combine == block_combine::concat && n > 0) {
+            if (combine == slice_combine::concat && n > 0) {
                 for (index_t t = 0; t < sh.K; ++t)
                     CHECK(Y.middleRows(t * sh.so, sh.so) ==
                           trees[static_cast<std::size_t>(t)].forward_batch(X.middleRows(t * sh.si, sh.si)));
@@ -94,8 +94,8 @@ TEMPLATE_LIST_TEST_CASE("tree_linear_blocked equals K independent trees on the s
     }
 }
 
-TEST_CASE("tree_linear_blocked initialize seeds tree t with seed + t", "[blocked][init]") {
-    treegate::tree_linear_blocked<float> b(6, 4, 2, tree_mode::path_sum, block_combine::sum, {{0, 1}, {2, 3}, {4, 5}});
+TEST_CASE("sliced_tree_linear initialize seeds tree t with seed + t", "[blocked][init]") {
+    treegate::sliced_tree_linear<float> b(6, 4, 2, tree_mode::path_sum, slice_combine::sum, {{0, 1}, {2, 3}, {4, 5}});
     b.initialize(50);
     for (index_t t = 0; t < 3; ++t) {
         treegate::tree_linear<float> one(6, 4, 2, tree_mode::path_sum, gating::from_input({0, 1}));

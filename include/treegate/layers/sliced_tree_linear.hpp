@@ -1,7 +1,7 @@
-// treegate/layers/tree_linear_blocked.hpp — K independent tree_linear layers over K input slices.
+// treegate/layers/sliced_tree_linear.hpp — K independent tree_linear layers over K input slices.
 // "Multiply only the active blocks": each slice has its own tree and gating units.
-#ifndef TREEGATE_LAYERS_TREE_LINEAR_BLOCKED_HPP
-#define TREEGATE_LAYERS_TREE_LINEAR_BLOCKED_HPP
+#ifndef TREEGATE_LAYERS_SLICED_TREE_LINEAR_HPP
+#define TREEGATE_LAYERS_SLICED_TREE_LINEAR_HPP
 
 #include "batch_overloads.hpp"
 #include "tree_linear.hpp"
@@ -13,14 +13,14 @@ namespace treegate {
 
 /// sum: every tree maps its slice to the full output and the outputs are added.
 /// concat: tree t writes output slice t.
-enum class block_combine { sum, concat };
+enum class slice_combine { sum, concat };
 
 /// Input x = [x_0; ...; x_{K-1}], slices of SliceIn entries. Tree t reads x_t, is gated by its
 /// own units (indices relative to its slice), and produces a SliceOut-sized output.
 template <class Scalar, int SliceIn = dynamic, int SliceOut = dynamic, int Depth = dynamic,
           class Policy = kernels::default_policy>
-class tree_linear_blocked
-    : public detail::batch_overloads<tree_linear_blocked<Scalar, SliceIn, SliceOut, Depth, Policy>, matrix<Scalar>, workspace<Scalar>> {
+class sliced_tree_linear
+    : public detail::batch_overloads<sliced_tree_linear<Scalar, SliceIn, SliceOut, Depth, Policy>, matrix<Scalar>, workspace<Scalar>> {
 public:
     using tree_type = tree_linear<Scalar, SliceIn, SliceOut, Depth, Policy>;
     using scalar_type = Scalar;
@@ -28,11 +28,11 @@ public:
     using input_vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
     using output_vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
     using batch = matrix<Scalar>;
-    static constexpr const char* name = "tree_linear_blocked";
+    static constexpr const char* name = "sliced_tree_linear";
 
     /// `gate_indices[t]` holds tree t's D gating indices, relative to slice t.
-    tree_linear_blocked(index_t slice_in, index_t slice_out, int depth, tree_mode mode, block_combine combine,
-                        const std::vector<std::vector<index_t>>& gate_indices, bool bias = true)
+    sliced_tree_linear(index_t slice_in, index_t slice_out, int depth, tree_mode mode, slice_combine combine,
+                       const std::vector<std::vector<index_t>>& gate_indices, bool bias = true)
         : combine_(combine) {
         detail::check_config(!gate_indices.empty(), name, ": needs at least one tree (one list of gating indices)");
         trees_.reserve(gate_indices.size());
@@ -48,11 +48,11 @@ public:
         }
     }
 
-    tree_linear_blocked(const tree_linear_blocked&) = default;
-    tree_linear_blocked& operator=(const tree_linear_blocked&) = default;
+    sliced_tree_linear(const sliced_tree_linear&) = default;
+    sliced_tree_linear& operator=(const sliced_tree_linear&) = default;
     /// Moving leaves the source empty (no trees): every size reads 0 and every call raises usage_error.
-    tree_linear_blocked(tree_linear_blocked&& o) noexcept : combine_(o.combine_), trees_(std::move(o.trees_)) { o.trees_.clear(); }
-    tree_linear_blocked& operator=(tree_linear_blocked&& o) noexcept {
+    sliced_tree_linear(sliced_tree_linear&& o) noexcept : combine_(o.combine_), trees_(std::move(o.trees_)) { o.trees_.clear(); }
+    sliced_tree_linear& operator=(sliced_tree_linear&& o) noexcept {
         if (this == &o) return *this;
         combine_ = o.combine_;
         trees_ = std::move(o.trees_);
@@ -61,11 +61,11 @@ public:
     }
 
     index_t tree_count() const noexcept { return static_cast<index_t>(trees_.size()); }
-    block_combine combine() const noexcept { return combine_; }
+    slice_combine combine() const noexcept { return combine_; }
     index_t slice_in() const noexcept { return trees_.empty() ? 0 : trees_.front().in_size(); }
     index_t slice_out() const noexcept { return trees_.empty() ? 0 : trees_.front().out_size(); }
     index_t in_size() const noexcept { return tree_count() * slice_in(); }
-    index_t out_size() const noexcept { return combine_ == block_combine::sum ? slice_out() : tree_count() * slice_out(); }
+    index_t out_size() const noexcept { return combine_ == slice_combine::sum ? slice_out() : tree_count() * slice_out(); }
     int depth() const noexcept { return trees_.empty() ? 0 : trees_.front().depth(); }
 
     tree_type& tree(index_t t) {
@@ -96,9 +96,9 @@ public:
         detail::check_vector(name, "output", y.size(), out_size());
         detail::check_no_overlap(name, x, y);
         const index_t si = slice_in(), so = slice_out();
-        if (combine_ == block_combine::sum) y.setZero();
+        if (combine_ == slice_combine::sum) y.setZero();
         for (index_t t = 0; t < tree_count(); ++t) {
-            if (combine_ == block_combine::sum)
+            if (combine_ == slice_combine::sum)
                 tree(t).forward_add(x.segment(t * si, si), y);
             else
                 tree(t).forward(x.segment(t * si, si), y.segment(t * so, so));
@@ -106,7 +106,7 @@ public:
     }
 
     // The serial and the allocating overloads (layers/batch_overloads.hpp).
-    using detail::batch_overloads<tree_linear_blocked, matrix<Scalar>, workspace<Scalar>>::forward_batch;
+    using detail::batch_overloads<sliced_tree_linear, matrix<Scalar>, workspace<Scalar>>::forward_batch;
 
     /// The batched forward on an executor: the trees run one after another, each on the
     /// executor (bit-identical for any thread count, see tree_linear).
@@ -119,7 +119,7 @@ public:
         if (X.cols() == 0) return;
         if (detail::rerun_on_copy(X, Y, ws, [&](const auto& C) { forward_batch(C, Y, ws, ex); })) return;
         const index_t si = slice_in(), so = slice_out();
-        if (combine_ == block_combine::concat) {
+        if (combine_ == slice_combine::concat) {
             for (index_t t = 0; t < tree_count(); ++t)
                 tree(t).forward_batch(X.middleRows(t * si, si), Y.middleRows(t * so, so), ws, ex);
             return;
@@ -138,7 +138,7 @@ private:
         detail::check_index(name, "tree", t, tree_count());
     }
 
-    block_combine combine_;
+    slice_combine combine_;
     std::vector<tree_type> trees_;
 };
 
