@@ -48,6 +48,9 @@ struct parameter_tensor {
     bool decayed = false;   ///< weights decay; biases never do (train/optimizer.hpp)
     int fixed_level = 0;    ///< the tree level of every block, unless node_period is set
     index_t node_period = 0;  ///< > 0: block b is tree node b % node_period (heap order)
+    /// Block b belongs to the same node or unit as block b of the previous tensor, so a gradient
+    /// tracks their visits together and lists them side by side (train/gradient_storage.hpp).
+    bool joins_previous = false;
 
     index_t block_size() const noexcept { return rows * cols; }
     index_t block_count() const noexcept {
@@ -150,6 +153,7 @@ void describe_trees(index_t trees, TreeFn&& tree_fn, const std::string& p, bool 
     }
     auto w = make_tensor<T>(p + "weight", ws, o, in, true, lv, period);
     auto b = make_tensor<T>(p + "bias", bs, o, 1, false, lv, period);
+    b.joins_previous = true;
     using tree_t = std::remove_reference_t<decltype(first)>;
     constexpr bool half = std::is_same_v<typename std::remove_const_t<tree_t>::weight_type, bf16>;
     if (half) w.element = element_kind::bf16;
@@ -187,6 +191,7 @@ void describe(Layer& l, const std::string& p, std::vector<parameter_tensor<param
         out.push_back(std::move(w));
         if (l.has_bias()) {
             auto b = make_tensor<T>(p + "bias", {file_dim(o)}, o, 1, false, 0, 0);
+            b.joins_previous = true;
             b.runs.push_back({l.bias().data(), 1, 0});
             out.push_back(std::move(b));
         }
@@ -205,8 +210,9 @@ void describe(Layer& l, const std::string& p, std::vector<parameter_tensor<param
         const index_t period = path_sum ? U : 0;
         const index_t n = K * U;  // unit (t, i) is block t * U + i of one run
         auto tensor = [&](const char* name, std::vector<std::uint64_t> shape, index_t rows, index_t cols, bool decayed,
-                          T* p0, T* p1, index_t count, int level, index_t per) {
+                          T* p0, T* p1, index_t count, int level, index_t per, bool joins = false) {
             auto t = make_tensor<T>(p + name, std::move(shape), rows, cols, decayed, level, per);
+            t.joins_previous = joins;
             t.runs.push_back(run_of<T>(p0, p1, count));
             out.push_back(std::move(t));
         };
@@ -215,9 +221,9 @@ void describe(Layer& l, const std::string& p, std::vector<parameter_tensor<param
         tensor("hidden_weight", {kd, ud, file_dim(w), file_dim(in)}, w, in, true, l.hidden_weight(0, 0).data(),
                second([&](index_t t, index_t i) { return l.hidden_weight(t, i).data(); }), n, lv, period);
         tensor("hidden_bias", {kd, ud, file_dim(w)}, w, 1, false, l.hidden_bias(0, 0).data(),
-               second([&](index_t t, index_t i) { return l.hidden_bias(t, i).data(); }), n, lv, period);
+               second([&](index_t t, index_t i) { return l.hidden_bias(t, i).data(); }), n, lv, period, true);
         tensor("output_weight", {kd, ud, file_dim(o), file_dim(w)}, o, w, true, l.output_weight(0, 0).data(),
-               second([&](index_t t, index_t i) { return l.output_weight(t, i).data(); }), n, lv, period);
+               second([&](index_t t, index_t i) { return l.output_weight(t, i).data(); }), n, lv, period, true);
         if (!path_sum) {  // leaf_only: router tensors, empty at depth 0
             const index_t nr = K * R;
             auto first = [&](auto&& at) { return nr > 0 ? at(0, 0) : nullptr; };
@@ -225,7 +231,7 @@ void describe(Layer& l, const std::string& p, std::vector<parameter_tensor<param
             const auto rw = [&](index_t t, index_t i) { return l.router_weight(t, i).data(); };
             const auto rb = [&](index_t t, index_t i) { return &l.router_bias(t, i); };
             tensor("router_weight", {kd, file_dim(R), file_dim(in)}, in, 1, true, first(rw), second(rw), nr, 0, R);
-            tensor("router_bias", {kd, file_dim(R)}, 1, 1, false, first(rb), second(rb), nr, 0, R);
+            tensor("router_bias", {kd, file_dim(R)}, 1, 1, false, first(rb), second(rb), nr, 0, R, true);
         }
         if (l.has_output_bias())
             tensor("output_bias", {file_dim(o)}, o, 1, false, l.output_bias().data(), nullptr, 1, 0, 0);

@@ -1,9 +1,10 @@
-// treegate/train/gradients.hpp — gradient containers that mirror each layer's parameters.
+// treegate/train/gradients.hpp — each layer's gradient container: named views over gradient_storage.
 // Filled by train/backward.hpp, read by train/optimizer.hpp; tree layers also record visited blocks.
 #ifndef TREEGATE_TRAIN_GRADIENTS_HPP
 #define TREEGATE_TRAIN_GRADIENTS_HPP
 
 #include "../error.hpp"
+#include "gradient_storage.hpp"
 #include "../layers/activation_layer.hpp"
 #include "../layers/dense.hpp"
 #include "../layers/layer_common.hpp"
@@ -20,23 +21,6 @@
 
 namespace treegate::train {
 
-/// One block of parameters as an optimizer sees it: the values, their gradient, the tree level
-/// that sets its weight decay, whether any example reached it in the current batch, and whether
-/// it is a weight matrix (decayed) or a bias (never decayed).
-template <class Scalar>
-struct param_block {
-    Scalar* value = nullptr;
-    const Scalar* grad = nullptr;
-    index_t size = 0;
-    int level = 0;
-    bool visited = false;
-    bool decay = false;
-};
-
-/// Every block of a layer or model, in a fixed order (the order of `collect`).
-template <class Scalar>
-using param_list = std::vector<param_block<Scalar>>;
-
 namespace detail {
 
 template <class Scalar>
@@ -47,34 +31,6 @@ template <class Scalar>
 using matrix_map = Eigen::Map<matrix<Scalar>>;
 template <class Scalar>
 using const_matrix_map = Eigen::Map<const matrix<Scalar>>;
-
-/// Visited flags plus the list of visited blocks in first-visit order, so that resetting a
-/// batch costs O(visited blocks), not O(all blocks): a deep tree stays cheap to train.
-class visit_set {
-public:
-    explicit visit_set(index_t count = 0) : flags_(static_cast<std::size_t>(count), 0) {}
-
-    bool contains(index_t i) const noexcept { return flags_.data()[i] != 0; }
-
-    /// Returns true the first time `i` is marked since the last clear.
-    bool mark(index_t i) {
-        if (flags_.data()[i] != 0) return false;
-        flags_.data()[i] = 1;
-        list_.push_back(i);
-        return true;
-    }
-
-    const std::vector<index_t>& list() const noexcept { return list_; }
-
-    void clear() noexcept {
-        for (index_t i : list_) flags_.data()[i] = 0;
-        list_.clear();
-    }
-
-private:
-    std::vector<unsigned char> flags_;
-    std::vector<index_t> list_;
-};
 
 }  // namespace detail
 
@@ -87,70 +43,56 @@ struct no_gradient {
     void collect(Layer& /*layer*/, param_list<Scalar>& /*out*/) const {}
 };
 
-/// dL/dW and dL/db of a dense layer.
+/// dL/dW and dL/db of a dense layer: tensors "weight" and "bias" of one block each.
 template <class Scalar>
-class dense_gradient {
+class dense_gradient : public gradient_storage<Scalar> {
+    using base = gradient_storage<Scalar>;
+
 public:
     template <int In, int Out, class Policy>
     explicit dense_gradient(const dense<Scalar, In, Out, Policy>& layer)
-        : weight_(matrix<Scalar>::Zero(layer.out_size(), layer.in_size())),
-          bias_(Eigen::Matrix<Scalar, Eigen::Dynamic, 1>::Zero(layer.has_bias() ? layer.out_size() : 0)),
-          has_bias_(layer.has_bias()) {}
+        : base(layer, "dense_gradient"), in_(layer.in_size()), out_(layer.out_size()), has_bias_(layer.has_bias()) {}
 
-    index_t in_size() const noexcept { return weight_.cols(); }
-    index_t out_size() const noexcept { return weight_.rows(); }
+    index_t in_size() const noexcept { return in_; }
+    index_t out_size() const noexcept { return out_; }
     bool has_bias() const noexcept { return has_bias_; }
 
-    matrix<Scalar>& weight() noexcept { return weight_; }
-    const matrix<Scalar>& weight() const noexcept { return weight_; }
-    Eigen::Matrix<Scalar, Eigen::Dynamic, 1>& bias() noexcept { return bias_; }
-    const Eigen::Matrix<Scalar, Eigen::Dynamic, 1>& bias() const noexcept { return bias_; }
+    detail::matrix_map<Scalar> weight() noexcept { return {base::block(0, 0), out_, in_}; }
+    detail::const_matrix_map<Scalar> weight() const noexcept { return {base::block(0, 0), out_, in_}; }
+    /// The bias (empty when the layer has none).
+    detail::vector_map<Scalar> bias() noexcept {
+        return {has_bias_ ? base::block(1, 0) : base::block(0, 0), has_bias_ ? out_ : 0};
+    }
+    detail::const_vector_map<Scalar> bias() const noexcept {
+        return {has_bias_ ? base::block(1, 0) : base::block(0, 0), has_bias_ ? out_ : 0};
+    }
 
     /// True once a non-empty batch went through backward since the last zero().
-    bool visited() const noexcept { return visited_; }
-    void mark() noexcept { visited_ = true; }
-
-    void zero() noexcept {
-        weight_.setZero();
-        bias_.setZero();
-        visited_ = false;
-    }
-
-    /// Weight, then bias; both at level 0.
-    template <int In, int Out, class Policy>
-    void collect(dense<Scalar, In, Out, Policy>& layer, param_list<Scalar>& out) const {
-        treegate::detail::check_shape(layer.in_size() == in_size() && layer.out_size() == out_size() &&
-                                          layer.has_bias() == has_bias_,
-                                      "dense_gradient: does not match the layer (", layer.out_size(), " x ",
-                                      layer.in_size(), ")");
-        out.push_back({layer.weight().data(), weight_.data(), weight_.size(), 0, visited_, true});
-        if (has_bias_) out.push_back({layer.bias().data(), bias_.data(), bias_.size(), 0, visited_, false});
-    }
+    bool visited() const noexcept { return base::visited(0, 0); }
+    void mark() { base::mark(0, 0); }
 
 private:
-    matrix<Scalar> weight_;
-    Eigen::Matrix<Scalar, Eigen::Dynamic, 1> bias_;
+    index_t in_, out_;
     bool has_bias_;
-    bool visited_ = false;
 };
 
 /// Gradients of a tree_linear: one `out x in` block and one bias per stored block (tree node in
 /// path_sum, leaf in leaf_only), in the layer's block numbering. Blocks that no example reached
 /// stay exactly zero and unmarked.
 template <class Scalar>
-class tree_linear_gradient {
+class tree_linear_gradient : public gradient_storage<Scalar> {
+    using base = gradient_storage<Scalar>;
+
 public:
     template <int In, int Out, int Depth, class Policy>
     explicit tree_linear_gradient(const tree_linear<Scalar, In, Out, Depth, Policy>& layer)
-        : in_(layer.in_size()),
+        : base(layer, "tree_linear_gradient"),
+          in_(layer.in_size()),
           out_(layer.out_size()),
           blocks_(layer.block_count()),
           depth_(layer.depth()),
           mode_(layer.mode()),
-          has_bias_(layer.has_bias()),
-          weights_(static_cast<std::size_t>(blocks_ * in_ * out_), Scalar(0)),
-          biases_(static_cast<std::size_t>(has_bias_ ? blocks_ * out_ : 0), Scalar(0)),
-          visits_(blocks_) {}
+          has_bias_(layer.has_bias()) {}
 
     index_t in_size() const noexcept { return in_; }
     index_t out_size() const noexcept { return out_; }
@@ -159,56 +101,29 @@ public:
     tree_mode mode() const noexcept { return mode_; }
     bool has_bias() const noexcept { return has_bias_; }
 
-    detail::matrix_map<Scalar> weight(index_t i) noexcept { return {weights_.data() + i * in_ * out_, out_, in_}; }
-    detail::const_matrix_map<Scalar> weight(index_t i) const noexcept {
-        return {weights_.data() + i * in_ * out_, out_, in_};
-    }
+    detail::matrix_map<Scalar> weight(index_t i) noexcept { return {base::block(0, i), out_, in_}; }
+    detail::const_matrix_map<Scalar> weight(index_t i) const noexcept { return {base::block(0, i), out_, in_}; }
     /// Bias block i (empty when the layer has no bias).
     detail::vector_map<Scalar> bias(index_t i) noexcept {
-        return {biases_.data() + (has_bias_ ? i * out_ : 0), has_bias_ ? out_ : 0};
+        return {has_bias_ ? base::block(1, i) : base::block(0, 0), has_bias_ ? out_ : 0};
     }
     detail::const_vector_map<Scalar> bias(index_t i) const noexcept {
-        return {biases_.data() + (has_bias_ ? i * out_ : 0), has_bias_ ? out_ : 0};
+        return {has_bias_ ? base::block(1, i) : base::block(0, 0), has_bias_ ? out_ : 0};
     }
 
     /// Tree level of block i: its node's level (path_sum) or D (leaf_only).
-    int level(index_t i) const noexcept { return mode_ == tree_mode::path_sum ? tree::level_of(i) : depth_; }
+    int level(index_t i) const noexcept { return base::tensor(0).level(i); }
 
-    bool visited(index_t i) const noexcept { return visits_.contains(i); }
+    bool visited(index_t i) const noexcept { return base::visited(0, i); }
     /// Visited blocks in the order backward first reached them (level by level, schedule order).
-    const std::vector<index_t>& visited_blocks() const noexcept { return visits_.list(); }
-    void mark(index_t i) { visits_.mark(i); }
-
-    /// Zeroes the visited blocks (the others are zero already) and forgets the visits.
-    void zero() noexcept {
-        for (index_t i : visits_.list()) {
-            weight(i).setZero();
-            bias(i).setZero();
-        }
-        visits_.clear();
-    }
-
-    /// Per block i: weight (decayed at level(i)), then bias.
-    template <int In, int Out, int Depth, class Policy>
-    void collect(tree_linear<Scalar, In, Out, Depth, Policy>& layer, param_list<Scalar>& out) const {
-        treegate::detail::check_shape(layer.in_size() == in_ && layer.out_size() == out_ &&
-                                          layer.block_count() == blocks_ && layer.has_bias() == has_bias_,
-                                      "tree_linear_gradient: does not match the layer (", layer.block_count(),
-                                      " blocks of ", layer.out_size(), " x ", layer.in_size(), ")");
-        for (index_t i = 0; i < blocks_; ++i) {
-            const bool v = visited(i);
-            out.push_back({layer.weight(i).data(), weight(i).data(), in_ * out_, level(i), v, true});
-            if (has_bias_) out.push_back({layer.bias(i).data(), bias(i).data(), out_, level(i), v, false});
-        }
-    }
+    const std::vector<index_t>& visited_blocks() const noexcept { return base::visited_list(0); }
+    void mark(index_t i) { base::mark(0, i); }
 
 private:
     index_t in_, out_, blocks_;
     int depth_;
     tree_mode mode_;
     bool has_bias_;
-    std::vector<Scalar> weights_, biases_;
-    detail::visit_set visits_;
 };
 
 /// Gradients of a tree_feedforward: per tree t and unit i (node in path_sum, leaf in leaf_only)
@@ -217,11 +132,14 @@ private:
 /// Hard-routing backward never reaches a router (a hard route bit has zero gradient), so router
 /// entries stay zero and unvisited there; soft routing (train/soft_routing.hpp) fills them.
 template <class Scalar>
-class tree_feedforward_gradient {
+class tree_feedforward_gradient : public gradient_storage<Scalar> {
+    using base = gradient_storage<Scalar>;
+
 public:
     template <int In, int Out, int Width, int Depth, class Policy>
     explicit tree_feedforward_gradient(const tree_feedforward<Scalar, In, Out, Width, Depth, Policy>& layer)
-        : in_(layer.in_size()),
+        : base(layer, "tree_feedforward_gradient"),
+          in_(layer.in_size()),
           out_(layer.out_size()),
           width_(layer.width()),
           depth_(layer.depth()),
@@ -230,14 +148,9 @@ public:
           routers_(layer.router_count()),
           mode_(layer.mode()),
           has_output_bias_(layer.has_output_bias()),
-          U_(static_cast<std::size_t>(trees_ * units_ * width_ * in_), Scalar(0)),
-          A_(static_cast<std::size_t>(trees_ * units_ * width_), Scalar(0)),
-          V_(static_cast<std::size_t>(trees_ * units_ * out_ * width_), Scalar(0)),
-          R_(static_cast<std::size_t>(trees_ * routers_ * in_), Scalar(0)),
-          S_(static_cast<std::size_t>(trees_ * routers_), Scalar(0)),
-          c_(static_cast<std::size_t>(has_output_bias_ ? out_ : 0), Scalar(0)),
-          visits_(trees_ * units_),
-          router_visits_(trees_ * routers_) {}
+          rw_(base::find("router_weight")),
+          rb_(base::find("router_bias")),
+          c_(base::find("output_bias")) {}
 
     index_t in_size() const noexcept { return in_; }
     index_t out_size() const noexcept { return out_; }
@@ -250,89 +163,60 @@ public:
     tree_mode mode() const noexcept { return mode_; }
     bool has_output_bias() const noexcept { return has_output_bias_; }
 
+    // Tensors 0, 1, 2 are hidden_weight, hidden_bias, output_weight (layers/parameters.hpp).
     detail::matrix_map<Scalar> hidden_weight(index_t t, index_t i) noexcept {
-        return {U_.data() + unit(t, i) * width_ * in_, width_, in_};
+        return {base::block(0, unit(t, i)), width_, in_};
     }
     detail::const_matrix_map<Scalar> hidden_weight(index_t t, index_t i) const noexcept {
-        return {U_.data() + unit(t, i) * width_ * in_, width_, in_};
+        return {base::block(0, unit(t, i)), width_, in_};
     }
-    detail::vector_map<Scalar> hidden_bias(index_t t, index_t i) noexcept { return {A_.data() + unit(t, i) * width_, width_}; }
+    detail::vector_map<Scalar> hidden_bias(index_t t, index_t i) noexcept { return {base::block(1, unit(t, i)), width_}; }
     detail::const_vector_map<Scalar> hidden_bias(index_t t, index_t i) const noexcept {
-        return {A_.data() + unit(t, i) * width_, width_};
+        return {base::block(1, unit(t, i)), width_};
     }
     detail::matrix_map<Scalar> output_weight(index_t t, index_t i) noexcept {
-        return {V_.data() + unit(t, i) * out_ * width_, out_, width_};
+        return {base::block(2, unit(t, i)), out_, width_};
     }
     detail::const_matrix_map<Scalar> output_weight(index_t t, index_t i) const noexcept {
-        return {V_.data() + unit(t, i) * out_ * width_, out_, width_};
+        return {base::block(2, unit(t, i)), out_, width_};
     }
-    detail::vector_map<Scalar> router_weight(index_t t, index_t i) noexcept { return {R_.data() + router(t, i) * in_, in_}; }
+    detail::vector_map<Scalar> router_weight(index_t t, index_t i) noexcept { return {base::block(rw_, router(t, i)), in_}; }
     detail::const_vector_map<Scalar> router_weight(index_t t, index_t i) const noexcept {
-        return {R_.data() + router(t, i) * in_, in_};
+        return {base::block(rw_, router(t, i)), in_};
     }
-    Scalar& router_bias(index_t t, index_t i) noexcept { return S_.data()[router(t, i)]; }
-    const Scalar& router_bias(index_t t, index_t i) const noexcept { return S_.data()[router(t, i)]; }
-    detail::vector_map<Scalar> output_bias() noexcept { return {c_.data(), has_output_bias_ ? out_ : 0}; }
-    detail::const_vector_map<Scalar> output_bias() const noexcept { return {c_.data(), has_output_bias_ ? out_ : 0}; }
+    Scalar& router_bias(index_t t, index_t i) noexcept { return *base::block(rb_, router(t, i)); }
+    const Scalar& router_bias(index_t t, index_t i) const noexcept { return *base::block(rb_, router(t, i)); }
+    detail::vector_map<Scalar> output_bias() noexcept {
+        return {has_output_bias_ ? base::block(c_, 0) : base::block(0, 0), has_output_bias_ ? out_ : 0};
+    }
+    detail::const_vector_map<Scalar> output_bias() const noexcept {
+        return {has_output_bias_ ? base::block(c_, 0) : base::block(0, 0), has_output_bias_ ? out_ : 0};
+    }
 
     /// Tree level of unit i: its node's level (path_sum) or D (leaf_only).
-    int level(index_t i) const noexcept { return mode_ == tree_mode::path_sum ? tree::level_of(i) : depth_; }
+    int level(index_t i) const noexcept { return base::tensor(0).level(i); }
 
-    bool visited(index_t t, index_t i) const noexcept { return visits_.contains(unit(t, i)); }
+    bool visited(index_t t, index_t i) const noexcept { return base::visited(0, unit(t, i)); }
     /// Visited units as t * unit_count() + i, in first-visit order.
-    const std::vector<index_t>& visited_units() const noexcept { return visits_.list(); }
-    void mark(index_t t, index_t i) { visits_.mark(unit(t, i)); }
-    bool router_visited(index_t t, index_t i) const noexcept { return router_visits_.contains(router(t, i)); }
+    const std::vector<index_t>& visited_units() const noexcept { return base::visited_list(0); }
+    void mark(index_t t, index_t i) { base::mark(0, unit(t, i)); }
+    bool router_visited(index_t t, index_t i) const noexcept { return base::visited(rw_, router(t, i)); }
     /// Visited routers as t * router_count() + i, in first-visit order.
-    const std::vector<index_t>& visited_routers() const noexcept { return router_visits_.list(); }
-    void mark_router(index_t t, index_t i) { router_visits_.mark(router(t, i)); }
-    /// The output bias is reached by every non-empty batch.
-    bool output_bias_visited() const noexcept { return bias_visited_; }
-    void mark_output_bias() noexcept { bias_visited_ = true; }
-
-    void zero() noexcept {
-        for (index_t g : visits_.list()) {
-            const index_t t = g / units_, i = g % units_;
-            hidden_weight(t, i).setZero();
-            hidden_bias(t, i).setZero();
-            output_weight(t, i).setZero();
-        }
-        visits_.clear();
-        for (index_t g : router_visits_.list()) {
-            router_weight(g / routers_, g % routers_).setZero();
-            router_bias(g / routers_, g % routers_) = Scalar(0);
-        }
-        router_visits_.clear();
-        output_bias().setZero();
-        bias_visited_ = false;
+    const std::vector<index_t>& visited_routers() const noexcept {
+        return rw_ >= 0 ? base::visited_list(rw_) : no_visits_;
     }
-
-    /// Per tree, per unit: hidden weight, hidden bias, output weight; then per tree, per router
-    /// (leaf_only): router weight (decayed at the router's level), router bias; then the output bias.
-    template <int In, int Out, int Width, int Depth, class Policy>
-    void collect(tree_feedforward<Scalar, In, Out, Width, Depth, Policy>& layer, param_list<Scalar>& out) const {
-        treegate::detail::check_shape(layer.in_size() == in_ && layer.out_size() == out_ && layer.width() == width_ &&
-                                          layer.tree_count() == trees_ && layer.unit_count() == units_ &&
-                                          layer.router_count() == routers_ && layer.has_output_bias() == has_output_bias_,
-                                      "tree_feedforward_gradient: does not match the layer (", layer.tree_count(),
-                                      " trees of ", layer.unit_count(), " units, ", layer.in_size(), " -> ",
-                                      layer.width(), " -> ", layer.out_size(), ")");
-        for (index_t t = 0; t < trees_; ++t)
-            for (index_t i = 0; i < units_; ++i) {
-                const bool v = visited(t, i);
-                const int lv = level(i);
-                out.push_back({layer.hidden_weight(t, i).data(), hidden_weight(t, i).data(), width_ * in_, lv, v, true});
-                out.push_back({layer.hidden_bias(t, i).data(), hidden_bias(t, i).data(), width_, lv, v, false});
-                out.push_back({layer.output_weight(t, i).data(), output_weight(t, i).data(), out_ * width_, lv, v, true});
-            }
-        for (index_t t = 0; t < trees_; ++t)
-            for (index_t i = 0; i < routers_; ++i) {
-                const bool v = router_visited(t, i);
-                const int lv = tree::level_of(i);
-                out.push_back({layer.router_weight(t, i).data(), router_weight(t, i).data(), in_, lv, v, true});
-                out.push_back({&layer.router_bias(t, i), &router_bias(t, i), 1, lv, v, false});
-            }
-        if (has_output_bias_) out.push_back({layer.output_bias().data(), c_.data(), out_, 0, bias_visited_, false});
+    void mark_router(index_t t, index_t i) { base::mark(rw_, router(t, i)); }
+    /// The output bias is reached by every non-empty batch.
+    bool output_bias_visited() const noexcept { return has_output_bias_ ? base::visited(c_, 0) : bias_marked_; }
+    void mark_output_bias() {
+        if (has_output_bias_)
+            base::mark(c_, 0);
+        else
+            bias_marked_ = true;
+    }
+    void zero() noexcept {
+        base::zero();
+        bias_marked_ = false;
     }
 
 private:
@@ -347,9 +231,9 @@ private:
     index_t trees_, units_, routers_;
     tree_mode mode_;
     bool has_output_bias_;
-    std::vector<Scalar> U_, A_, V_, R_, S_, c_;
-    detail::visit_set visits_, router_visits_;
-    bool bias_visited_ = false;
+    index_t rw_, rb_, c_;  // tensor indices; -1 when the layer lists no such tensor
+    bool bias_marked_ = false;  // without an output bias tensor, the mark has nowhere else to live
+    std::vector<index_t> no_visits_;
 };
 
 /// Gradients of a sliced_tree_linear: one tree_linear_gradient per tree.
