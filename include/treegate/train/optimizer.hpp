@@ -76,14 +76,32 @@ void for_each_visited(const param_list<Scalar>& blocks, double lr, const weight_
     }
 }
 
+/// The entry both optimizers share: collect a gradient container's blocks of a layer into a
+/// reused list, then Derived::step(list), the update proper.
+template <class Derived, class Scalar>
+class collecting_step {
+public:
+    /// Collects `grad`'s blocks of `layer` (a layer or a sequential model) and steps.
+    template <class Layer, class Grad>
+    void step(Layer& layer, const Grad& grad) {
+        scratch_.clear();
+        grad.collect(layer, scratch_);
+        static_cast<Derived&>(*this).step(scratch_);
+    }
+
+private:
+    param_list<Scalar> scratch_;
+};
+
 }  // namespace detail
 
 /// SGD with (heavy-ball) momentum, lazy per block: for a visited block
 ///     v <- momentum * v + g;   w <- w - lr * lambda_j * w - lr * v
 /// (the decay term uses the old w). An unvisited block keeps w and v untouched.
 template <class Scalar>
-class sgd {
+class sgd : public detail::collecting_step<sgd<Scalar>, Scalar> {
 public:
+    using detail::collecting_step<sgd<Scalar>, Scalar>::step;
     struct options {
         double lr = 0.01;
         double momentum = 0.9;
@@ -110,19 +128,10 @@ public:
         });
     }
 
-    /// Collects `grad`'s blocks of `layer` (a layer or a sequential model) and steps.
-    template <class Layer, class Grad>
-    void step(Layer& layer, const Grad& grad) {
-        scratch_.clear();
-        grad.collect(layer, scratch_);
-        step(scratch_);
-    }
-
 private:
     options opt_;
     detail::block_layout<Scalar> layout_;
     std::vector<Scalar> velocity_;
-    param_list<Scalar> scratch_;
 };
 
 /// Adam with lazy, per-block moments. Each block keeps its own step count t; a step that no
@@ -131,8 +140,9 @@ private:
 ///     t <- t + 1;  m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2
 ///     w <- w - lr * lambda_j * w - lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
 template <class Scalar>
-class adam {
+class adam : public detail::collecting_step<adam<Scalar>, Scalar> {
 public:
+    using detail::collecting_step<adam<Scalar>, Scalar>::step;
     struct options {
         double lr = 1e-3;
         double beta1 = 0.9;
@@ -177,20 +187,11 @@ public:
         });
     }
 
-    /// Collects `grad`'s blocks of `layer` (a layer or a sequential model) and steps.
-    template <class Layer, class Grad>
-    void step(Layer& layer, const Grad& grad) {
-        scratch_.clear();
-        grad.collect(layer, scratch_);
-        step(scratch_);
-    }
-
 private:
     options opt_;
     detail::block_layout<Scalar> layout_;
     std::vector<Scalar> m_, v_;
     std::vector<std::int64_t> steps_;
-    param_list<Scalar> scratch_;
 };
 
 }  // namespace treegate::train
