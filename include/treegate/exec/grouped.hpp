@@ -32,7 +32,7 @@ struct batch_ref {
 /// every visited block is read once for all of its examples. per_tile: the batch is cut into
 /// tiles of `tile_examples` columns, each routed and run through every level on its own (one
 /// piece per tile, on its worker's scratch), so a tile's inputs and outputs stay in L2 while
-/// the weights are read once per tile. Each layer has a default (README, "Architecture").
+/// the weights are read once per tile. Each layer has a default (README, "Architecture", under "Developing").
 enum class stream { per_batch, per_tile };
 
 /// Examples per tile of stream::per_tile: 64 columns of inputs and outputs of a few hundred
