@@ -7,9 +7,11 @@
 #
 # Gives:  treegate::io  INTERFACE target = treegate::treegate + nlohmann_json + ZLIB::ZLIB (when
 #                       both are found; zlib computes the checksum of the tensor data)
-#         TREEGATE_BUILD_FUZZERS (OFF)   fuzz_safetensors, clang only, plus a bounded ctest (label
-#                                        fuzz), registered even without TREEGATE_BUILD_TESTS
-#         TREEGATE_FUZZ_SECONDS (60)     how long that ctest fuzzes (libFuzzer -max_total_time)
+#         TREEGATE_BUILD_FUZZERS (OFF)   fuzz_safetensors and fuzz_load_into, clang only, each a
+#                                        bounded ctest (label fuzz), registered even without
+#                                        TREEGATE_BUILD_TESTS
+#         TREEGATE_FUZZ_SECONDS (60)     how long those ctests fuzz together (libFuzzer
+#                                        -max_total_time: a third for fuzz_load_into)
 #         ctest `safetensors_interop`  (label interop; skipped unless numpy + safetensors import;
 #                                        TREEGATE_INTEROP_TEST=OFF leaves it and interop_main out)
 #         ctest `pytorch_interop`      (label interop; skipped unless torch + fastfeedforward import;
@@ -133,12 +135,34 @@ if(TREEGATE_BUILD_FUZZERS)
     treegate_own_target(treegate_make_corpus)
     target_link_libraries(treegate_make_corpus PRIVATE treegate::io)
 
+    # The metadata-free load_into path and PyTorch's dtypes; the same source with
+    # TREEGATE_FUZZ_MAKE_CORPUS writes its seeds (one option byte, then a state dict).
+    add_executable(fuzz_load_into ${treegate_io_root}/tests/fuzz/fuzz_load_into.cpp)
+    treegate_own_target(fuzz_load_into)
+    target_link_libraries(fuzz_load_into PRIVATE treegate::io)
+    target_compile_options(fuzz_load_into PRIVATE ${treegate_fuzz_flags} -g)
+    target_link_options(fuzz_load_into PRIVATE ${treegate_fuzz_flags})
+    add_executable(treegate_make_load_into_corpus ${treegate_io_root}/tests/fuzz/fuzz_load_into.cpp)
+    treegate_own_target(treegate_make_load_into_corpus)
+    target_link_libraries(treegate_make_load_into_corpus PRIVATE treegate::io)
+    target_compile_definitions(treegate_make_load_into_corpus PRIVATE TREEGATE_FUZZ_MAKE_CORPUS=1)
+
     # The bounded fuzz run is a ctest whenever fuzzers are built: the `fuzz` preset builds
     # nothing else (no TREEGATE_BUILD_TESTS), so it enables testing itself.
     enable_testing()
     if(NOT TREEGATE_FUZZ_SECONDS MATCHES "^[1-9][0-9]*$")
       message(FATAL_ERROR "treegate: TREEGATE_FUZZ_SECONDS must be a positive whole number of seconds, "
                           "not '${TREEGATE_FUZZ_SECONDS}'")
+    endif()
+    # The fuzzers share TREEGATE_FUZZ_SECONDS (ctest runs them one after the other): the
+    # metadata-free load_into target gets a third, at least 1 s, fuzz_safetensors the rest.
+    math(EXPR treegate_fuzz_load_into_seconds "${TREEGATE_FUZZ_SECONDS} / 3")
+    if(treegate_fuzz_load_into_seconds LESS 1)
+      set(treegate_fuzz_load_into_seconds 1)
+    endif()
+    math(EXPR treegate_fuzz_safetensors_seconds "${TREEGATE_FUZZ_SECONDS} - ${treegate_fuzz_load_into_seconds}")
+    if(treegate_fuzz_safetensors_seconds LESS 1)
+      set(treegate_fuzz_safetensors_seconds 1)
     endif()
     # libFuzzer adds what it finds to the first directory: keep that in the build tree.
     set(treegate_fuzz_work ${CMAKE_CURRENT_BINARY_DIR}/fuzz_safetensors_corpus)
@@ -147,7 +171,7 @@ if(TREEGATE_BUILD_FUZZERS)
     # -print_final_stats makes libFuzzer end with stat::number_of_executed_units, which
     # `bash cmake/treegate.sh test` reports; a crash leaves fuzz_safetensors_crash-* beside it.
     add_test(NAME fuzz_safetensors
-             COMMAND fuzz_safetensors -max_total_time=${TREEGATE_FUZZ_SECONDS} -rss_limit_mb=2048
+             COMMAND fuzz_safetensors -max_total_time=${treegate_fuzz_safetensors_seconds} -rss_limit_mb=2048
                      -print_final_stats=1
                      -dict=${treegate_io_root}/tests/fuzz/safetensors.dict
                      -artifact_prefix=${CMAKE_CURRENT_BINARY_DIR}/fuzz_safetensors_
@@ -159,5 +183,20 @@ if(TREEGATE_BUILD_FUZZERS)
                          DEPENDS fuzz_safetensors_mkdir LABELS fuzz)
     set_tests_properties(fuzz_safetensors PROPERTIES FIXTURES_REQUIRED treegate_fuzz_corpus
                          LABELS fuzz TIMEOUT ${treegate_fuzz_timeout})
+    set(treegate_fuzz_load_into_work ${CMAKE_CURRENT_BINARY_DIR}/fuzz_load_into_corpus)
+    add_test(NAME fuzz_load_into_mkdir COMMAND ${CMAKE_COMMAND} -E make_directory ${treegate_fuzz_load_into_work})
+    add_test(NAME fuzz_load_into_seed COMMAND treegate_make_load_into_corpus ${treegate_fuzz_load_into_work})
+    add_test(NAME fuzz_load_into
+             COMMAND fuzz_load_into -max_total_time=${treegate_fuzz_load_into_seconds} -rss_limit_mb=2048
+                     -print_final_stats=1
+                     -dict=${treegate_io_root}/tests/fuzz/safetensors.dict
+                     -artifact_prefix=${CMAKE_CURRENT_BINARY_DIR}/fuzz_load_into_
+                     ${treegate_fuzz_load_into_work})
+    math(EXPR treegate_fuzz_load_into_timeout "${treegate_fuzz_load_into_seconds} * 2 + 120")
+    set_tests_properties(fuzz_load_into_mkdir PROPERTIES FIXTURES_SETUP treegate_fuzz_load_into_corpus LABELS fuzz)
+    set_tests_properties(fuzz_load_into_seed PROPERTIES FIXTURES_SETUP treegate_fuzz_load_into_corpus
+                         DEPENDS fuzz_load_into_mkdir LABELS fuzz)
+    set_tests_properties(fuzz_load_into PROPERTIES FIXTURES_REQUIRED treegate_fuzz_load_into_corpus
+                         DEPENDS fuzz_safetensors LABELS fuzz TIMEOUT ${treegate_fuzz_load_into_timeout})
   endif()
 endif()
