@@ -8,6 +8,7 @@
 #include <treegate/train/backward.hpp>
 #include <treegate/train/gradients.hpp>
 #include <treegate/train/optimizer.hpp>
+#include <treegate/train/soft_routing.hpp>
 
 #include <cmath>
 #include <cstdint>
@@ -230,6 +231,19 @@ TEST_CASE("tree_feedforward leaf biases: the gradient is the sum of dY over each
                 CHECK((biased.leaf_bias(t, l) - expect).cwiseAbs().maxCoeff() <= 1e-15);
             }
     }
+}
+
+TEST_CASE("tree_feedforward leaf biases: soft routing refuses them instead of leaving them out",
+          "[tree_feedforward][leaf_bias][soft]") {
+    ff<double> layer(3, 2, 2, 2, 1, activation::relu, tree_mode::leaf_only, true, tie_rule::greater, true);
+    layer.initialize(3);
+    const Eigen::MatrixXd X = Eigen::MatrixXd::Ones(3, 4);
+    Eigen::MatrixXd Y(2, 4), dX(3, 4);
+    tt::soft_workspace<double> ws;
+    auto grad = tt::make_gradient(layer);
+    TG_CHECK_THROWS_WITH(treegate::config_error, tt::soft_forward(layer, X, Y, ws), "soft routing", "leaf biases");
+    TG_CHECK_THROWS_WITH(treegate::config_error, tt::soft_backward(layer, X, Y, grad, dX, ws), "soft routing",
+                         "leaf biases");
 }
 
 #if defined(TREEGATE_HAS_IO)
