@@ -224,7 +224,7 @@ test_dev() {
               "test ${test_seconds} s; $(ctest_summary "build/$preset/ctest.log")"
 }
 
-# The fuzz preset: builds fuzz_safetensors with clang++-14 and runs it as a ctest for
+# The fuzz preset: builds fuzz_safetensors and fuzz_load_into with clang++-14 and runs them as ctests for
 # TREEGATE_FUZZ_SECONDS (libFuzzer -max_total_time) from the seed corpus; reports the number of
 # executions and crashes. Skipped, with a message, when clang++-14 or libFuzzer is missing.
 test_fuzz() {
@@ -244,21 +244,23 @@ test_fuzz() {
   configure_and_build fuzz -DTREEGATE_FUZZ_SECONDS="$seconds"
   # -V for libFuzzer's closing statistics; its per-input lines stay in the log only.
   say "fuzzing the safetensors loader for $seconds s (full output: $log)"
-  find build/fuzz -maxdepth 1 -type f -name 'fuzz_safetensors_*-*' -delete  # a previous run's
+  find build/fuzz -maxdepth 1 -type f -name 'fuzz_*_*-*' -delete  # a previous run's
   local t=$SECONDS
   ctest --preset fuzz -V >"$log" 2>&1 || status=$?
   test_seconds=$((SECONDS - t))
   grep -E 'INFO: (Seed|Loaded|seed corpus)|INITED|DONE|Done [0-9]+ runs|stat::|ERROR|SUMMARY|Test unit written|tests passed|Passed|Failed' \
     "$log" || true
   local executions crashes
-  executions=$(grep -Eo 'stat::number_of_executed_units: [0-9]+' "$log" | tail -n 1 | grep -Eo '[0-9]+$' || true)
-  crashes=$(find build/fuzz -maxdepth 1 -name 'fuzz_safetensors_*-*' -type f | wc -l)
+  # Both fuzzers' (fuzz_safetensors, fuzz_load_into) executions, summed.
+  executions=$(grep -Eo 'stat::number_of_executed_units: [0-9]+' "$log" | grep -Eo '[0-9]+$' |
+               awk '{ n += $1 } END { if (NR) print n }' || true)
+  crashes=$(find build/fuzz -maxdepth 1 -name 'fuzz_*_*-*' -type f | wc -l)
   add_summary "fuzz: configure ${configure_seconds} s, build ${build_seconds} s, test ${test_seconds} s;" \
               "${executions:-?} executions in $seconds s, $crashes crash(es); $(ctest_summary "$log")"
   if [ "$status" -ne 0 ]; then
     tail -n 80 "$log"
     printf '%s' "$summaries"
-    die "the fuzz step failed (crashing inputs, if any: build/fuzz/fuzz_safetensors_*-*)"
+    die "the fuzz step failed (crashing inputs, if any: build/fuzz/fuzz_*_*-*)"
   fi
 }
 

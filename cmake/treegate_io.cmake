@@ -7,9 +7,11 @@
 #
 # Gives:  treegate::io  INTERFACE target = treegate::treegate + nlohmann_json + ZLIB::ZLIB (when
 #                       both are found; zlib computes the checksum of the tensor data)
-#         TREEGATE_BUILD_FUZZERS (OFF)   fuzz_safetensors, clang only, plus a bounded ctest (label
-#                                        fuzz), registered even without TREEGATE_BUILD_TESTS
-#         TREEGATE_FUZZ_SECONDS (60)     how long that ctest fuzzes (libFuzzer -max_total_time)
+#         TREEGATE_BUILD_FUZZERS (OFF)   fuzz_safetensors and fuzz_load_into, clang only, each a
+#                                        bounded ctest (label fuzz), registered even without
+#                                        TREEGATE_BUILD_TESTS
+#         TREEGATE_FUZZ_SECONDS (60)     how long those ctests fuzz together (libFuzzer
+#                                        -max_total_time: a third for fuzz_load_into)
 #         ctest `safetensors_interop`  (label interop; skipped unless numpy + safetensors import;
 #                                        TREEGATE_INTEROP_TEST=OFF leaves it and interop_main out)
 #         ctest `pytorch_interop`      (label interop; skipped unless torch + fastfeedforward import;
@@ -122,16 +124,24 @@ if(TREEGATE_BUILD_FUZZERS)
   else()
     include(${treegate_io_root}/cmake/treegateWarnings.cmake)
     set(treegate_fuzz_flags -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined)
-    add_executable(fuzz_safetensors ${treegate_io_root}/tests/fuzz/fuzz_safetensors.cpp)
-    treegate_own_target(fuzz_safetensors)
-    target_link_libraries(fuzz_safetensors PRIVATE treegate::io)
-    target_compile_options(fuzz_safetensors PRIVATE ${treegate_fuzz_flags} -g)
-    target_link_options(fuzz_safetensors PRIVATE ${treegate_fuzz_flags})
-
+    # A libFuzzer executable, or (no `fuzz` flag) a seed writer, of treegate::io.
+    function(treegate_fuzz_executable name source fuzz)
+      add_executable(${name} ${source})
+      treegate_own_target(${name})
+      target_link_libraries(${name} PRIVATE treegate::io)
+      if(fuzz)
+        target_compile_options(${name} PRIVATE ${treegate_fuzz_flags} -g)
+        target_link_options(${name} PRIVATE ${treegate_fuzz_flags})
+      endif()
+    endfunction()
+    treegate_fuzz_executable(fuzz_safetensors ${treegate_io_root}/tests/fuzz/fuzz_safetensors.cpp ON)
     # Writes the seed corpus (the committed tests/fuzz/corpus/ came from it).
-    add_executable(treegate_make_corpus ${treegate_io_root}/tests/fuzz/make_corpus.cpp)
-    treegate_own_target(treegate_make_corpus)
-    target_link_libraries(treegate_make_corpus PRIVATE treegate::io)
+    treegate_fuzz_executable(treegate_make_corpus ${treegate_io_root}/tests/fuzz/make_corpus.cpp OFF)
+    # The metadata-free load_into path and PyTorch's dtypes; the same source with
+    # TREEGATE_FUZZ_MAKE_CORPUS writes its seeds (one option byte, then a state dict).
+    treegate_fuzz_executable(fuzz_load_into ${treegate_io_root}/tests/fuzz/fuzz_load_into.cpp ON)
+    treegate_fuzz_executable(treegate_make_load_into_corpus ${treegate_io_root}/tests/fuzz/fuzz_load_into.cpp OFF)
+    target_compile_definitions(treegate_make_load_into_corpus PRIVATE TREEGATE_FUZZ_MAKE_CORPUS=1)
 
     # The bounded fuzz run is a ctest whenever fuzzers are built: the `fuzz` preset builds
     # nothing else (no TREEGATE_BUILD_TESTS), so it enables testing itself.
@@ -140,24 +150,38 @@ if(TREEGATE_BUILD_FUZZERS)
       message(FATAL_ERROR "treegate: TREEGATE_FUZZ_SECONDS must be a positive whole number of seconds, "
                           "not '${TREEGATE_FUZZ_SECONDS}'")
     endif()
+    # Ctests `<name>_mkdir` and `<name>_seed` (the seed writer fills the work corpus), then
+    # `<name>` fuzzing for `seconds` from it and the further corpus directories given.
     # libFuzzer adds what it finds to the first directory: keep that in the build tree.
-    set(treegate_fuzz_work ${CMAKE_CURRENT_BINARY_DIR}/fuzz_safetensors_corpus)
-    add_test(NAME fuzz_safetensors_seed COMMAND treegate_make_corpus ${treegate_fuzz_work})
-    add_test(NAME fuzz_safetensors_mkdir COMMAND ${CMAKE_COMMAND} -E make_directory ${treegate_fuzz_work})
     # -print_final_stats makes libFuzzer end with stat::number_of_executed_units, which
-    # `bash cmake/treegate.sh test` reports; a crash leaves fuzz_safetensors_crash-* beside it.
-    add_test(NAME fuzz_safetensors
-             COMMAND fuzz_safetensors -max_total_time=${TREEGATE_FUZZ_SECONDS} -rss_limit_mb=2048
-                     -print_final_stats=1
-                     -dict=${treegate_io_root}/tests/fuzz/safetensors.dict
-                     -artifact_prefix=${CMAKE_CURRENT_BINARY_DIR}/fuzz_safetensors_
-                     ${treegate_fuzz_work} ${treegate_io_root}/tests/fuzz/corpus)
-    # The timeout leaves room for loading the corpus and for a loaded machine.
-    math(EXPR treegate_fuzz_timeout "${TREEGATE_FUZZ_SECONDS} * 2 + 120")
-    set_tests_properties(fuzz_safetensors_mkdir PROPERTIES FIXTURES_SETUP treegate_fuzz_corpus LABELS fuzz)
-    set_tests_properties(fuzz_safetensors_seed PROPERTIES FIXTURES_SETUP treegate_fuzz_corpus
-                         DEPENDS fuzz_safetensors_mkdir LABELS fuzz)
-    set_tests_properties(fuzz_safetensors PROPERTIES FIXTURES_REQUIRED treegate_fuzz_corpus
-                         LABELS fuzz TIMEOUT ${treegate_fuzz_timeout})
+    # `bash cmake/treegate.sh test` reports; a crash leaves <name>_crash-* beside it.
+    function(treegate_fuzz_test name seeder seconds)
+      set(work ${CMAKE_CURRENT_BINARY_DIR}/${name}_corpus)
+      add_test(NAME ${name}_seed COMMAND ${seeder} ${work})
+      add_test(NAME ${name}_mkdir COMMAND ${CMAKE_COMMAND} -E make_directory ${work})
+      add_test(NAME ${name}
+               COMMAND ${name} -max_total_time=${seconds} -rss_limit_mb=2048 -print_final_stats=1
+                       -dict=${treegate_io_root}/tests/fuzz/safetensors.dict
+                       -artifact_prefix=${CMAKE_CURRENT_BINARY_DIR}/${name}_ ${work} ${ARGN})
+      # The timeout leaves room for loading the corpus and for a loaded machine.
+      math(EXPR timeout "${seconds} * 2 + 120")
+      set_tests_properties(${name}_mkdir PROPERTIES FIXTURES_SETUP ${name}_corpus LABELS fuzz)
+      set_tests_properties(${name}_seed PROPERTIES FIXTURES_SETUP ${name}_corpus DEPENDS ${name}_mkdir LABELS fuzz)
+      set_tests_properties(${name} PROPERTIES FIXTURES_REQUIRED ${name}_corpus LABELS fuzz TIMEOUT ${timeout})
+    endfunction()
+    # The fuzzers share TREEGATE_FUZZ_SECONDS, one after the other: the metadata-free load_into
+    # target gets a third (at least 1 s), fuzz_safetensors the rest (at least 1 s).
+    math(EXPR treegate_fuzz_load_into_seconds "${TREEGATE_FUZZ_SECONDS} / 3")
+    if(treegate_fuzz_load_into_seconds LESS 1)
+      set(treegate_fuzz_load_into_seconds 1)
+    endif()
+    math(EXPR treegate_fuzz_safetensors_seconds "${TREEGATE_FUZZ_SECONDS} - ${treegate_fuzz_load_into_seconds}")
+    if(treegate_fuzz_safetensors_seconds LESS 1)
+      set(treegate_fuzz_safetensors_seconds 1)
+    endif()
+    treegate_fuzz_test(fuzz_safetensors treegate_make_corpus ${treegate_fuzz_safetensors_seconds}
+                       ${treegate_io_root}/tests/fuzz/corpus)
+    treegate_fuzz_test(fuzz_load_into treegate_make_load_into_corpus ${treegate_fuzz_load_into_seconds})
+    set_tests_properties(fuzz_load_into PROPERTIES DEPENDS fuzz_safetensors)
   endif()
 endif()

@@ -310,6 +310,47 @@ TEST_CASE("load_fastfeedforward: a score of exactly zero goes right as in the pa
     CHECK((y - left).cwiseAbs().maxCoeff() < 1e-12);
 }
 
+TEST_CASE("load_fastfeedforward: the package's rule as the layer's tie rule, tensors in place; leaf_bias adds b2s",
+          "[tie_rule][leaf_bias]") {
+    std::mt19937 g(17);
+    for (int depth = 0; depth <= 3; ++depth) {
+        const index_t in = tg_test::uniform_index(g, 1, 6), width = tg_test::uniform_index(g, 1, 4),
+                      out = tg_test::uniform_index(g, 1, 3);
+        auto t = random_fff(depth, in, width, out, g);
+        if (depth > 0) t.nb[0] = 0.0f;  // x = 0 ties at the root
+        const std::string path = fff_file(t).save("fff_b2s.safetensors");
+        tp::load_options opt;
+        opt.leaf_bias = true;
+        const auto layer = tp::load_fastfeedforward<double>(path, opt);
+        CHECK(layer.tie() == treegate::tie_rule::greater_equal);
+        CHECK(layer.has_leaf_bias());
+        CHECK_FALSE(tp::load_fastfeedforward<double>(path).has_leaf_bias());
+        opt.exact_ties = false;
+        CHECK(tp::load_fastfeedforward<double>(path, opt).tie() == treegate::tie_rule::greater);
+        const auto leaves = std::size_t{1} << depth;
+        for (std::size_t n = 0; n + 1 < leaves; ++n) {  // router n is the file's node n
+            CHECK(layer.router_bias(0, static_cast<index_t>(n)) == double(t.nb[n]));
+            CHECK(layer.router_weight(0, static_cast<index_t>(n))(0) == double(t.nw[n * static_cast<std::size_t>(in)]));
+        }
+        Eigen::MatrixXd X = tg_test::random_matrix<double>(in, 30, g);
+        X.col(0).setZero();
+        const Eigen::MatrixXd Y = layer.forward_batch(X);
+        for (index_t e = 0; e < X.cols(); ++e) {
+            // The training path's leaf term: the eval output plus b2s of the leaf.
+            std::size_t node = 0;
+            for (int level = 0; level < depth; ++level) {
+                double s = t.nb[node];
+                for (index_t i = 0; i < in; ++i) s += double(t.nw[node * static_cast<std::size_t>(in) + static_cast<std::size_t>(i)]) * X(i, e);
+                node = 2 * node + 1 + (s >= 0 ? 1 : 0);
+            }
+            const std::size_t leaf = node - (leaves - 1);
+            Eigen::VectorXd want = fff_oracle(t, X.col(e), activation::relu);
+            for (index_t o = 0; o < out; ++o) want(o) += double(t.b2[leaf * static_cast<std::size_t>(out) + static_cast<std::size_t>(o)]);
+            CHECK((Y.col(e) - want).cwiseAbs().maxCoeff() < 1e-12);
+        }
+    }
+}
+
 TEST_CASE("load_fastfeedforward checks every tensor's name, shape and dtype") {
     std::mt19937 g(5);
     const auto t = random_fff(2, 4, 3, 2, g);

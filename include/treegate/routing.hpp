@@ -13,6 +13,20 @@
 
 namespace treegate {
 
+/// Where a gate value of exactly zero goes: `greater`, bit 1 iff g > 0 (the README's rule, so
+/// +0 and -0 go left; the default), or `greater_equal`, bit 1 iff g >= 0 (+0 and -0 go right:
+/// the `fastfeedforward` package's nodes). NaN gives 0 under both, so a NaN never reaches a
+/// right child by accident of the rule.
+enum class tie_rule { greater, greater_equal };
+
+inline const char* to_string(tie_rule r) noexcept { return r == tie_rule::greater ? "greater" : "greater_equal"; }
+
+/// The gate bit of g under a tie rule; with the default it is tree::gate_bit.
+template <class Scalar>
+constexpr int gate_bit(Scalar g, tie_rule tie = tie_rule::greater) noexcept {
+    return tie == tie_rule::greater ? tree::gate_bit(g) : (g >= Scalar(0) ? 1 : 0);
+}
+
 /// The D gating units of a layer: either designated entries of the input, or an external gate
 /// vector supplied with every call (for example the pre-activations of the previous layer).
 class gating {
@@ -69,32 +83,34 @@ inline void check_gating_kind(const char* layer, const char* call, const gating&
 
 /// Leaf code from gate values read at `index[0..depth)` of `x` (a strided view is allowed).
 template <class Scalar>
-inline leaf_t route_by_indices(const Scalar* x, const index_t* index, int depth) noexcept {
+inline leaf_t route_by_indices(const Scalar* x, const index_t* index, int depth,
+                               tie_rule tie = tie_rule::greater) noexcept {
     leaf_t code = 0;
-    for (int j = 0; j < depth; ++j) code = (code << 1) | static_cast<leaf_t>(tree::gate_bit(x[index[j]]));
+    for (int j = 0; j < depth; ++j) code = (code << 1) | static_cast<leaf_t>(gate_bit(x[index[j]], tie));
     return code;
 }
 
 /// Leaf code from `depth` consecutive gate values g[0], g[stride], ... (g[0] decides level 1).
 template <class Scalar>
-inline leaf_t route_by_gates(const Scalar* g, index_t stride, int depth) noexcept {
+inline leaf_t route_by_gates(const Scalar* g, index_t stride, int depth, tie_rule tie = tie_rule::greater) noexcept {
     leaf_t code = 0;
-    for (int j = 0; j < depth; ++j) code = (code << 1) | static_cast<leaf_t>(tree::gate_bit(g[j * stride]));
+    for (int j = 0; j < depth; ++j) code = (code << 1) | static_cast<leaf_t>(gate_bit(g[j * stride], tie));
     return code;
 }
 
 /// A node router's bit: the sign of the hyperplane r.x + s (leaf_only's internal nodes), with
 /// the dot product taken by the layer's kernel Policy so that every pass sees the same bit.
 template <class Policy, class Scalar>
-inline int hyperplane_bit(index_t in, const Scalar* r, Scalar s, const Scalar* x) noexcept {
-    return tree::gate_bit(Policy::dot(in, r, x) + s);
+inline int hyperplane_bit(index_t in, const Scalar* r, Scalar s, const Scalar* x,
+                          tie_rule tie = tie_rule::greater) noexcept {
+    return gate_bit(Policy::dot(in, r, x) + s, tie);
 }
 
 /// A unit router's bit (path_sum): the sign of the unit's first pre-activation, pre[0] of
 /// U x + a, so the node's own MLP decides where the example goes next.
 template <class Scalar>
-inline int unit_bit(const Scalar* pre) noexcept {
-    return tree::gate_bit(pre[0]);
+inline int unit_bit(const Scalar* pre, tie_rule tie = tie_rule::greater) noexcept {
+    return gate_bit(pre[0], tie);
 }
 
 }  // namespace treegate

@@ -5,7 +5,10 @@ Usage: pytorch_interop.py <pytorch_main executable> <work directory> [--venv <vi
 
 - fastfeedforward's FFF (the PyPI package): trained a few steps, its state_dict saved with
   safetensors.torch.save_file (F32, depth I64, usage counters), loaded in C++ and compared with
-  the package's eval_forward; the same inside a larger model (a name prefix) and saved as F16.
+  the package's two hard behaviours: eval_forward (right iff w.x + b >= 0, no b2s) with the
+  loader's defaults, and training_forward with hard decisions (right iff round(sigmoid(w.x + b))
+  is 1, i.e. w.x + b > 0, plus b2s) with exact_ties off and leaf_bias on, also at exact ties;
+  the same inside a larger model (a name prefix) and saved as F16.
 - UltraFastBERT's layer (linear_in / linear_out, trees tree-major), written here from its
   formula in PyTorch: the same comparison.
 - nn.Sequential(Linear, ReLU, Linear) saved without treegate metadata and read by
@@ -108,6 +111,20 @@ def train_fff(rng):
     return m.eval()
 
 
+def fff_train_hard(m, x):
+    """The package's training path with hard decisions (no dropout or region leak here)."""
+    m.train()
+    with torch.no_grad():
+        y = m.training_forward(torch.from_numpy(x.astype(np.float32)), use_hard_decisions=True).double().numpy()
+    m.eval()
+    return y
+
+
+def b2s_tolerance(sd, leaves, want):
+    """The rounding of adding b2s[l] (once on either side) on top of the eval path's bound."""
+    return 4 * U32 * (np.abs(want) + np.abs(sd["b2s"].double().numpy()[leaves]))
+
+
 def compare(name, got, want, tol):
     if got is None:
         check(False, name + ": pytorch_main failed")
@@ -131,9 +148,15 @@ def test_fff(exe, work, rng):
     save_file(sd, path)
     compare("FFF, F32 + I64 depth, exact ties", run_cpp(exe, "fff", path, x, work)[0], want, tol)
     compare("FFF, F32, exact_ties off", run_cpp(exe, "fff_direct", path, x, work)[0], want, tol)
+    # The training path: b2s included, ties go left (torch.round(0.5) is 0).
+    want_train = fff_train_hard(m, x)
+    check(float(np.abs(want_train - want).max()) > 1e-3, "the hard training path differs from eval (by b2s)")
+    compare("FFF training path (hard decisions, b2s): exact_ties off, leaf_bias on",
+            run_cpp(exe, "fff_train", path, x, work)[0], want_train, tol + b2s_tolerance(sd, leaves, want_train))
 
-    # Ties: with every node bias 0, x = 0 scores exactly 0 at every node, which the package sends
-    # right; exact_ties (the default) must agree, the direct copy goes left instead.
+    # Ties: with every node bias 0, x = 0 scores exactly 0 at every node, which the package's eval
+    # path sends right; exact_ties (the default, the tie rule >=) must agree, the direct copy
+    # goes left instead, as the package's hard training path does.
     tied = dict(sd)
     tied["node_biases"] = torch.zeros_like(sd["node_biases"])
     m_tied = FFF(6, 5, 3, 3, usage_mode="soft")
@@ -149,6 +172,11 @@ def test_fff(exe, work, rng):
     direct = run_cpp(exe, "fff_direct", path, zero, work)[0]
     check(direct is not None and bool(np.any(np.abs(direct - want_tied) > tol_tied)),
           "FFF at a tie, exact_ties off: goes left where the package goes right (differs, as documented)")
+    train_tied = fff_train_hard(m_tied, zero)
+    left = fff_route(tied, zero)[0] * 0  # leaf 0: every tie goes left
+    compare("FFF training path at a tie: exact_ties off, leaf_bias on (left, b2s added)",
+            run_cpp(exe, "fff_train", path, zero, work)[0], train_tied,
+            fff_tolerance(tied, zero, left, 1.0) + b2s_tolerance(tied, left, train_tied))
 
     # Inside a larger model, under a prefix, beside other tensors.
     big = {"encoder.fff." + k: v for k, v in sd.items()}

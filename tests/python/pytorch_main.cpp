@@ -1,8 +1,10 @@
 // The C++ side of tests/python/pytorch_interop.py: loads a PyTorch state dict with one call of
 // io/pytorch.hpp (or load_into for a plain nn.Sequential) and runs it on inputs from Python.
-//   pytorch_main <fff|fff_direct|ufb|sequential> <model> <inputs> <outputs> [option]
+//   pytorch_main <fff|fff_direct|fff_train|ufb|sequential> <model> <inputs> <outputs> [option]
 //     inputs["x"] [batch, in] (F32); writes outputs["y"] [batch, out] (F32).
-//     option: the name prefix (fff, fff_direct), "prefix[:trees]" (ufb) or "in,hidden,out" (sequential).
+//     fff: load_fastfeedforward's defaults (the package's eval path: `>= 0`, no b2s);
+//     fff_direct: exact_ties off; fff_train: exact_ties off and leaf_bias on (its hard training path).
+//     option: the name prefix (fff*), "prefix[:trees]" (ufb) or "in,hidden,out" (sequential).
 //   Exit 0 done, 1 error, 3 when load_into cannot read a file without treegate metadata yet.
 #include <treegate/io/pytorch.hpp>
 #include <treegate/io/safetensors.hpp>
@@ -40,7 +42,7 @@ void run(const Layer& layer, const std::string& inputs, const std::string& outpu
 
 int main(int argc, char** argv) {
     if (argc < 5 || argc > 6) {
-        std::cerr << "usage: pytorch_main <fff|fff_direct|ufb|sequential> <model> <inputs> <outputs> [option]\n";
+        std::cerr << "usage: pytorch_main <fff|fff_direct|fff_train|ufb|sequential> <model> <inputs> <outputs> [option]\n";
         return 1;
     }
     const std::string kind = argv[1], model = argv[2], inputs = argv[3], outputs = argv[4];
@@ -48,8 +50,9 @@ int main(int argc, char** argv) {
     try {
         tp::load_options opt;
         opt.prefix = option;
-        if (kind == "fff" || kind == "fff_direct") {
+        if (kind == "fff" || kind == "fff_direct" || kind == "fff_train") {
             opt.exact_ties = kind == "fff";
+            opt.leaf_bias = kind == "fff_train";
             run(tp::load_fastfeedforward<float>(model, opt), inputs, outputs);
         } else if (kind == "ufb") {
             const auto colon = option.find(':');  // "prefix:trees"

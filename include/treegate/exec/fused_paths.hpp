@@ -5,6 +5,7 @@
 
 #include "../activation.hpp"
 #include "../config.hpp"
+#include "../routing.hpp"
 #include "../tree.hpp"
 
 #include <algorithm>
@@ -34,6 +35,7 @@ struct fused_tree {
     activation act;
     const Scalar *U, *A, *V;
     index_t u_stride, a_stride, v_stride;
+    tie_rule tie = tie_rule::greater;  // the layer's (routing.hpp)
 
     /// A group's route state: per example, the current node and, per level, act(pre) and V.
     struct paths {
@@ -57,7 +59,7 @@ struct fused_tree {
                 const std::size_t at = kk * levels_max + static_cast<std::size_t>(level);
                 p.alpha[at] = apply(act, s);
                 p.v[at] = V + node * v_stride;
-                p.node[kk] = tree::child(node, tree::gate_bit(s));
+                p.node[kk] = tree::child(node, treegate::gate_bit(s, tie));
             }
         }
     }

@@ -8,6 +8,7 @@
 #include "../error.hpp"
 #include "../kernels/policy.hpp"
 #include "../layers/tree_feedforward.hpp"
+#include "../routing.hpp"
 #include "../tree.hpp"
 #include "detail/atomic_file.hpp"
 #include "detail/format.hpp"
@@ -31,9 +32,13 @@ struct load_options {
     /// FFF only: the leaves' activation, which a state dict does not record (the package's
     /// default is ReLU).
     activation act = activation::relu;
-    /// FFF only: reproduce the package's rule that a node sends x right iff `w.x + b >= 0`
-    /// also when `w.x + b` is exactly zero (see load_fastfeedforward).
+    /// FFF only: the package's rule that a node sends x right iff `w.x + b >= 0`, also when
+    /// `w.x + b` is exactly zero: the layer's tie rule is tie_rule::greater_equal. Off, the
+    /// layer keeps treegate's default `> 0` and such inputs go left (see load_fastfeedforward).
     bool exact_ties = true;
+    /// FFF only: b2s becomes the layer's per-leaf output bias, as the package's training path
+    /// adds it; off (the default), the layer computes its eval output, which leaves b2s out.
+    bool leaf_bias = false;
     /// UltraFastBERT only: the tree count K and depth D; 0 and -1 derive them from the shapes.
     index_t trees = 0;
     int depth = -1;
@@ -129,27 +134,20 @@ inline parsed_file read_checked(const void* data, std::size_t size, const std::s
 
 inline index_t as_index(std::uint64_t v) noexcept { return static_cast<index_t>(v); }
 
-/// Node n of a heap-ordered tree reflected left to right within its level.
-inline index_t mirrored(index_t n) noexcept {
-    index_t begin = 0;
-    while (2 * begin + 1 <= n) begin = 2 * begin + 1;  // the first node of n's level
-    return begin + (begin - (n - begin));  // the level holds begin + 1 nodes
-}
-
 }  // namespace detail
 
 /// The `fastfeedforward` package's FFF (its state dict: node_weights [2^D-1, in], node_biases
 /// [2^D-1, 1], w1s [2^D, in, w], b1s [2^D, w], w2s [2^D, w, out], b2s [2^D, out], depth I64;
-/// node_usage and leaf_usage, when present, are ignored) as a leaf_only tree_feedforward that
-/// computes the package's eval output `act(x w1s[l] + b1s[l]) w2s[l]` at the leaf l the nodes
-/// choose. b2s is read and checked but unused: the eval path leaves it out (its training path
-/// adds it), so a trained nonzero b2s changes nothing here either.
+/// node_usage and leaf_usage, when present, are ignored) as a leaf_only tree_feedforward, every
+/// tensor in place (router n is node n, leaf l is leaf l). By default it computes the package's
+/// eval output `act(x w1s[l] + b1s[l]) w2s[l]` at the leaf l the nodes choose, and b2s is read
+/// and checked but unused, as the eval path leaves it out; with `leaf_bias` b2s[l] is added
+/// (the layer's leaf biases), as the training path adds it.
 ///
-/// The package sends x right iff `w.x + b >= 0`; treegate's routers go right iff their score is
-/// `> 0`. With `exact_ties` (the default) each router holds -w, -b and the tree is mirrored
-/// within every level, which gives the package's choice also at a score of exactly zero; the
-/// layer's leaf 2^D-1-l then holds the file's leaf l. Without it the tensors are copied in place
-/// and only inputs on a node's hyperplane (score exactly zero) go left instead of right.
+/// The package sends x right iff `w.x + b >= 0`: with `exact_ties` (the default) the layer's
+/// tie rule is tie_rule::greater_equal, the same choice also at a score of exactly zero.
+/// Without it the layer routes by treegate's default `> 0`, and only inputs on a node's
+/// hyperplane (score exactly zero) go left instead of right.
 template <class Scalar, class Policy = kernels::default_policy>
 feedforward<Scalar, Policy> load_fastfeedforward_from_memory(const void* data, std::size_t size,
                                                              const std::string& source = "<memory>",
@@ -178,33 +176,35 @@ feedforward<Scalar, Policy> load_fastfeedforward_from_memory(const void* data, s
 
     auto layer = t.construct([&] {
         return feedforward<Scalar, Policy>(detail::as_index(in), detail::as_index(out), detail::as_index(width), D, 1,
-                                           options.act, tree_mode::leaf_only, false);
+                                           options.act, tree_mode::leaf_only, false,
+                                           options.exact_ties ? tie_rule::greater_equal : tie_rule::greater,
+                                           options.leaf_bias);
     });
     const auto R = t.values<Scalar>("node_weights");
     const auto S = t.values<Scalar>("node_biases");
     const auto U = t.values<Scalar>("w1s");
     const auto A = t.values<Scalar>("b1s");
     const auto V = t.values<Scalar>("w2s");
-    t.values<Scalar>("b2s");  // validated (finite), not used: see above
+    const auto B = t.values<Scalar>("b2s");  // validated (finite) also when unused: see above
     const index_t n_in = layer.in_size(), n_out = layer.out_size(), w = layer.width();
-    const bool flip = options.exact_ties;
     for (index_t n = 0; n < detail::as_index(nodes); ++n) {
-        const index_t to = flip ? detail::mirrored(n) : n;
-        const Scalar sign = flip ? Scalar(-1) : Scalar(1);
-        auto r = layer.router_weight(0, to);
-        for (index_t i = 0; i < n_in; ++i) r(i) = sign * R[static_cast<std::size_t>(n * n_in + i)];
-        layer.router_bias(0, to) = sign * S[static_cast<std::size_t>(n)];
+        auto r = layer.router_weight(0, n);
+        for (index_t i = 0; i < n_in; ++i) r(i) = R[static_cast<std::size_t>(n * n_in + i)];
+        layer.router_bias(0, n) = S[static_cast<std::size_t>(n)];
     }
     for (index_t l = 0; l < detail::as_index(leaves); ++l) {
-        const index_t to = flip ? detail::as_index(leaves) - 1 - l : l;
-        auto hidden = layer.hidden_weight(0, to);  // width x in; w1s[l] is in x width
-        auto bias = layer.hidden_bias(0, to);
-        auto output = layer.output_weight(0, to);  // out x width; w2s[l] is width x out
+        auto hidden = layer.hidden_weight(0, l);  // width x in; w1s[l] is in x width
+        auto bias = layer.hidden_bias(0, l);
+        auto output = layer.output_weight(0, l);  // out x width; w2s[l] is width x out
         for (index_t i = 0; i < n_in; ++i)
             for (index_t j = 0; j < w; ++j) hidden(j, i) = U[static_cast<std::size_t>((l * n_in + i) * w + j)];
         for (index_t j = 0; j < w; ++j) bias(j) = A[static_cast<std::size_t>(l * w + j)];
         for (index_t j = 0; j < w; ++j)
             for (index_t o = 0; o < n_out; ++o) output(o, j) = V[static_cast<std::size_t>((l * w + j) * n_out + o)];
+        if (options.leaf_bias) {
+            auto b2 = layer.leaf_bias(0, l);
+            for (index_t o = 0; o < n_out; ++o) b2(o) = B[static_cast<std::size_t>(l * n_out + o)];
+        }
     }
     return layer;
 }

@@ -224,6 +224,9 @@ void describe(Layer& l, const std::string& p, std::vector<parameter_tensor<param
                second([&](index_t t, index_t i) { return l.hidden_bias(t, i).data(); }), n, lv, period, true);
         tensor("output_weight", {kd, ud, file_dim(o), file_dim(w)}, o, w, true, l.output_weight(0, 0).data(),
                second([&](index_t t, index_t i) { return l.output_weight(t, i).data(); }), n, lv, period, true);
+        if (l.has_leaf_bias())  // leaf_only: one output bias per leaf, a part of the leaf's unit
+            tensor("leaf_bias", {kd, ud, file_dim(o)}, o, 1, false, l.leaf_bias(0, 0).data(),
+                   second([&](index_t t, index_t i) { return l.leaf_bias(t, i).data(); }), n, lv, period, true);
         if (!path_sum) {  // leaf_only: router tensors, empty at depth 0
             const index_t nr = K * R;
             auto first = [&](auto&& at) { return nr > 0 ? at(0, 0) : nullptr; };

@@ -40,7 +40,9 @@ namespace treegate {
 /// where that costs at most 1/8 of it (detail::block_stride):
 /// hidden_weight(t, i) `Width x In`, hidden_bias(t, i) `Width`, output_weight(t, i) `Out x Width`
 /// (column-major); leaf_only adds router_weight(t, i) `In` and router_bias(t, i) for the
-/// internal nodes. Units are numbered in heap order, tree-major.
+/// internal nodes and, when built with leaf biases, leaf_bias(t, i) `Out` per leaf (the
+/// `fastfeedforward` package's b2s). Units are numbered in heap order, tree-major. The tie rule
+/// (routing.hpp) says where a route score of exactly zero goes, in both modes.
 template <class Scalar, int In = dynamic, int Out = dynamic, int Width = dynamic, int Depth = dynamic,
           class Policy = kernels::default_policy>
 class tree_feedforward
@@ -78,9 +80,11 @@ public:
     using const_output_bias_map = Eigen::Map<const Eigen::Matrix<Scalar, Out, 1>>;
     static constexpr const char* name = "tree_feedforward";
 
+    /// `leaf_bias` (leaf_only only) gives every leaf its own output bias, added when the leaf is
+    /// reached; off, the layer and its files are what they were before leaf biases existed.
     tree_feedforward(index_t in, index_t out, index_t width, int depth, index_t trees = 1,
                      activation act = activation::gelu, tree_mode mode = tree_mode::path_sum,
-                     bool output_bias = true)
+                     bool output_bias = true, tie_rule tie = tie_rule::greater, bool leaf_bias = false)
         : in_(detail::resolve_size(name, "input size", In, in)),
           out_(detail::resolve_size(name, "output size", Out, out)),
           width_(detail::resolve_size(name, "node width", Width, width)),
@@ -88,9 +92,13 @@ public:
           trees_(trees),
           act_(act),
           mode_(mode),
-          has_output_bias_(output_bias) {
+          tie_(tie),
+          has_output_bias_(output_bias),
+          has_leaf_bias_(leaf_bias) {
         kernels::prepare<Policy>();  // a bad TREEGATE_ISA is an exception here, not in a kernel
         detail::check_config(trees >= 1, name, ": tree count must be positive, got ", trees);
+        detail::check_config(!leaf_bias || mode == tree_mode::leaf_only, name,
+                             ": leaf biases need mode leaf_only (path_sum has no single leaf output)");
         units_ = mode_ == tree_mode::path_sum ? tree::node_count(depth_) : tree::leaf_count(depth_);
         routers_ = mode_ == tree_mode::leaf_only ? tree::internal_count(depth_) : 0;
         const index_t u_size = detail::checked_mul(width_, in_, name, "hidden block size");
@@ -99,6 +107,7 @@ public:
         a_stride_ = detail::block_stride<Scalar>(width_, name, "hidden bias size");
         v_stride_ = detail::block_stride<Scalar>(v_size, name, "output block size");
         r_stride_ = detail::block_stride<Scalar>(in_, name, "router size");
+        b_stride_ = has_leaf_bias_ ? detail::block_stride<Scalar>(out_, name, "leaf bias size") : 0;
         const index_t all_units = detail::checked_mul(trees_, units_, name, "unit count");
         const index_t all_routers = detail::checked_mul(trees_, routers_, name, "router count");
         const index_t un = detail::checked_mul(all_units, u_stride_, name, "parameter count");
@@ -106,25 +115,29 @@ public:
         const index_t vn = detail::checked_mul(all_units, v_stride_, name, "parameter count");
         const index_t rn = detail::checked_mul(all_routers, r_stride_, name, "parameter count");
         const index_t cn = has_output_bias_ ? out_ : 0;
-        const index_t per_unit = detail::checked_sum({u_size, width_, v_size}, name, "parameter count");
+        const index_t bn = detail::checked_mul(all_units, b_stride_, name, "parameter count");
+        const index_t per_unit =
+            detail::checked_sum({u_size, width_, v_size, has_leaf_bias_ ? out_ : 0}, name, "parameter count");
         const index_t per_router = detail::checked_add(in_, 1, name, "parameter count");
         const detail::footprint total{
             detail::checked_sum({detail::checked_mul(all_units, per_unit, name, "parameter count"),
                                  detail::checked_mul(all_routers, per_router, name, "parameter count"), cn},
                                 name, "parameter count"),
-            detail::checked_bytes<Scalar>({un, an, vn, rn, all_routers, cn}, name)};
+            detail::checked_bytes<Scalar>({un, an, vn, rn, all_routers, cn, bn}, name)};
         U_ = detail::aligned_buffer<Scalar>(un, name, total);
         A_ = detail::aligned_buffer<Scalar>(an, name, total);
         V_ = detail::aligned_buffer<Scalar>(vn, name, total);
         R_ = detail::aligned_buffer<Scalar>(rn, name, total);
         S_ = detail::aligned_buffer<Scalar>(all_routers, name, total);
         c_ = detail::aligned_buffer<Scalar>(cn, name, total);
+        B_ = detail::aligned_buffer<Scalar>(bn, name, total);
     }
 
     /// All sizes fixed at compile time.
     explicit tree_feedforward(index_t trees = 1, activation act = activation::gelu,
-                              tree_mode mode = tree_mode::path_sum, bool output_bias = true)
-        : tree_feedforward(In, Out, Width, Depth, trees, act, mode, output_bias) {
+                              tree_mode mode = tree_mode::path_sum, bool output_bias = true,
+                              tie_rule tie = tie_rule::greater, bool leaf_bias = false)
+        : tree_feedforward(In, Out, Width, Depth, trees, act, mode, output_bias, tie, leaf_bias) {
         static_assert(In != dynamic && Out != dynamic && Width != dynamic && Depth != dynamic,
                       "tree_feedforward: this constructor needs In, Out, Width and Depth fixed");
     }
@@ -142,19 +155,23 @@ public:
         trees_ = std::exchange(o.trees_, 0);
         act_ = o.act_;
         mode_ = o.mode_;
+        tie_ = o.tie_;
         has_output_bias_ = std::exchange(o.has_output_bias_, false);
+        has_leaf_bias_ = std::exchange(o.has_leaf_bias_, false);
         units_ = std::exchange(o.units_, 0);
         routers_ = std::exchange(o.routers_, 0);
         u_stride_ = std::exchange(o.u_stride_, 0);
         a_stride_ = std::exchange(o.a_stride_, 0);
         v_stride_ = std::exchange(o.v_stride_, 0);
         r_stride_ = std::exchange(o.r_stride_, 0);
+        b_stride_ = std::exchange(o.b_stride_, 0);
         U_ = std::move(o.U_);
         A_ = std::move(o.A_);
         V_ = std::move(o.V_);
         R_ = std::move(o.R_);
         S_ = std::move(o.S_);
         c_ = std::move(o.c_);
+        B_ = std::move(o.B_);
         return *this;
     }
 
@@ -166,6 +183,10 @@ public:
     activation activation_kind() const noexcept { return act_; }
     tree_mode mode() const noexcept { return mode_; }
     bool has_output_bias() const noexcept { return has_output_bias_; }
+    /// Where a route score of exactly zero goes (routing.hpp): every router and node of the layer.
+    tie_rule tie() const noexcept { return tie_; }
+    /// Per-leaf output biases (leaf_only only).
+    bool has_leaf_bias() const noexcept { return has_leaf_bias_; }
 
     /// MLP units per tree: every node (path_sum) or every leaf (leaf_only).
     index_t unit_count() const noexcept { return units_; }
@@ -173,13 +194,14 @@ public:
     index_t router_count() const noexcept { return routers_; }
 
     index_t parameter_count() const noexcept {
-        return trees_ * (units_ * (width_ * in_ + width_ + out_ * width_) + routers_ * (in_ + 1)) +
+        return trees_ * (units_ * (width_ * in_ + width_ + out_ * width_ + (has_leaf_bias_ ? out_ : 0)) +
+                         routers_ * (in_ + 1)) +
                (has_output_bias_ ? out_ : 0);
     }
 
     /// Bytes all weights and biases occupy, padding between blocks included.
     index_t memory_bytes() const noexcept {
-        return U_.bytes() + A_.bytes() + V_.bytes() + R_.bytes() + S_.bytes() + c_.bytes();
+        return U_.bytes() + A_.bytes() + V_.bytes() + R_.bytes() + S_.bytes() + c_.bytes() + B_.bytes();
     }
 
     index_t macs_per_example() const noexcept {
@@ -202,6 +224,11 @@ public:
     const_router_map router_weight(index_t t, index_t i) const { return {R_.data() + checked_router(t, i) * r_stride_, in_}; }
     Scalar& router_bias(index_t t, index_t i) { return S_.data()[checked_router(t, i)]; }
     const Scalar& router_bias(index_t t, index_t i) const { return S_.data()[checked_router(t, i)]; }
+    /// The output bias of leaf i of tree t (a layer built with leaf biases).
+    output_bias_map leaf_bias(index_t t, index_t i) { return {B_.data() + checked_leaf_bias(t, i) * b_stride_, out_}; }
+    const_output_bias_map leaf_bias(index_t t, index_t i) const {
+        return {B_.data() + checked_leaf_bias(t, i) * b_stride_, out_};
+    }
     output_bias_map output_bias() {
         check_output_bias();
         return {c_.data(), out_};
@@ -222,6 +249,7 @@ public:
             detail::fill_uniform(U_.data() + g * u_stride_, width_ * in_, b_in, seed, s);
             detail::fill_uniform(A_.data() + g * a_stride_, width_, b_in, seed, s + 1);
             detail::fill_uniform(V_.data() + g * v_stride_, out_ * width_, b_out, seed, s + 2);
+            if (has_leaf_bias_) detail::fill_uniform(B_.data() + g * b_stride_, out_, b_out, seed, s + 5);
         }
         for (index_t g = 0; g < trees_ * routers_; ++g) {
             const auto s = static_cast<std::uint64_t>(8 * g + 3);
@@ -257,7 +285,9 @@ public:
                 }
             } else {
                 for (int level = 0; level < depth_; ++level) node = tree::child(node, route_bit(router(t, node), x.data()));
-                unit_forward(unit(t, node - tree::level_begin(depth_)), x.data(), y.data());
+                const index_t g = unit(t, node - tree::level_begin(depth_));
+                unit_forward(g, x.data(), y.data());
+                if (has_leaf_bias_) y += const_output_bias_map(B_.data() + g * b_stride_, out_);
             }
         }
     }
@@ -300,6 +330,11 @@ private:
         detail::check_index(name, "router", i, routers_);
         return router(t, i);
     }
+    index_t checked_leaf_bias(index_t t, index_t i) const {
+        const index_t g = checked_unit(t, i);
+        if (!has_leaf_bias_) detail::raise<usage_error>(name, ": the layer has no leaf biases");
+        return g;
+    }
     void check_output_bias() const {
         detail::check_live(name, in_ != 0);
         if (!has_output_bias_) detail::raise<usage_error>(name, ": the layer has no output bias");
@@ -315,7 +350,7 @@ private:
     }
 
     int route_bit(index_t g, const Scalar* x) const noexcept {
-        return hyperplane_bit<Policy>(in_, R_.data() + g * r_stride_, S_.data()[g], x);
+        return hyperplane_bit<Policy>(in_, R_.data() + g * r_stride_, S_.data()[g], x, tie_);
     }
 
     void forward_tile(const Eigen::Ref<const batch>& X, Eigen::Ref<batch> Y, workspace<Scalar>& ws) const {
@@ -359,7 +394,7 @@ private:
     detail::fused_tree<Scalar, Policy> fused_view(index_t t) const noexcept {
         const index_t g = unit(t, 0);
         return {in_,     out_,     depth_,    act_,     U_.data() + g * u_stride_, A_.data() + g * a_stride_,
-                V_.data() + g * v_stride_, u_stride_, a_stride_, v_stride_};
+                V_.data() + g * v_stride_, u_stride_, a_stride_, v_stride_, tie_};
     }
 
     // The deep levels' weights the sorted batch path keeps in L2 per subtree (a few hundred KiB
@@ -408,7 +443,7 @@ private:
         if (width_ == 1) {
             const Scalar pre = Policy::dot(in_, U, x) + a[0];
             Policy::axpy(out_, apply(act_, pre), V, y);
-            return unit_bit(&pre);
+            return unit_bit(&pre, tie_);
         }
         int bit = 0;
         std::array<Scalar, chunk> h;
@@ -416,7 +451,7 @@ private:
             const index_t rows = std::min(chunk, width_ - r0);
             std::copy(a + r0, a + r0 + rows, h.data());
             Policy::gemv(rows, in_, U + r0, width_, x, h.data());
-            if (r0 == 0) bit = unit_bit(h.data());
+            if (r0 == 0) bit = unit_bit(h.data(), tie_);
             apply_inplace(act_, h.data(), rows);
             Policy::gemv(out_, rows, V + r0 * out_, out_, h.data(), y);
         }
@@ -425,19 +460,22 @@ private:
 
     // The examples at positions [r.begin, r.end) of `order` all use unit g: multiply its blocks
     // once for the whole group and record each example's route bit at its position in `bits`.
+    // A leaf bias is added after the leaf's product, in the order the single-example path adds it.
     void group_forward(index_t g, group_range r, const index_t* order, unsigned char* bits,
                        const Eigen::Ref<const batch>& X, Eigen::Ref<batch> Y, workspace<Scalar>& ws) const {
         const Scalar* U = U_.data() + g * u_stride_;
         const Scalar* a = A_.data() + g * a_stride_;
         const Scalar* V = V_.data() + g * v_stride_;
+        const Scalar* b = has_leaf_bias_ ? B_.data() + g * b_stride_ : nullptr;
         if (width_ == 1) {
             // Width-1 leaf_only leaves: dot, activation and axpy per example; the leaf's two
             // vectors stay in cache for the whole group.
             for (index_t p = r.begin; p < r.end; ++p) {
                 const index_t e = order[p];
                 const Scalar pre = Policy::dot(in_, U, X.data() + e * X.outerStride()) + a[0];
-                bits[p] = static_cast<unsigned char>(unit_bit(&pre));
+                bits[p] = static_cast<unsigned char>(unit_bit(&pre, tie_));
                 Policy::axpy(out_, apply(act_, pre), V, Y.data() + e * Y.outerStride());
+                if (b != nullptr) Y.col(e) += const_output_bias_map(b, out_);
             }
             return;
         }
@@ -451,12 +489,14 @@ private:
         }
         Policy::gemm(width_, in_, m, U, width_, Xg.data(), in_, H.data(), width_);
         for (index_t j = 0; j < m; ++j) {
-            bits[r.begin + j] = static_cast<unsigned char>(unit_bit(H.col(j).data()));
+            bits[r.begin + j] = static_cast<unsigned char>(unit_bit(H.col(j).data(), tie_));
             apply_inplace(act_, H.col(j).data(), width_);
         }
         Yg.setZero();
         Policy::gemm(out_, width_, m, V, out_, H.data(), width_, Yg.data(), out_);
         for (index_t j = 0; j < m; ++j) Y.col(order[r.begin + j]) += Yg.col(j);
+        if (b != nullptr)
+            for (index_t j = 0; j < m; ++j) Y.col(order[r.begin + j]) += const_output_bias_map(b, out_);
     }
 
     index_t in_ = 0, out_ = 0, width_ = 0;
@@ -464,10 +504,12 @@ private:
     index_t trees_ = 0;
     activation act_ = activation::gelu;
     tree_mode mode_ = tree_mode::path_sum;
+    tie_rule tie_ = tie_rule::greater;
     bool has_output_bias_ = false;
+    bool has_leaf_bias_ = false;
     index_t units_ = 0, routers_ = 0;
-    index_t u_stride_ = 0, a_stride_ = 0, v_stride_ = 0, r_stride_ = 0;
-    detail::aligned_buffer<Scalar> U_, A_, V_, R_, S_, c_;
+    index_t u_stride_ = 0, a_stride_ = 0, v_stride_ = 0, r_stride_ = 0, b_stride_ = 0;
+    detail::aligned_buffer<Scalar> U_, A_, V_, R_, S_, c_, B_;
 };
 
 }  // namespace treegate

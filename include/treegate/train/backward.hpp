@@ -226,7 +226,7 @@ template <class Scalar, int In, int Out, int Width, int Depth, class Policy>
 void ff_unit_backward(const tree_feedforward<Scalar, In, Out, Width, Depth, Policy>& layer, index_t t, index_t u,
                       group_range r, const index_t* order, const const_batch_ref<Scalar>& X,
                       const const_batch_ref<Scalar>& dY, tree_feedforward_gradient<Scalar>& grad, batch_ref<Scalar>* dX,
-                      backward_workspace<Scalar>& ws) {
+                      backward_workspace<Scalar>& ws, index_t leaf_bias_tensor) {
     const index_t in = layer.in_size(), width = layer.width(), m = r.size();
     const auto U = layer.hidden_weight(t, u);
     const auto a = layer.hidden_bias(t, u);
@@ -247,7 +247,7 @@ void ff_unit_backward(const tree_feedforward<Scalar, In, Out, Width, Depth, Poli
         Policy::gemm(width, in, m, U.data(), width, ws.x.data(), in, ws.pre.data(), width);
     }
     for (index_t j = 0; j < m; ++j) {
-        ws.bits.data()[r.begin + j] = static_cast<unsigned char>(unit_bit(&ws.pre(0, j)));
+        ws.bits.data()[r.begin + j] = static_cast<unsigned char>(unit_bit(&ws.pre(0, j), layer.tie()));
         for (index_t i = 0; i < width; ++i) ws.h(i, j) = apply(act, ws.pre(i, j));
     }
     const auto Xg = ws.x.leftCols(m);
@@ -260,6 +260,9 @@ void ff_unit_backward(const tree_feedforward<Scalar, In, Out, Width, Depth, Poli
     grad.output_weight(t, u).noalias() += dYg * Hg.transpose();
     grad.hidden_weight(t, u).noalias() += dPg * Xg.transpose();
     grad.hidden_bias(t, u) += dPg.rowwise().sum();
+    if (leaf_bias_tensor >= 0)  // the leaf's output bias is added to y as it is: its gradient is dY
+        vector_map<Scalar>(grad.block(leaf_bias_tensor, t * layer.unit_count() + u), layer.out_size()) +=
+            dYg.rowwise().sum();
     if (dX != nullptr) {
         ws.dx.leftCols(m).noalias() = U.transpose() * dPg;
         for (index_t j = 0; j < m; ++j) dX->col(order[r.begin + j]) += ws.dx.col(j);
@@ -277,7 +280,8 @@ void tree_feedforward_backward(const tree_feedforward<Scalar, In, Out, Width, De
     treegate::detail::check_shape(grad.in_size() == layer.in_size() && grad.out_size() == layer.out_size() &&
                                       grad.width() == layer.width() && grad.tree_count() == layer.tree_count() &&
                                       grad.unit_count() == layer.unit_count() && grad.mode() == layer.mode() &&
-                                      grad.has_output_bias() == layer.has_output_bias(),
+                                      grad.has_output_bias() == layer.has_output_bias() &&
+                                      (grad.find("leaf_bias") >= 0) == layer.has_leaf_bias(),
                                   name, " backward: the gradient container does not match the layer");
     const index_t n = X.cols(), in = layer.in_size();
     const int depth = layer.depth();
@@ -294,17 +298,20 @@ void tree_feedforward_backward(const tree_feedforward<Scalar, In, Out, Width, De
     workspace<Scalar>::ensure(ws.h, layer.width(), n);
     workspace<Scalar>::ensure(ws.dpre, layer.width(), n);
     const bool path_sum = layer.mode() == tree_mode::path_sum;
+    // Part of the unit's group (layers/parameters.hpp), so mark(t, u) marks it too.
+    const index_t leaf_bias = layer.has_leaf_bias() ? grad.find("leaf_bias") : -1;
     // The forward's level driver, so the backward visits the same groups in the same order.
     for (index_t t = 0; t < layer.tree_count(); ++t) {
         const auto visit = [&](int level, index_t k, group_range r, const index_t* order, unsigned char* bits) {
             const index_t node = tree::level_begin(level) + k;
             if (path_sum || level == depth) {
-                ff_unit_backward(layer, t, path_sum ? node : k, r, order, X, dY, grad, dX, ws);
+                ff_unit_backward(layer, t, path_sum ? node : k, r, order, X, dY, grad, dX, ws, leaf_bias);
             } else {
                 const Scalar* R = layer.router_weight(t, node).data();
                 const Scalar s = layer.router_bias(t, node);
                 for (index_t p = r.begin; p < r.end; ++p)
-                    bits[p] = static_cast<unsigned char>(hyperplane_bit<Policy>(in, R, s, X.data() + order[p] * X.outerStride()));
+                    bits[p] = static_cast<unsigned char>(
+                        hyperplane_bit<Policy>(in, R, s, X.data() + order[p] * X.outerStride(), layer.tie()));
             }
         };
         exec::walk_levels(ws.levels, ws.bits, n, depth, visit);

@@ -109,6 +109,13 @@ inline void check_soft_options(const soft_routing_options& opt) {
                                    opt.hardening);
 }
 
+// The soft mixture knows no per-leaf output bias (layers/tree_feedforward.hpp); refused, not ignored.
+template <class Layer>
+void check_soft_layer(const Layer& layer) {
+    treegate::detail::check_config(!layer.has_leaf_bias(),
+                                   "tree_feedforward soft routing: leaf biases are not supported (hard backward only)");
+}
+
 /// One soft decision at pre-activation z: p, q = 1 - p, dp/dz, H(p) and dH/dz.
 template <class Scalar>
 struct soft_decision {
@@ -222,6 +229,7 @@ Scalar soft_forward_impl(const tree_feedforward<Scalar, In, Out, Width, Depth, P
     treegate::detail::check_batch("tree_feedforward soft_forward", layer.in_size(), X.rows(), X.cols(), layer.out_size(),
                                   Y.rows(), Y.cols());
     check_soft_options(opt);
+    check_soft_layer(layer);
     const Scalar T = static_cast<Scalar>(opt.temperature);
     if (layer.has_output_bias())
         Y.colwise() = layer.output_bias();
@@ -270,6 +278,7 @@ Scalar soft_backward_impl(const tree_feedforward<Scalar, In, Out, Width, Depth, 
     check_dx(name, dX, layer.in_size(), X.cols());
     check_soft_gradient(layer, grad);
     check_soft_options(opt);
+    check_soft_layer(layer);
     const index_t n = X.cols();
     if (dX != nullptr) dX->setZero();
     if (n == 0) {

@@ -42,6 +42,8 @@ struct layer_io<tree_feedforward<Scalar, In, Out, Width, Depth, Policy>> {
         activation act;
         tree_mode mode;
         bool bias;
+        tie_rule tie;
+        bool leaf_bias;
     };
     static constexpr const char* kind = "tree_feedforward";
 
@@ -51,7 +53,7 @@ struct layer_io<tree_feedforward<Scalar, In, Out, Width, Depth, Policy>> {
     static index_t routers(const config& c) { return c.mode == tree_mode::leaf_only ? tree::internal_count(c.depth) : 0; }
     static config config_of(const layer& l) {
         return {l.in_size(), l.out_size(), l.width(), l.depth(), l.tree_count(), l.activation_kind(), l.mode(),
-                l.has_output_bias()};
+                l.has_output_bias(), l.tie(), l.has_leaf_bias()};
     }
     static void write(const config& c, metadata& md, const std::string& p) {
         md[p + "in"] = std::to_string(c.in);
@@ -62,6 +64,9 @@ struct layer_io<tree_feedforward<Scalar, In, Out, Width, Depth, Policy>> {
         md[p + "activation"] = to_string(c.act);
         md[p + "mode"] = to_string(c.mode);
         md[p + "has_bias"] = flag_name(c.bias);
+        // Only when set, so that a default layer's file is the one saved before these keys existed.
+        if (c.tie != tie_rule::greater) md[p + "tie_rule"] = to_string(c.tie);
+        if (c.leaf_bias) md[p + "has_leaf_bias"] = flag_name(c.leaf_bias);
     }
     static config read(const meta_reader& m) {
         return {m.size("in"),
@@ -72,7 +77,9 @@ struct layer_io<tree_feedforward<Scalar, In, Out, Width, Depth, Policy>> {
                 m.choice("activation", activation_names),
                 !m.has("mode") && m.has("variant") ? m.choice("variant", former_variant_names)
                                                    : m.choice("mode", mode_names),
-                m.flag("has_bias")};
+                m.flag("has_bias"),
+                m.choice_or("tie_rule", tie_rule_names, tie_rule::greater),
+                m.flag_or("has_leaf_bias", false)};
     }
     static void compare(const meta_reader& m, const config& f, const config& l) {
         same_field(m, "in", f.in, l.in);
@@ -83,12 +90,15 @@ struct layer_io<tree_feedforward<Scalar, In, Out, Width, Depth, Policy>> {
         same_field(m, "activation", f.act, l.act);
         same_field(m, "mode", f.mode, l.mode);
         same_field(m, "has_bias", f.bias, l.bias);
+        same_field(m, "tie_rule", f.tie, l.tie);
+        same_field(m, "has_leaf_bias", f.leaf_bias, l.leaf_bias);
     }
     static void specs(const config& c, const std::string& p, std::vector<tensor_spec>& out) {
         const std::uint64_t t = dim(c.trees), u = dim(units(c));
         out.push_back({p + "hidden_weight", {t, u, dim(c.width), dim(c.in)}});
         out.push_back({p + "hidden_bias", {t, u, dim(c.width)}});
         out.push_back({p + "output_weight", {t, u, dim(c.out), dim(c.width)}});
+        if (c.leaf_bias) out.push_back({p + "leaf_bias", {t, u, dim(c.out)}});
         if (c.mode == tree_mode::leaf_only) {
             out.push_back({p + "router_weight", {t, dim(routers(c)), dim(c.in)}});
             out.push_back({p + "router_bias", {t, dim(routers(c))}});
@@ -96,7 +106,9 @@ struct layer_io<tree_feedforward<Scalar, In, Out, Width, Depth, Policy>> {
         if (c.bias) out.push_back({p + "output_bias", {dim(c.out)}});
     }
     static layer make(const meta_reader& m, const config& c) {
-        return construct(m, [&] { return layer(c.in, c.out, c.width, c.depth, c.trees, c.act, c.mode, c.bias); });
+        return construct(m, [&] {
+            return layer(c.in, c.out, c.width, c.depth, c.trees, c.act, c.mode, c.bias, c.tie, c.leaf_bias);
+        });
     }
 };
 

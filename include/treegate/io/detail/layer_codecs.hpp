@@ -28,12 +28,17 @@
 //   tree_linear       weight [blocks, out, in], bias [blocks, out]   (blocks: nodes or leaves)
 //   sliced_tree_linear weight [trees, blocks, out, in], bias [trees, blocks, out]
 //   tree_feedforward  hidden_weight [trees, units, width, in], hidden_bias [trees, units, width],
-//                     output_weight [trees, units, out, width], output_bias [out],
-//                     router_weight [trees, routers, in], router_bias [trees, routers] (leaf_only)
+//                     output_weight [trees, units, out, width], leaf_bias [trees, units, out]
+//                     (leaf_only with leaf biases), router_weight [trees, routers, in],
+//                     router_bias [trees, routers] (leaf_only), output_bias [out]
 namespace treegate::safetensors::detail {
 
 inline const std::pair<const char*, tree_mode> mode_names[] = {{"path_sum", tree_mode::path_sum},
                                                                 {"leaf_only", tree_mode::leaf_only}};
+// `tie_rule` is written only when it is not `greater`, so files of default layers keep their
+// bytes, and a file without it (every file written before tie rules) routes by `> 0`.
+inline const std::pair<const char*, tie_rule> tie_rule_names[] = {{"greater", tie_rule::greater},
+                                                                  {"greater_equal", tie_rule::greater_equal}};
 inline const std::pair<const char*, slice_combine> combine_names[] = {{"sum", slice_combine::sum},
                                                                       {"concat", slice_combine::concat}};
 

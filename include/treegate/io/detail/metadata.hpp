@@ -59,6 +59,14 @@ public:
         fail(f_.source, "metadata '", prefix_, key, "' is \"", v, "\", expected one of ", list);
     }
 
+    /// A setting added after files without it were written: `absent` when the key is missing
+    /// (the behaviour those files were saved with), else as choice().
+    template <class Enum, std::size_t N>
+    Enum choice_or(const char* key, const std::pair<const char*, Enum> (&options)[N], Enum absent) const {
+        return has(key) ? choice(key, options) : absent;
+    }
+    bool flag_or(const char* key, bool absent) const { return has(key) ? flag(key) : absent; }
+
     /// Comma-separated indices, each in [0, in); "" for none.
     std::vector<index_t> indices(const std::string& text, const char* key, index_t in) const {
         std::vector<index_t> out;
