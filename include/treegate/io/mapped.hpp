@@ -125,9 +125,9 @@ bool all_finite(const unsigned char* p, std::size_t n, std::size_t& bad) noexcep
 /// The one pass over the data of map_options::verify_data, in pieces that are dropped from the
 /// resident set once read: the checksum, and finite values in `tensors` (name, element type).
 template <class W, class Scalar>
-void verify_mapped(const parsed_file& f, const mapping& m, bool has_bias) {
+void verify_mapped(const parsed_file& f, const unsigned char* file, const mapping* m, bool has_bias) {
     constexpr std::uint64_t piece = std::uint64_t{64} << 20;
-    const auto base = static_cast<std::size_t>(f.data - m.data());
+    const auto base = static_cast<std::size_t>(f.data - file);
     const auto crc_it = f.metadata.find(checksum_key);
     std::uint32_t crc = 0;
     const char* names[] = {"weight", "bias"};
@@ -143,7 +143,7 @@ void verify_mapped(const parsed_file& f, const mapping& m, bool has_bias) {
                 fail(f.source, "tensor '", names[t], "' element ", (at - e.begin) / width + bad, " of ",
                      (e.end - e.begin) / width, " is NaN or infinite");
             if (crc_it != f.metadata.end()) crc = crc32_update(crc, f.data + at, n);
-            m.release(base + static_cast<std::size_t>(at), static_cast<std::size_t>(n));
+            if (m) m->release(base + static_cast<std::size_t>(at), static_cast<std::size_t>(n));
         }
     }
     if (crc_it == f.metadata.end()) return;
@@ -176,9 +176,11 @@ inline void check_blocks_alignment(const parsed_file& f, std::uint64_t data_offs
              to_string(type), " values cannot be read in place");
 }
 
-/// The mapped layer over a validated blocks file.
+/// The mapped layer over the parsed blocks file `f` whose bytes start at `file` (page-aligned)
+/// and are kept alive by `owner`; `m`, when the bytes are a mapping, drops verified pages.
 template <class Layer>
-Layer map_blocks(const parsed_file& f, const std::shared_ptr<const mapping>& m, const map_options& o) {
+Layer map_blocks(const parsed_file& f, const unsigned char* file, const std::shared_ptr<const void>& owner,
+                 const mapping* m, const map_options& o) {
     using io = layer_io<Layer>;
     using W = typename Layer::weight_type;
     using Scalar = typename Layer::scalar_type;
@@ -193,15 +195,15 @@ Layer map_blocks(const parsed_file& f, const std::shared_ptr<const mapping>& m, 
     check_blocks_dtype(f, "weight", dtype_of<W>());
     check_blocks_dtype(f, "bias", dtype_of<Scalar>());
     check_tensors(f, specs);  // exactly these tensors, with these shapes
-    const auto data_offset = static_cast<std::uint64_t>(f.data - m->data());
+    const auto data_offset = static_cast<std::uint64_t>(f.data - file);
     check_blocks_alignment(f, data_offset, "weight", dtype_of<W>(), alignof(W));
     if (c.bias) check_blocks_alignment(f, data_offset, "bias", dtype_of<Scalar>(), alignof(Scalar));
-    if (o.verify_data) verify_mapped<W, Scalar>(f, *m, c.bias);
+    if (o.verify_data) verify_mapped<W, Scalar>(f, file, m, c.bias);
     const auto view = [&](const char* name, auto element) {
         using E = decltype(element);
         if (!f.tensors.count(name)) return treegate::detail::shared_view<E>();
         const tensor_entry& e = f.tensors.at(name);
-        return treegate::detail::shared_view<E>(m, reinterpret_cast<const E*>(f.data + e.begin),
+        return treegate::detail::shared_view<E>(owner, reinterpret_cast<const E*>(f.data + e.begin),
                                                 static_cast<index_t>((e.end - e.begin) / sizeof(E)));
     };
     return construct(meta, [&] {
@@ -313,7 +315,8 @@ Layer map_layer(const std::string& path, const map_options& options = {}) {
     detail::check_little_endian(path);
     auto m = std::make_shared<const detail::mapping>(path);
     const detail::parsed_file f = detail::parse(m->data(), m->size(), path);
-    if (detail::declared_layout(f) == weight_layout::blocks) return detail::map_blocks<Layer>(f, m, options);
+    if (detail::declared_layout(f) == weight_layout::blocks)
+        return detail::map_blocks<Layer>(f, m->data(), m, m.get(), options);
     if (!options.allow_copy)
         detail::fail(path, "holds row-major weights (written by save()), which the kernels cannot read in place; "
                            "write it with save_for_mapping(), or set map_options::allow_copy to load a copy");
@@ -324,6 +327,27 @@ Layer map_layer(const std::string& path, const map_options& options = {}) {
     return detail::share_owned<Layer>(detail::build<owned>(f, nullptr));
 }
 
+/// Writes a tree_linear in the blocks layout without holding it in memory, one block at a time:
+/// weight_block(b, W* dst) writes block b's in*out weights column-major (dst[r + c * out]),
+/// bias_block(b, Scalar* dst) its out biases. Blocks are numbered as in the layer (nodes in heap
+/// order for path_sum, leaves for leaf_only). W is Scalar, or bf16 for a float layer. For trees
+/// larger than memory (bench/mapped_serving.cpp writes one of 32 GiB); atomic, like save().
+template <class Scalar, class W = Scalar, class WeightFn, class BiasFn>
+void write_for_mapping(const std::string& path, index_t in, index_t out, int depth, tree_mode mode, const gating& gates,
+                       bool bias, WeightFn&& weight_block, BiasFn&& bias_block) {
+    using L = tree_linear<Scalar, dynamic, dynamic, dynamic, kernels::reference, storage::mapped<W>>;
+    using io = detail::layer_io<L>;
+    if (in <= 0 || out <= 0) treegate::detail::raise<config_error>(L::name, ": sizes ", in, " x ", out, " must be positive");
+    if (depth < 0 || depth > max_depth)
+        treegate::detail::raise<config_error>(L::name, ": depth ", depth, " outside [0, ", max_depth, "]");
+    treegate::detail::check_gating(L::name, gates, depth, in);
+    detail::metadata config;
+    config["kind"] = io::kind;
+    io::write({in, out, depth, mode, gates.is_external(), gates.indices(), bias}, config, "");
+    detail::write_blocks_file<W, Scalar>(path, config, in, out, detail::tree_blocks(mode, depth), bias, weight_block,
+                                         bias_block);
+}
+
 /// Saves a tree_linear (float, double or bf16 weights; owned or mapped) atomically in the
 /// blocks layout, which map_layer serves in place. Like save(), it refuses non-finite values
 /// and writes a checksum; load() does not read this layout (map_layer with the owned copy
@@ -331,18 +355,13 @@ Layer map_layer(const std::string& path, const map_options& options = {}) {
 template <class S, int I, int O, int D, class P, class St>
 void save_for_mapping(const tree_linear<S, I, O, D, P, St>& layer, const std::string& path) {
     using L = tree_linear<S, I, O, D, P, St>;
-    using W = typename L::weight_type;
     treegate::detail::check_live(L::name, layer.in_size() != 0);
-    detail::metadata config;
-    config["kind"] = detail::layer_io<L>::kind;
-    detail::layer_io<L>::write(detail::layer_io<L>::config_of(layer), config, "");
     const auto w = layer.weight_blocks();
     const auto b = layer.bias_blocks();
-    const auto n = static_cast<std::size_t>(layer.in_size() * layer.out_size());
-    const auto o = static_cast<std::size_t>(layer.out_size());
-    detail::write_blocks_file<W, S>(
-        path, config, layer.in_size(), layer.out_size(), layer.block_count(), layer.has_bias(),
-        [&](index_t k, W* dst) { std::copy(w.data + k * w.stride, w.data + k * w.stride + n, dst); },
+    const index_t n = layer.in_size() * layer.out_size(), o = layer.out_size();
+    write_for_mapping<S, typename L::weight_type>(
+        path, layer.in_size(), layer.out_size(), layer.depth(), layer.mode(), layer.gates(), layer.has_bias(),
+        [&](index_t k, auto* dst) { std::copy(w.data + k * w.stride, w.data + k * w.stride + n, dst); },
         [&](index_t k, S* dst) { std::copy(b.data + k * b.stride, b.data + k * b.stride + o, dst); });
 }
 
