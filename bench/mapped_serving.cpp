@@ -195,13 +195,15 @@ int run(const settings& o) {
     st::map_options unverified;
     unverified.verify_data = false;  // the checksum pass would read the whole file first
     for (const bool batched : {false, true}) {
+        // One mapping per traffic type, as a server keeps it: cold starts with none of the file
+        // in the page cache; warm replays the same inputs on pages now cached and mapped.
+        evict(o.path);
+        const auto t0 = clock_type::now();
+        const auto layer = treegate::safetensors::map_layer<layer_t>(o.path, unverified);
+        const double open_ms = std::chrono::duration<double, std::milli>(clock_type::now() - t0).count();
+        std::printf("map_layer (header only, verify_data = false): %.2f ms\n", open_ms);
         std::size_t used = 0;
         for (const bool cold : {true, false}) {
-            if (cold) evict(o.path);
-            const auto t0 = clock_type::now();
-            const auto layer = treegate::safetensors::map_layer<layer_t>(o.path, unverified);
-            const double open_ms = std::chrono::duration<double, std::milli>(clock_type::now() - t0).count();
-            if (cold) std::printf("map_layer (header only, verify_data = false): %.2f ms\n", open_ms);
             std::string label = std::string(batched ? "batch " + std::to_string(o.batch) : "batch 1") + (cold ? " cold" : " warm");
             serve_phase(label.c_str(), layer, batched ? batches : singles, o.seconds, used);
         }
