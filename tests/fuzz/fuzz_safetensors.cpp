@@ -1,6 +1,7 @@
 // libFuzzer target for the safetensors loader: any bytes must either load or raise
 // treegate::file_error; anything else (another exception, a crash, a sanitizer report) is a bug.
 // Build: clang++ -std=c++17 -g -O1 -fsanitize=fuzzer,address,undefined -Iinclude -isystem /usr/include/eigen3
+#include <treegate/io/mapped.hpp>
 #include <treegate/io/pytorch.hpp>
 #include <treegate/io/safetensors.hpp>
 
@@ -8,7 +9,10 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <exception>
+#include <memory>
+#include <vector>
 
 namespace {
 
@@ -75,6 +79,31 @@ void try_pytorch(Load&& load) {
     }
 }
 
+// The mapped path (io/mapped.hpp) over a copy of the input, as map_layer reads a mapping: a
+// blocks file maps or raises file_error, with and without the data pass; a mapped layer serves,
+// and bit for bit as its owned copy (to_owned).
+template <class Layer>
+void try_map(const std::uint8_t* data, std::size_t size) {
+    try {
+        const auto bytes = std::make_shared<const std::vector<unsigned char>>(data, data + size);
+        const auto f = st::detail::parse(bytes->data(), bytes->size(), "fuzz");
+        if (st::detail::declared_layout(f) != st::weight_layout::blocks) return;
+        for (const bool verify : {false, true}) {
+            st::map_options o;
+            o.verify_data = verify;
+            const Layer layer = st::detail::map_blocks<Layer>(f, bytes->data(), bytes, nullptr, o);
+            if (layer.in_size() > 4096 || treegate::detail::needs_external_gates(layer)) continue;
+            const treegate::matrix<float> X = treegate::matrix<float>::Ones(layer.in_size(), 2);
+            const treegate::matrix<float> a = layer.forward_batch(X), b = st::to_owned(layer).forward_batch(X);
+            if (std::memcmp(a.data(), b.data(), static_cast<std::size_t>(a.size()) * sizeof(float)) != 0)
+                bug("mapped", "a mapped layer and its owned copy differ");
+        }
+    } catch (const treegate::file_error&) {
+    } catch (const std::exception& e) {
+        bug("unexpected exception", e.what());
+    }
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
@@ -87,6 +116,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     try_load<treegate::sequential<treegate::dense<float>, treegate::activation_layer<float>, treegate::tree_linear<float>>>(
         data, size);
     try_load<treegate::tree_feedforward<double>>(data, size);
+    try_map<treegate::mapped_tree_linear<float>>(data, size);
+    try_map<treegate::mapped_tree_linear_bf16<>>(data, size);
 
     // PyTorch layouts (io/pytorch.hpp), which files without treegate's metadata reach.
     treegate::pytorch::load_options torch_options;

@@ -1,7 +1,9 @@
 // Writes the seed corpus of fuzz_safetensors: small valid files of every layer kind and dtype,
 // and a few broken ones. Usage: make_corpus <directory>. The committed tests/fuzz/corpus/ was
 // made with it; CMake also runs it into the build tree.
+#include <treegate/io/mapped.hpp>
 #include <treegate/io/safetensors.hpp>
+#include <treegate/layers/tree_linear_bf16.hpp>
 
 #include <cstdio>
 #include <fstream>
@@ -40,6 +42,12 @@ int main(int argc, char** argv) {
     valid("dense", treegate::dense<float>(3, 2));
     valid("dense_nobias_bf16", treegate::dense<float>(2, 2, false), st::dtype::bf16);
     valid("dense_f16", treegate::dense<float>(3, 2), st::dtype::f16);
+    {  // the blocks layout of save_for_mapping, float and bf16 weights
+        treegate::tree_linear<float> t(3, 2, 2, tree_mode::leaf_only, gating::from_input({0, 2}));
+        t.initialize(1);
+        st::save_for_mapping(t, dir + "/valid_mapped_tree_linear.safetensors");
+        st::save_for_mapping(treegate::tree_linear_bf16<>(t), dir + "/valid_mapped_tree_linear_bf16.safetensors");
+    }
     valid("tree_linear", treegate::tree_linear<float>(3, 2, 1, tree_mode::path_sum, gating::from_input({0})));
     valid("tree_linear_leaf_f64", treegate::tree_linear<float>(2, 1, 2, tree_mode::leaf_only, gating::from_input({1, 0})),
           st::dtype::f64);

@@ -21,6 +21,7 @@
 #include <limits>
 #include <map>
 #include <set>
+#include <type_traits>
 #include <string>
 #include <utility>
 #include <vector>
@@ -42,10 +43,26 @@ inline parsed_file parse_checked(const void* data, std::size_t size, const std::
 
 /// Builds a layer from a parsed file; with `target`, the file must match its configuration.
 /// Everything is checked before the layer is allocated, so a hostile file cannot make a large one.
+/// Whether a layer's blocks may be written: false for storage::mapped (io/mapped.hpp).
+template <class Layer, class = void>
+struct writable_layer : std::true_type {};
+template <class Layer>
+struct writable_layer<Layer, std::void_t<typename Layer::storage_type>>
+    : std::integral_constant<bool, Layer::storage_type::writable> {};
+
+template <class Layer>
+constexpr void check_writable() noexcept {
+    static_assert(writable_layer<Layer>::value, "safetensors: a layer with storage::mapped is not loaded into; map "
+                                                "its file with safetensors::map_layer (io/mapped.hpp)");
+}
+
 template <class Layer>
 Layer build(const parsed_file& f, const Layer* target) {
     using io = layer_io<Layer>;
     const meta_reader m(f, "");
+    if (m.has("layout") && m.get("layout") != "row_major")
+        fail(f.source, "holds its weights in the \"", m.get("layout"), "\" layout of save_for_mapping; serve it with "
+                       "safetensors::map_layer (io/mapped.hpp), and to_owned() for a trainable copy");
     const std::string& kind = m.get("kind");
     if (!detail::kind_matches<io>(kind)) fail(f.source, "holds a \"", kind, "\" layer, not a ", io::kind);
     const auto cfg = io::read(m);
@@ -137,6 +154,7 @@ void save(const Layer& layer, const std::string& path, dtype type = dtype::f32) 
 template <class Layer>
 void load_into_from_memory(Layer& layer, const void* data, std::size_t size, const std::string& source = "<memory>",
                            const load_options& options = {}) {
+    detail::check_writable<Layer>();
     const auto f = detail::parse_checked(data, size, source, options);
     if (!options.require_metadata || !options.prefix.empty() || !options.names.empty())
         layer = detail::fill_by_description(f, layer, options);
@@ -154,6 +172,7 @@ void load_into(Layer& layer, const std::string& path, const load_options& option
 template <class Layer>
 Layer load_from_memory(const void* data, std::size_t size, const std::string& source = "<memory>",
                        const load_options& options = {}) {
+    detail::check_writable<Layer>();
     const auto f = detail::parse_checked(data, size, source, options);
     return detail::build<Layer>(f, nullptr);
 }

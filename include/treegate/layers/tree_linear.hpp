@@ -39,7 +39,7 @@ struct tree_state {
     gating gates_;
     index_t blocks_ = 0, stride_ = 0, bias_stride_ = 0;
     typename Storage::template buffer<W> weights_;
-    aligned_buffer<Scalar> biases_;
+    typename Storage::template buffer<Scalar> biases_;
 
     tree_state() = default;
     tree_state(const tree_state&) = default;
@@ -106,7 +106,9 @@ index_t weight_stride(index_t n, const char* layer) {
 /// whole cache lines). In `path_sum` mode block i is tree node i (heap order: level-major); in
 /// `leaf_only` mode block i is leaf i (leaf number = node - (2^D - 1)). Biases (Scalar) live in
 /// a second buffer, same order. `Storage` (layers/storage.hpp) sets the weights' element type:
-/// storage::owned<Scalar> trains; storage::owned<bf16> is tree_linear_bf16, the serving copy.
+/// storage::owned<Scalar> trains; storage::owned<bf16> is tree_linear_bf16, the serving copy;
+/// storage::mapped<T> serves blocks read in place from a mapped file (io/mapped.hpp) and has
+/// no writing member (non-const accessors, initialize, the sizes-only constructor).
 template <class Scalar, int In = dynamic, int Out = dynamic, int Depth = dynamic, class Policy = kernels::default_policy,
           class Storage = storage::owned<Scalar>>
 class tree_linear : private detail::tree_state<typename Storage::element, Scalar, Storage>,
@@ -117,6 +119,7 @@ class tree_linear : private detail::tree_state<typename Storage::element, Scalar
     static_assert(std::is_same_v<W, Scalar> || (std::is_same_v<W, bf16> && std::is_same_v<Scalar, float>),
                   "tree_linear: weights are stored as Scalar, or as bf16 for a float layer");
     static constexpr bool exact = std::is_same_v<W, Scalar>;  // weights are the Scalars the kernels multiply by
+    static constexpr bool writable = Storage::writable;
     // Moving leaves the source empty (tree_state): every size reads 0 and every call raises usage_error.
     using state = detail::tree_state<W, Scalar, Storage>;
     using state::in_, state::out_, state::depth_, state::mode_, state::has_bias_, state::gates_, state::blocks_,
@@ -145,28 +148,33 @@ public:
     /// Sizes at run time (they must match any that are fixed). Weights start at zero: call
     /// initialize(seed) or write them through weight(i) / bias(i).
     tree_linear(index_t in, index_t out, int depth, tree_mode mode, gating gates = {}, bool bias = true) {
-        kernels::prepare<Policy>();  // a bad TREEGATE_ISA is an exception here, not in a kernel
-        in_ = detail::resolve_size(name, "input size", In, in);
-        out_ = detail::resolve_size(name, "output size", Out, out);
-        depth_ = detail::resolve_depth(name, Depth, depth);
-        mode_ = mode;
-        has_bias_ = bias;
-        gates_ = std::move(gates);
+        static_assert(writable, "tree_linear: a storage that is not writable (storage::mapped) holds no blocks of its "
+                                "own; build the layer with safetensors::map_layer (io/mapped.hpp)");
+        configure(in, out, depth, mode, std::move(gates), bias);
         allocate();
+    }
+
+    /// Over blocks someone else holds (storage::mapped; safetensors::map_layer builds these):
+    /// `weights` holds block_count() blocks and `biases` as many biases (none without bias) at
+    /// the strides storage::owned uses, so that the kernels see exactly an owned layer's layout.
+    template <bool B = writable, std::enable_if_t<!B, int> = 0>
+    tree_linear(index_t in, index_t out, int depth, tree_mode mode, gating gates, bool bias,
+                typename Storage::template buffer<W> weights, typename Storage::template buffer<Scalar> biases) {
+        configure(in, out, depth, mode, std::move(gates), bias);
+        const buffer_sizes n = layout();
+        if (weights.size() != n.weights || biases.size() != n.biases)
+            detail::raise<config_error>(name, ": ", blocks_, " blocks of stride ", stride_, " need ", n.weights, " weights and ", n.biases,
+                                        " biases, but the storage holds ", weights.size(), " and ", biases.size());
+        weights_ = std::move(weights);
+        biases_ = std::move(biases);
     }
 
     /// The serving copy of a trained float layer (bf16 storage only): rounds every weight of `t`
     /// to bf16 (ties to even) and copies its biases, sizes, mode and gating.
-    template <int I, int O, int D, class P, bool B = exact, std::enable_if_t<!B, int> = 0>
+    template <int I, int O, int D, class P, bool B = !exact && writable, std::enable_if_t<B, int> = 0>
     explicit tree_linear(const tree_linear<float, I, O, D, P>& t) {
-        kernels::prepare<Policy>();  // a bad TREEGATE_ISA is an exception here, not in a kernel
         if (t.in_size() == 0) detail::raise<usage_error>(name, ": the source tree_linear is empty (moved from)");
-        in_ = detail::resolve_size(name, "input size", In, t.in_size());
-        out_ = detail::resolve_size(name, "output size", Out, t.out_size());
-        depth_ = detail::resolve_depth(name, Depth, t.depth());
-        mode_ = t.mode();
-        has_bias_ = t.has_bias();
-        gates_ = t.gates();
+        configure(t.in_size(), t.out_size(), t.depth(), t.mode(), t.gates(), t.has_bias());
         allocate();
         for (index_t b = 0; b < blocks_; ++b) {
             const auto w = t.weight(b);
@@ -207,7 +215,7 @@ public:
 
     /// Block i: tree node i (path_sum) or leaf i (leaf_only). With bf16 storage, a copy of the
     /// float values the kernels multiply by (write bf16 blocks through weight_blocks()).
-    template <bool B = exact, std::enable_if_t<B, int> = 0>
+    template <bool B = exact && writable, std::enable_if_t<B, int> = 0>
     weight_map weight(index_t i) {
         check_block(name, i, false);
         return weight_map(weights_.data() + i * stride_, out_, in_);
@@ -224,6 +232,7 @@ public:
             return w;
         }
     }
+    template <bool B = writable, std::enable_if_t<B, int> = 0>
     bias_map bias(index_t i) {
         check_block(name, i, true);
         return bias_map(biases_.data() + i * bias_stride_, out_);
@@ -235,9 +244,15 @@ public:
 
     /// The stored blocks as they are (layers/parameters.hpp describes them from these): weights
     /// in the storage's element type, biases in Scalar; block i at data + i * stride.
-    block_run<W> weight_blocks() noexcept { return {weights_.data(), blocks_, stride_}; }
+    template <bool B = writable, std::enable_if_t<B, int> = 0>
+    block_run<W> weight_blocks() noexcept {
+        return {weights_.data(), blocks_, stride_};
+    }
     block_run<const W> weight_blocks() const noexcept { return {weights_.data(), blocks_, stride_}; }
-    block_run<Scalar> bias_blocks() noexcept { return {biases_.data(), has_bias_ ? blocks_ : 0, bias_stride_}; }
+    template <bool B = writable, std::enable_if_t<B, int> = 0>
+    block_run<Scalar> bias_blocks() noexcept {
+        return {biases_.data(), has_bias_ ? blocks_ : 0, bias_stride_};
+    }
     block_run<const Scalar> bias_blocks() const noexcept { return {biases_.data(), has_bias_ ? blocks_ : 0, bias_stride_}; }
 
     /// Block used at `level` by the path with bit pattern `code` (leaf_only: only level D has one).
@@ -251,7 +266,7 @@ public:
     /// 1/sqrt(in * (D+1)) per node for a path sum, so the summed weight has a dense layer's scale.
     /// Block i draws from its own stream: for one seed, block i gets the same draws at any depth
     /// (only the bound above changes with the depth).
-    template <bool B = exact, std::enable_if_t<B, int> = 0>
+    template <bool B = exact && writable, std::enable_if_t<B, int> = 0>
     void initialize(std::uint64_t seed) noexcept {
         const double bound = 1.0 / std::sqrt(static_cast<double>(in_) * static_cast<double>(blocks_on_path()));
         for (index_t i = 0; i < blocks_; ++i) {
@@ -321,7 +336,23 @@ public:
 
 
 private:
-    void allocate() {
+    void configure(index_t in, index_t out, int depth, tree_mode mode, gating gates, bool bias) {
+        kernels::prepare<Policy>();  // a bad TREEGATE_ISA is an exception here, not in a kernel
+        in_ = detail::resolve_size(name, "input size", In, in);
+        out_ = detail::resolve_size(name, "output size", Out, out);
+        depth_ = detail::resolve_depth(name, Depth, depth);
+        mode_ = mode;
+        has_bias_ = bias;
+        gates_ = std::move(gates);
+    }
+
+    struct buffer_sizes {
+        index_t weights, biases;
+        detail::footprint total;  // what allocation errors quote
+    };
+
+    /// Sets the block count and strides; the scalars of the two buffers, checked to be addressable.
+    buffer_sizes layout() {
         detail::check_gating(name, gates_, depth_, in_);
         blocks_ = mode_ == tree_mode::path_sum ? tree::node_count(depth_) : tree::leaf_count(depth_);
         const index_t block = detail::checked_mul(in_, out_, name, "block size");
@@ -338,9 +369,13 @@ private:
         else
             bytes = detail::checked_add(detail::checked_bytes<W>({wn}, name), detail::checked_bytes<Scalar>({bn}, name), name,
                                         "byte count");
-        const detail::footprint total{params, bytes};
-        weights_ = typename Storage::template buffer<W>(wn, name, total);
-        biases_ = detail::aligned_buffer<Scalar>(bn, name, total);
+        return {wn, bn, {params, bytes}};
+    }
+
+    void allocate() {
+        const buffer_sizes n = layout();
+        weights_ = typename Storage::template buffer<W>(n.weights, name, n.total);
+        biases_ = typename Storage::template buffer<Scalar>(n.biases, name, n.total);
     }
 
     index_t blocks_on_path() const noexcept { return mode_ == tree_mode::path_sum ? depth_ + 1 : 1; }

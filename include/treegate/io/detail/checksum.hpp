@@ -18,18 +18,22 @@ inline constexpr const char* checksum_key = "data_crc32";
 /// Digits of the text form: fixed, so that the header's length does not depend on the value.
 inline constexpr std::size_t checksum_digits = 8;
 
-inline std::uint32_t crc32_of(const unsigned char* p, std::uint64_t n) noexcept {
+/// The CRC-32 of data that continues data whose CRC-32 is `crc` (0 before any data): a file
+/// written or read in pieces.
+inline std::uint32_t crc32_update(std::uint32_t crc, const unsigned char* p, std::uint64_t n) noexcept {
     // zlib's length is a uInt (32 bits on common platforms): feed larger data in pieces.
     constexpr std::uint64_t piece = std::uint64_t{1} << 30;
-    uLong crc = ::crc32(0L, nullptr, 0);
+    uLong c = crc;
     while (n > 0) {
         const auto len = static_cast<uInt>(n < piece ? n : piece);
-        crc = ::crc32(crc, p, len);
+        c = ::crc32(c, p, len);
         p += len;
         n -= len;
     }
-    return static_cast<std::uint32_t>(crc);
+    return static_cast<std::uint32_t>(c);
 }
+
+inline std::uint32_t crc32_of(const unsigned char* p, std::uint64_t n) noexcept { return crc32_update(0, p, n); }
 
 /// Eight lowercase hexadecimal digits.
 inline std::string checksum_text(std::uint32_t crc) {

@@ -1,11 +1,12 @@
 // treegate/io/detail/format.hpp — the safetensors container: header parsing and validation that
-// never trusts a size, dtypes, and encoding tensors to bytes. Part of treegate/io/safetensors.hpp.
+// never trusts a size, and encoding tensors to bytes (dtypes and conversions: dtype.hpp). Part of treegate/io/safetensors.hpp.
 #ifndef TREEGATE_IO_DETAIL_FORMAT_HPP
 #define TREEGATE_IO_DETAIL_FORMAT_HPP
 
 #include "../../bf16.hpp"
 #include "../../error.hpp"
 #include "checksum.hpp"
+#include "dtype.hpp"
 
 #include <nlohmann/json.hpp>
 
@@ -25,25 +26,6 @@
 
 // File layout: 8-byte little-endian header length N, N bytes of JSON, then the tensor bytes.
 namespace treegate::safetensors {
-
-/// Element type of the stored tensors. BF16 and F16 (IEEE half) are rounded to nearest even on
-/// save. The integer types are only read, and only where a loader asks for an integer (such as
-/// the tree depth PyTorch models store as I64): a weight stored as integers is refused.
-enum class dtype { f32, f64, bf16, f16, i32, i64 };
-
-inline const char* to_string(dtype t) noexcept {
-    switch (t) {
-        case dtype::f32: return "F32";
-        case dtype::f64: return "F64";
-        case dtype::bf16: return "BF16";
-        case dtype::f16: return "F16";
-        case dtype::i32: return "I32";
-        case dtype::i64: return "I64";
-    }
-    return "?";
-}
-
-inline bool is_integer(dtype t) noexcept { return t == dtype::i32 || t == dtype::i64; }
 
 /// Largest JSON header accepted (the reference implementation uses the same bound).
 inline constexpr std::uint64_t max_header_bytes = 100'000'000;
@@ -94,10 +76,6 @@ template <class... Args>
     raise<file_error>("safetensors ", source, ": ", args...);
 }
 
-inline std::size_t dtype_bytes(dtype t) noexcept {
-    return t == dtype::f64 || t == dtype::i64 ? 8 : t == dtype::f32 || t == dtype::i32 ? 4 : 2;
-}
-
 inline std::string shape_string(const std::vector<std::uint64_t>& shape) {
     std::ostringstream os;
     os << '[';
@@ -115,69 +93,6 @@ inline bool element_count(const std::vector<std::uint64_t>& shape, std::uint64_t
         count *= d;
     }
     return true;
-}
-
-inline std::uint64_t read_le(const unsigned char* p, int bytes) noexcept {
-    std::uint64_t v = 0;
-    for (int k = bytes - 1; k >= 0; --k) v = (v << 8) | p[k];
-    return v;
-}
-
-inline void write_le(std::vector<unsigned char>& out, std::uint64_t v, int bytes) {
-    for (int k = 0; k < bytes; ++k) out.push_back(static_cast<unsigned char>((v >> (8 * k)) & 0xffu));
-}
-
-/// The bits of `from` read as a To (C++20's std::bit_cast).
-template <class To, class From>
-To bit_copy(const From& from) noexcept {
-    static_assert(sizeof(To) == sizeof(From), "bit_copy needs types of one size");
-    To to;
-    std::memcpy(&to, &from, sizeof to);
-    return to;
-}
-
-/// float -> bfloat16, round to nearest even; NaN stays a (quiet) NaN.
-inline std::uint16_t float_to_bf16(float f) noexcept { return treegate::detail::float_to_bf16_bits(f); }
-
-/// IEEE half bits -> double, exactly (every half is a double); NaN and infinities come through
-/// as such, for the validator to refuse.
-inline double f16_to_double(std::uint16_t h) noexcept {
-    const double sign = (h & 0x8000u) ? -1.0 : 1.0;
-    const int exponent = (h >> 10) & 0x1f;
-    const int mantissa = h & 0x3ff;
-    if (exponent == 0x1f)
-        return mantissa ? std::numeric_limits<double>::quiet_NaN() : sign * std::numeric_limits<double>::infinity();
-    if (exponent == 0) return sign * std::ldexp(static_cast<double>(mantissa), -24);  // zero or subnormal
-    return sign * std::ldexp(static_cast<double>(mantissa + 0x400), exponent - 25);
-}
-
-/// Finite double -> IEEE half bits, rounded once to nearest even (a double rounded to float
-/// first could round twice). A value that rounds beyond the largest half (65504) gives the
-/// bits of infinity, which the writer refuses.
-inline std::uint16_t double_to_f16(double d) noexcept {
-    const std::uint16_t sign = std::signbit(d) ? 0x8000u : 0u;
-    const double a = std::fabs(d);
-    if (a == 0.0) return sign;
-    int e = 0;
-    std::frexp(a, &e);                            // a = f 2^e, f in [0.5, 1)
-    const int unit = std::max(e - 1, -14) - 10;  // exponent of one unit in the last place
-    if (unit > 5) return static_cast<std::uint16_t>(sign | 0x7c00u);
-    const double q = std::ldexp(a, -unit);        // exact: a power-of-two scaling to [0, 2048)
-    const double whole = std::floor(q);
-    auto m = static_cast<std::uint32_t>(whole);
-    const double rest = q - whole;
-    if (rest > 0.5 || (rest == 0.5 && (m & 1u))) ++m;
-    // m counts units and holds the implicit leading bit of a normal (1024), so adding it to the
-    // exponent field below carries a rounding up to 2048 into the next binade, a subnormal that
-    // rounds up to 1024 into the smallest normal, and the largest binade into infinity's bits.
-    const std::uint32_t bits = (static_cast<std::uint32_t>(unit + 24) << 10) + m;
-    if (bits >= 0x7c00u) return static_cast<std::uint16_t>(sign | 0x7c00u);
-    return static_cast<std::uint16_t>(sign | bits);
-}
-
-/// A double narrowed to float without the undefined behaviour of an out-of-range conversion.
-inline bool fits_float(double d) noexcept {
-    return !std::isfinite(d) || std::fabs(d) <= static_cast<double>(std::numeric_limits<float>::max());
 }
 
 // ---- header parsing --------------------------------------------------------------------------
@@ -378,15 +293,7 @@ std::vector<Scalar> read_values(const parsed_file& f, const std::string& name) {
     const unsigned char* p = f.data + e.begin;
     std::vector<Scalar> out(n);
     for (std::size_t k = 0; k < n; ++k, p += width) {
-        double v;
-        if (e.type == dtype::f64)
-            v = bit_copy<double>(read_le(p, 8));
-        else if (e.type == dtype::f32)
-            v = static_cast<double>(bit_copy<float>(static_cast<std::uint32_t>(read_le(p, 4))));
-        else if (e.type == dtype::f16)
-            v = f16_to_double(static_cast<std::uint16_t>(read_le(p, 2)));
-        else
-            v = static_cast<double>(bit_copy<float>(static_cast<std::uint32_t>(read_le(p, 2) << 16)));
+        const double v = decode_float(e.type, p);
         if (!std::isfinite(v))
             fail(f.source, "tensor '", name, "' element ", k, " of ", n, " is ", std::isnan(v) ? "NaN" : "infinite");
         if constexpr (sizeof(Scalar) < sizeof(double)) {
