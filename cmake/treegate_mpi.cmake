@@ -1,0 +1,39 @@
+# cmake/treegate_mpi.cmake — treegate/mpi/ (subtrees sharded over MPI ranks): the optional MPI
+# dependency, its target, and the header-check settings its headers need.
+#
+# Include it from the top-level CMakeLists.txt after cmake/treegate_io.cmake and BEFORE
+# add_subdirectory(tests): it may have to exclude mpi/ from the header check.
+#
+# Gives:  treegate::mpi  INTERFACE target = treegate::treegate + MPI::MPI_CXX, only when MPI's C++
+#                        bindings are found (Debian: libopenmpi-dev openmpi-bin); the umbrella
+#                        header treegate.hpp never includes mpi/, so nothing else depends on it.
+#         TREEGATE_MPI_TEST_RANKS ("1;2;3;4")  rank counts the tests in tests/mpi/ run under mpirun
+include_guard(GLOBAL)
+
+find_package(MPI QUIET COMPONENTS CXX)
+if(MPI_CXX_FOUND)
+  add_library(treegate_mpi INTERFACE)
+  add_library(treegate::mpi ALIAS treegate_mpi)
+  set_target_properties(treegate_mpi PROPERTIES EXPORT_NAME mpi)
+  target_link_libraries(treegate_mpi INTERFACE treegate MPI::MPI_CXX)
+  message(STATUS "treegate: MPI ${MPI_CXX_VERSION} found (${MPIEXEC_EXECUTABLE}), treegate::mpi available")
+else()
+  message(STATUS "treegate: MPI not found (Debian: libopenmpi-dev openmpi-bin), treegate/mpi/ and its tests are skipped")
+  list(APPEND TREEGATE_HEADER_CHECK_EXCLUDE "^treegate/mpi/")
+endif()
+# mpi/shard_io.hpp saves and loads shards through io/ (safetensors): it needs both parts.
+if(NOT TARGET treegate_io)
+  list(APPEND TREEGATE_HEADER_CHECK_EXCLUDE "^treegate/mpi/shard_io.hpp")
+endif()
+
+set(TREEGATE_MPI_TEST_RANKS "1;2;3;4" CACHE STRING "Rank counts the MPI tests run with (;-list)")
+
+# The header check compiles the mpi/ headers too, so it needs mpi.h.
+function(treegate_mpi_link_header_check)
+  if(TARGET treegate_header_check)
+    target_link_libraries(treegate_header_check PRIVATE treegate::mpi)
+  endif()
+endfunction()
+if(TARGET treegate_mpi AND TREEGATE_BUILD_TESTS)
+  cmake_language(DEFER CALL treegate_mpi_link_header_check)
+endif()
