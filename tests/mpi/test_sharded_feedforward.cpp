@@ -102,3 +102,22 @@ TEST_CASE("sharded tree_feedforward holds its top levels and its own subtrees", 
         if (ranks() > 1) CHECK(mine < static_cast<long long>(full.memory_bytes()));
     }
 }
+
+TEST_CASE("sharded tree_feedforward: a bad shape on one rank or a moved-from layer is an error on every rank",
+          "[mpi][feedforward][errors]") {
+    mpi::sharded_tree_feedforward<float> layer(MPI_COMM_WORLD, 6, 4, 2, 3);
+    layer.initialize(2);
+    mpi::exchange_workspace<float> ws;
+    mat<float> X = mat<float>::Random(6, 5), Y(rank() == 0 ? 3 : 4, 5);
+    CHECK_THROWS_AS(layer.forward_batch(X, Y, ws), treegate::shape_error);
+    // Output over the input (a square layer): the input is copied first, as tree_feedforward does.
+    mpi::sharded_tree_feedforward<float> square(MPI_COMM_WORLD, 4, 4, 2, 3);
+    square.initialize(5);
+    mat<float> Z = mat<float>::Random(4, 6), expected(4, 6);
+    square.forward_batch(Z, expected, ws);
+    square.forward_batch(Z, Z, ws);
+    CHECK(bits_equal(Z, expected));
+    auto taken = std::move(square);
+    CHECK_THROWS_AS(square.forward_batch(Z, expected, ws), treegate::usage_error);
+    CHECK_NOTHROW(taken.forward_batch(Z, expected, ws));
+}

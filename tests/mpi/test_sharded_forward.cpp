@@ -253,6 +253,10 @@ TEST_CASE("sharded tree_linear: a bad shape on one rank is an error on every ran
     // Gate values given to a layer gated by its input: usage on every rank.
     mat<float> G = mat<float>::Zero(depth, 4);
     CHECK_THROWS_AS(layer.forward_batch(X6, G, Y, ws), treegate::config_error);
+    // A moved-from layer: usage_error on every rank, and the layer it moved to works.
+    auto taken = std::move(layer);
+    CHECK_THROWS_AS(layer.forward_batch(X6, Y, ws), treegate::usage_error);
+    CHECK_NOTHROW(taken.forward_batch(X6, Y, ws));
     // A layout that cannot work is raised on every rank at construction.
     if (ranks() > 1)
         CHECK_THROWS_AS(mpi::sharded_tree_linear<float>(MPI_COMM_WORLD, 6, 2, depth, tree_mode::path_sum,

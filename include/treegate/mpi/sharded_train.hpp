@@ -137,6 +137,7 @@ void run(const sharded_tree_linear<Scalar, Policy>& layer, typename exec::batch_
     const char* name = "sharded_tree_linear backward";
     const auto& lay = layer.layout();
     agree(layer.comm(), [&] {
+        detail::check_live(name, layer.live());
         detail::check_batch(name, layer.in_size(), X.rows(), X.cols(), layer.out_size(), dY.rows(), dY.cols());
         if (dX != nullptr)
             detail::check_shape(dX->rows() == layer.in_size() && dX->cols() == X.cols(), name, ": input gradient is ",

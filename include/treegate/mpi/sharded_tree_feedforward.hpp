@@ -72,8 +72,12 @@ public:
 
     sharded_tree_feedforward(const sharded_tree_feedforward&) = delete;
     sharded_tree_feedforward& operator=(const sharded_tree_feedforward&) = delete;
+    /// A moved-from layer holds no units; every call on it raises usage_error on every rank.
     sharded_tree_feedforward(sharded_tree_feedforward&&) noexcept = default;
     sharded_tree_feedforward& operator=(sharded_tree_feedforward&&) noexcept = default;
+
+    /// Every rank owns at least one subtree of units, so a layer that holds none was moved from.
+    bool live() const noexcept { return V_.size() != 0; }
 
     const mpi::layout& layout() const noexcept { return layout_; }
     index_t in_size() const noexcept { return in_; }
@@ -156,9 +160,24 @@ public:
         if (has_output_bias_) umap(c_.data(), out_, 1) = full.output_bias();
     }
 
-    /// Y = layer(X) for this rank's examples. Collective.
+    /// Y = layer(X) for this rank's examples; Y may overlap X (X is then copied first, as the
+    /// whole layer does). Collective.
     void forward_batch(const Eigen::Ref<const batch>& X, Eigen::Ref<batch> Y, exchange_workspace<Scalar>& ws) const {
-        agree(comm_, [&] { detail::check_batch(name, in_, X.rows(), X.cols(), out_, Y.rows(), Y.cols()); });
+        agree(comm_, [&] {
+            detail::check_live(name, live());
+            detail::check_batch(name, in_, X.rows(), X.cols(), out_, Y.rows(), Y.cols());
+        });
+        if (detail::overlaps(X, Y)) {
+            auto copy = ws.local.input.view(X.rows(), X.cols());
+            copy = X;
+            run(copy, Y, ws);
+        } else {
+            run(X, Y, ws);
+        }
+    }
+
+private:
+    void run(const Eigen::Ref<const batch>& X, Eigen::Ref<batch> Y, exchange_workspace<Scalar>& ws) const {
         const index_t n = X.cols();
         if (has_output_bias_)
             Y.colwise() = Eigen::Map<const Eigen::Matrix<Scalar, Eigen::Dynamic, 1>>(c_.data(), out_);
@@ -200,7 +219,6 @@ public:
         }
     }
 
-private:
     // Width-1 path_sum (UltraFastBERT): the whole layer runs the fused schedule (exec/
     // fused_paths.hpp), which routes a path and then adds its D+1 terms to y in one
     // Policy::axpy_many. So here too: the replicated levels route locally, and x, y so far and

@@ -69,8 +69,13 @@ public:
 
     sharded_tree_linear(const sharded_tree_linear&) = delete;
     sharded_tree_linear& operator=(const sharded_tree_linear&) = delete;
+    /// A moved-from layer holds no blocks; every call on it raises usage_error (on every rank,
+    /// as the collective calls agree on it).
     sharded_tree_linear(sharded_tree_linear&&) noexcept = default;
     sharded_tree_linear& operator=(sharded_tree_linear&&) noexcept = default;
+
+    /// Every rank owns at least one subtree, so a layer that holds none was moved from.
+    bool live() const noexcept { return sub_w_.size() != 0; }
 
     MPI_Comm comm() const noexcept { return comm_; }
     const mpi::layout& layout() const noexcept { return layout_; }
@@ -160,6 +165,7 @@ public:
     void forward_batch(const Eigen::Ref<const batch>& X, Eigen::Ref<batch> Y, exchange_workspace<Scalar>& ws,
                        Executor&& ex = Executor{}) const {
         agree(comm_, [&] {
+            detail::check_live(name, live());
             detail::check_batch(name, in_, X.rows(), X.cols(), out_, Y.rows(), Y.cols());
             exec::route_batch(name, "forward_batch", gates_, depth_, X, ws.local.codes);
         });
@@ -171,6 +177,7 @@ public:
     void forward_batch(const Eigen::Ref<const batch>& X, const Eigen::Ref<const batch>& G, Eigen::Ref<batch> Y,
                        exchange_workspace<Scalar>& ws, Executor&& ex = Executor{}) const {
         agree(comm_, [&] {
+            detail::check_live(name, live());
             detail::check_batch(name, in_, X.rows(), X.cols(), out_, Y.rows(), Y.cols());
             exec::route_batch(name, "forward_batch", gates_, depth_, X, G, ws.local.codes);
         });
@@ -207,6 +214,7 @@ private:
 
     // Local block index of global block i, or a usage_error naming the rank that holds it.
     index_t local_block(index_t i) const {
+        detail::check_live(name, live());
         const int r = block_owner(i);
         if (r >= 0 && r != layout_.rank())
             detail::raise<usage_error>(name, ": block ", i, " is held by rank ", r, ", not by this rank (", layout_.rank(), ")");
