@@ -8,6 +8,8 @@
 #                        bindings are found (Debian: libopenmpi-dev openmpi-bin); the umbrella
 #                        header treegate.hpp never includes mpi/, so nothing else depends on it.
 #         TREEGATE_MPI_TEST_RANKS ("1;2;3;4")  rank counts the tests in tests/mpi/ run under mpirun
+#         TREEGATE_MPI_TESTS               OFF in sanitizer builds (tests/mpi/ left out)
+#         TREEGATE_MPIEXEC_FLAGS           mpirun flags of those runs (--oversubscribe for OpenMPI)
 include_guard(GLOBAL)
 
 find_package(MPI QUIET COMPONENTS CXX)
@@ -20,6 +22,15 @@ if(MPI_CXX_FOUND)
 else()
   message(STATUS "treegate: MPI not found (Debian: libopenmpi-dev openmpi-bin), treegate/mpi/ and its tests are skipped")
   list(APPEND TREEGATE_HEADER_CHECK_EXCLUDE "^treegate/mpi/")
+endif()
+# Flags for our own mpirun runs (tests/mpi/, bench/mpi/): OpenMPI refuses more ranks than cores
+# without --oversubscribe, which the 3- and 4-rank tests need on a 2-core machine.
+set(TREEGATE_MPIEXEC_FLAGS ${MPIEXEC_PREFLAGS})
+if(MPI_CXX_FOUND)
+  execute_process(COMMAND ${MPIEXEC_EXECUTABLE} --version OUTPUT_VARIABLE treegate_mpirun_version ERROR_QUIET)
+  if(treegate_mpirun_version MATCHES "Open MPI|OpenRTE")
+    list(APPEND TREEGATE_MPIEXEC_FLAGS --oversubscribe)
+  endif()
 endif()
 # mpi/shard_io.hpp saves and loads shards through io/ (safetensors): it needs both parts.
 if(NOT TARGET treegate_io)
