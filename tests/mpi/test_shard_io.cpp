@@ -27,6 +27,14 @@ bool same_local_weights(const mpi::sharded_tree_linear<Scalar>& a, const mpi::sh
     return same;
 }
 
+// Removes a shard set once every rank is done with it (each rank its own file, rank 0 the rest).
+void remove_set(const std::string& p) {
+    MPI_Barrier(MPI_COMM_WORLD);
+    std::remove(mpi::shard_path(p, rank(), ranks()).c_str());
+    if (rank() == 0) std::remove(mpi::replicated_path(p).c_str());
+    MPI_Barrier(MPI_COMM_WORLD);
+}
+
 }  // namespace
 
 TEST_CASE("sharded tree_linear: a shard set round-trips bit for bit", "[mpi][io]") {
@@ -47,6 +55,8 @@ TEST_CASE("sharded tree_linear: a shard set round-trips bit for bit", "[mpi][io]
         mpi::save_shards(f, p + "_f32");
         mpi::load_shards(g, p + "_f32");
         CHECK(same_local_weights(f, g));
+        remove_set(p);
+        remove_set(p + "_f32");
     }
 }
 
@@ -66,6 +76,8 @@ TEST_CASE("sharded tree_linear: a single-process file loads into a sharded layer
     // Another mode: the same error on every rank.
     mpi::sharded_tree_linear<double> leaf(MPI_COMM_WORLD, 4, 2, depth, tree_mode::leaf_only, gates);
     CHECK_THROWS_AS(mpi::load_whole(leaf, path), treegate::file_error);
+    MPI_Barrier(MPI_COMM_WORLD);
+    if (rank() == 0) std::remove(path.c_str());
 }
 
 TEST_CASE("sharded tree_linear: shards of another layout or a missing shard fail on every rank", "[mpi][io][errors]") {
@@ -96,5 +108,6 @@ TEST_CASE("sharded tree_linear: shards of another layout or a missing shard fail
         what = e.what();
     }
     CHECK_THAT(what, Catch::Matchers::Contains("rank " + std::to_string(ranks() - 1)));
+    remove_set(p);
 }
 #endif
