@@ -2,10 +2,12 @@
 // forward and backward throughput, bytes exchanged per example, memory per rank, load balance.
 //
 //   mpirun -np R treegate_bench_mpi [--in N] [--out N] [--depth D] [--batch N] [--reps N] [--mode path_sum|leaf_only]
+//                                   [--width W]   (W > 0: a one-tree tree_feedforward of node width W, forward only)
 //
 // --batch is the examples per rank. Times are the slowest rank's, median over --reps runs, each
 // started after a barrier; rank 0 prints one line of key=value pairs.
 #include <treegate/mpi/sharded_train.hpp>
+#include <treegate/mpi/sharded_tree_feedforward.hpp>
 
 #include <algorithm>
 #include <chrono>
@@ -23,7 +25,7 @@ namespace mpi = treegate::mpi;
 using mat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic>;
 
 struct options {
-    index_t in = 768, out = 768, batch = 256;
+    index_t in = 768, out = 768, batch = 256, width = 0;
     int depth = 6, reps = 9;
     treegate::tree_mode mode = treegate::tree_mode::path_sum;
 };
@@ -37,6 +39,7 @@ options parse(int argc, char** argv) {
         else if (k == "--depth") o.depth = std::stoi(v);
         else if (k == "--batch") o.batch = std::stoll(v);
         else if (k == "--reps") o.reps = std::stoi(v);
+        else if (k == "--width") o.width = std::stoll(v);
         else if (k == "--mode") o.mode = v == "leaf_only" ? treegate::tree_mode::leaf_only : treegate::tree_mode::path_sum;
         else {
             std::fprintf(stderr, "treegate_bench_mpi: unknown option %s\n", k.c_str());
@@ -74,6 +77,38 @@ long long max_over_ranks(long long v) {
     return s;
 }
 
+// The sharded tree_feedforward's forward (and, at one rank, the plain layer's) on one batch.
+void bench_feedforward(const options& o, int rank, int ranks) {
+    mpi::sharded_tree_feedforward<float> layer(MPI_COMM_WORLD, o.in, o.out, o.width, o.depth, 1, treegate::activation::gelu,
+                                               o.mode);
+    layer.initialize(1);
+    std::mt19937_64 g(static_cast<std::uint64_t>(1000 + rank));
+    std::uniform_real_distribution<float> u(-1.f, 1.f);
+    mat X(o.in, o.batch), Y(o.out, o.batch);
+    for (index_t i = 0; i < X.size(); ++i) X.data()[i] = u(g);
+    mpi::exchange_workspace<float> ws;
+    layer.forward_batch(X, Y, ws);
+    const double fwd = timed(o.reps, [&] { layer.forward_batch(X, Y, ws); });
+    double plain = 0;
+    if (ranks == 1) {
+        treegate::tree_feedforward<float> full(o.in, o.out, o.width, o.depth, 1, treegate::activation::gelu, o.mode);
+        full.initialize(1);
+        treegate::workspace<float> fws;
+        full.forward_batch(X, Y, fws, treegate::parallel::serial{});
+        plain = static_cast<double>(o.batch) / timed(o.reps, [&] { full.forward_batch(X, Y, fws, treegate::parallel::serial{}); });
+    }
+    const long long examples = sum_over_ranks(o.batch), bytes = sum_over_ranks(ws.stats().bytes_sent);
+    const long long mem_max = max_over_ranks(layer.memory_bytes());
+    if (rank == 0)
+        std::printf("layer=tree_feedforward ranks=%d split=%d in=%lld out=%lld width=%lld depth=%d mode=%s batch_per_rank=%lld "
+                    "forward_examples_per_s=%.0f plain_tree_feedforward_examples_per_s=%.0f "
+                    "forward_bytes_exchanged_per_example=%.1f memory_per_rank_MiB=%.2f one_process_MiB=%.2f\n",
+                    ranks, layer.layout().split(), static_cast<long long>(o.in), static_cast<long long>(o.out),
+                    static_cast<long long>(o.width), o.depth, treegate::to_string(o.mode), static_cast<long long>(o.batch),
+                    static_cast<double>(examples) / fwd, plain, static_cast<double>(bytes) / static_cast<double>(examples),
+                    static_cast<double>(mem_max) / 1048576.0, static_cast<double>(layer.full_memory_bytes()) / 1048576.0);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -82,6 +117,11 @@ int main(int argc, char** argv) {
     try {
         const options o = parse(argc, argv);
         const int rank = mpi::comm_rank(MPI_COMM_WORLD), ranks = mpi::comm_size(MPI_COMM_WORLD);
+        if (o.width > 0) {
+            bench_feedforward(o, rank, ranks);
+            MPI_Finalize();
+            return 0;
+        }
         std::vector<index_t> idx(static_cast<std::size_t>(o.depth));
         for (int j = 0; j < o.depth; ++j) idx[static_cast<std::size_t>(j)] = (j * 37) % o.in;
         mpi::sharded_tree_linear<float> layer(MPI_COMM_WORLD, o.in, o.out, o.depth, o.mode, treegate::gating::from_input(idx));
