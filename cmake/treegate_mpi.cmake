@@ -10,6 +10,7 @@
 #         TREEGATE_MPI_TEST_RANKS ("1;2;3;4")  rank counts the tests in tests/mpi/ run under mpirun
 #         TREEGATE_MPI_TESTS               OFF in sanitizer builds (tests/mpi/ left out)
 #         TREEGATE_MPIEXEC_FLAGS           mpirun flags of those runs (--oversubscribe for OpenMPI)
+#         TREEGATE_MPI_TEST_ENV            their environment (OpenMPI as root, in containers)
 include_guard(GLOBAL)
 
 find_package(MPI QUIET COMPONENTS CXX)
@@ -32,6 +33,11 @@ if(MPI_CXX_FOUND)
     list(APPEND TREEGATE_MPIEXEC_FLAGS --oversubscribe)
   endif()
 endif()
+# The environment of those runs: OpenMPI refuses root without the two ALLOW variables (test
+# machines and containers often run as root), and in containers that forbid cross-process
+# memory access its shared-memory transport's single-copy path fails, so copy through buffers.
+set(TREEGATE_MPI_TEST_ENV
+    "OMPI_ALLOW_RUN_AS_ROOT=1;OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1;OMPI_MCA_btl_vader_single_copy_mechanism=none")
 # mpi/shard_io.hpp saves and loads shards through io/ (safetensors): it needs both parts.
 if(NOT TARGET treegate_io)
   list(APPEND TREEGATE_HEADER_CHECK_EXCLUDE "^treegate/mpi/shard_io.hpp")
