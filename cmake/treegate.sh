@@ -20,6 +20,10 @@ DEMO_OPTIONAL_PACKAGES="gnuplot-nox"
 DEMO_MNIST_PACKAGES="dataset-fashion-mnist zlib1g-dev"
 # The safetensors interop test runs in a virtual environment with numpy and safetensors from PyPI.
 TEST_OPTIONAL_PACKAGES="python3 python3-venv"
+# OpenMPI for treegate::mpi and its tests (tests/mpi/, run under mpirun inside the dev ctest):
+# optional for a user's run (without it those tests are left out, saying so), required under
+# TREEGATE_WERROR=1 (CI).
+MPI_PACKAGES="libopenmpi-dev openmpi-bin"
 # clang++-14 with its sanitizer runtimes and libFuzzer, for the presets in CLANG_PRESETS and the
 # fuzz step. Without them `asan` falls back to g++ and fuzz is skipped, unless TREEGATE_WERROR=1
 # (CI), where they are required.
@@ -267,6 +271,11 @@ test_fuzz() {
 cmd_test() {
   ensure_packages "$REQUIRED_PACKAGES"
   ensure_packages "$TEST_OPTIONAL_PACKAGES" optional
+  if [ "${TREEGATE_WERROR:-0}" = 1 ]; then
+    ensure_packages "$MPI_PACKAGES"
+  else
+    ensure_packages "$MPI_PACKAGES" optional
+  fi
   local start=$SECONDS preset
   test_dev
   if [ "${TREEGATE_SANITIZE:-1}" != 0 ]; then

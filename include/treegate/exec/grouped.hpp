@@ -113,10 +113,12 @@ void for_each_group(const leaf_schedule& leaves, bool path_sum, Visit&& visit) {
 /// ws.gathered_input), each visited block multiplies its whole range (into
 /// ws.permuted_output), and the result is scattered back once. Each level runs as (node,
 /// row-chunk) pieces on `ex`: the pieces of a level write disjoint parts of the output, levels
-/// run in order, so the output is bit-identical for any executor.
+/// run in order, so the output is bit-identical for any executor. With `from_output`, Y = Y +
+/// table(X), the levels' terms added to Y's columns in the same order (a path continued from a
+/// partial sum: mpi/, exec/subtree.hpp).
 template <class Policy, class W, class Scalar, class XRef, class YRef, class Executor>
 void grouped_range(const block_table<W, Scalar>& t, const XRef& X, YRef& Y, const leaf_t* codes, workspace<Scalar>& ws,
-                   Executor& ex) {
+                   Executor& ex, bool from_output = false) {
     constexpr index_t copy_chunk = 256;  // examples per gather / scatter piece
     const index_t n = X.cols();
     if (n == 0) return;
@@ -127,7 +129,10 @@ void grouped_range(const block_table<W, Scalar>& t, const XRef& X, YRef& Y, cons
     parallel::for_each_chunk(ex, n, copy_chunk, [&](index_t begin, index_t end, int) {
         for (index_t k = begin; k < end; ++k) {
             A.col(k) = X.col(order[k]);
-            B.col(k).setZero();
+            if (from_output)
+                B.col(k) = Y.col(order[k]);
+            else
+                B.col(k).setZero();
         }
     });
     for (int level = first_level(t.path_sum, t.depth); level <= t.depth; ++level) {

@@ -1,0 +1,123 @@
+// Tests of the sharded tree_feedforward (mpi/sharded_tree_feedforward.hpp): each rank's part of
+// a global batch against the whole layer built from the same seed on every rank.
+#include "../catch_compat.hpp"
+#include "mpi_test_support.hpp"
+
+#include <treegate/mpi/sharded_tree_feedforward.hpp>
+
+#include <vector>
+
+using namespace tg_mpi_test;
+using treegate::activation;
+using treegate::tree_mode;
+namespace mpi = treegate::mpi;
+
+namespace {
+
+struct ff_case {
+    index_t in, out, width;
+    int depth;
+    index_t trees;
+    tree_mode mode;
+    activation act;
+    int split;
+    route_shape shape;
+};
+
+template <class Scalar, class Policy>
+void check_ff(const ff_case& c, std::uint64_t seed) {
+    treegate::tree_feedforward<Scalar, treegate::dynamic, treegate::dynamic, treegate::dynamic, treegate::dynamic, Policy> full(
+        c.in, c.out, c.width, c.depth, c.trees, c.act, c.mode);
+    full.initialize(seed);
+    mpi::sharded_tree_feedforward<Scalar, Policy> layer(MPI_COMM_WORLD, c.in, c.out, c.width, c.depth, c.trees, c.act,
+                                                        c.mode, true, c.split);
+    layer.initialize(seed);
+    const global_batch<Scalar> data(c.in, c.depth, seed + 1, c.shape, treegate::gating::external());
+    mat<Scalar> Yall(c.out, data.total);
+    treegate::workspace<Scalar> fws;
+    full.forward_batch(data.X, Yall, fws, treegate::parallel::serial{});
+    const mat<Scalar> Xl = data.local_X();
+    mat<Scalar> Y = mat<Scalar>::Constant(c.out, Xl.cols(), Scalar(-3));
+    mpi::exchange_workspace<Scalar> ws;
+    layer.forward_batch(Xl, Y, ws);
+    INFO("rank " << rank() << " of " << ranks() << ": in " << c.in << " out " << c.out << " width " << c.width << " depth "
+                 << c.depth << " trees " << c.trees << " " << treegate::to_string(c.mode) << " split "
+                 << layer.layout().split() << ", " << Xl.cols() << " of " << data.total << " examples");
+    CHECK(bits_equal(Y, Yall.middleCols(data.first_local, Xl.cols())));
+
+    // copy_from a whole layer gives the same part as initialize.
+    mpi::sharded_tree_feedforward<Scalar, Policy> copy(MPI_COMM_WORLD, c.in, c.out, c.width, c.depth, c.trees, c.act,
+                                                       c.mode, true, c.split);
+    copy.copy_from(full);
+    mat<Scalar> Y2(c.out, Xl.cols());
+    copy.forward_batch(Xl, Y2, ws);
+    CHECK(bits_equal(Y, Y2));
+}
+
+}  // namespace
+
+TEST_CASE("sharded tree_feedforward forward is bit-identical to the whole layer (reference kernels)", "[mpi][feedforward]") {
+    const std::vector<ff_case> cases = {
+        {7, 5, 3, 3, 1, tree_mode::path_sum, activation::gelu, -1, route_shape::random},
+        {7, 5, 3, 3, 2, tree_mode::leaf_only, activation::relu, -1, route_shape::random},
+        {6, 4, 1, 4, 1, tree_mode::path_sum, activation::gelu, -1, route_shape::random},
+        {6, 4, 1, 4, 2, tree_mode::leaf_only, activation::gelu, 3, route_shape::random},
+        {5, 3, 2, 2, 2, tree_mode::path_sum, activation::tanh, 2, route_shape::random},  // depth == L
+        {5, 3, 2, 2, 1, tree_mode::leaf_only, activation::relu, 2, route_shape::random},
+        {8, 6, 4, 3, 1, tree_mode::path_sum, activation::gelu, -1, route_shape::one_rank_holds_all},
+        {8, 6, 4, 3, 1, tree_mode::leaf_only, activation::gelu, -1, route_shape::empty},
+    };
+    std::uint64_t seed = 300;
+    for (const auto& c : cases) {
+        if (mpi::layout::automatic_split(ranks()) > c.depth) continue;
+        if (c.split >= 0 && (index_t{1} << c.split) < ranks()) continue;
+        check_ff<double, treegate::kernels::reference>(c, seed++);
+        check_ff<float, treegate::kernels::reference>(c, seed++);
+    }
+}
+
+TEST_CASE("sharded UltraFastBERT layer (width 1, path_sum) is bit-identical to the whole layer (default kernels)",
+          "[mpi][feedforward]") {
+    // The fused schedule computes each example alone (its groups only overlap latencies) and
+    // the owner adds the path's terms into the same y in one axpy_many, so even the SIMD
+    // kernels give the whole layer's bits.
+    std::uint64_t seed = 900;
+    for (const ff_case& c : {ff_case{24, 16, 1, 5, 2, tree_mode::path_sum, activation::gelu, -1, route_shape::random},
+                             ff_case{40, 8, 1, 4, 1, tree_mode::path_sum, activation::gelu, 3, route_shape::one_rank_holds_all}}) {
+        if (c.split >= 0 && (index_t{1} << c.split) < ranks()) continue;
+        check_ff<float, treegate::kernels::default_policy>(c, seed++);
+    }
+}
+
+TEST_CASE("sharded tree_feedforward holds its top levels and its own subtrees", "[mpi][feedforward][memory]") {
+    for (tree_mode mode : {tree_mode::path_sum, tree_mode::leaf_only}) {
+        mpi::sharded_tree_feedforward<float> layer(MPI_COMM_WORLD, 16, 8, 4, 5, 2, activation::gelu, mode);
+        treegate::tree_feedforward<float> full(16, 8, 4, 5, 2, activation::gelu, mode);
+        CHECK(layer.full_memory_bytes() == full.memory_bytes());
+        long long mine = static_cast<long long>(layer.memory_bytes()), sum = 0;
+        MPI_Allreduce(&mine, &sum, 1, MPI_LONG_LONG, MPI_SUM, MPI_COMM_WORLD);
+        // Summed over ranks: the whole layer, plus R-1 extra copies of the replicated part.
+        CHECK(sum >= static_cast<long long>(full.memory_bytes()));
+        if (ranks() == 1) CHECK(mine == static_cast<long long>(full.memory_bytes()));
+        if (ranks() > 1) CHECK(mine < static_cast<long long>(full.memory_bytes()));
+    }
+}
+
+TEST_CASE("sharded tree_feedforward: a bad shape on one rank or a moved-from layer is an error on every rank",
+          "[mpi][feedforward][errors]") {
+    mpi::sharded_tree_feedforward<float> layer(MPI_COMM_WORLD, 6, 4, 2, 3);
+    layer.initialize(2);
+    mpi::exchange_workspace<float> ws;
+    mat<float> X = mat<float>::Random(6, 5), Y(rank() == 0 ? 3 : 4, 5);
+    CHECK_THROWS_AS(layer.forward_batch(X, Y, ws), treegate::shape_error);
+    // Output over the input (a square layer): the input is copied first, as tree_feedforward does.
+    mpi::sharded_tree_feedforward<float> square(MPI_COMM_WORLD, 4, 4, 2, 3);
+    square.initialize(5);
+    mat<float> Z = mat<float>::Random(4, 6), expected(4, 6);
+    square.forward_batch(Z, expected, ws);
+    square.forward_batch(Z, Z, ws);
+    CHECK(bits_equal(Z, expected));
+    auto taken = std::move(square);
+    CHECK_THROWS_AS(square.forward_batch(Z, expected, ws), treegate::usage_error);
+    CHECK_NOTHROW(taken.forward_batch(Z, expected, ws));
+}
