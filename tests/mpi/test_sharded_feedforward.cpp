@@ -121,3 +121,17 @@ TEST_CASE("sharded tree_feedforward: a bad shape on one rank or a moved-from lay
     CHECK_THROWS_AS(square.forward_batch(Z, expected, ws), treegate::usage_error);
     CHECK_NOTHROW(taken.forward_batch(Z, expected, ws));
 }
+
+TEST_CASE("sharded tree_feedforward: copy_from a layer with the >= tie rule or leaf biases is a config_error",
+          "[mpi][feedforward][errors]") {
+    using full_t = treegate::tree_feedforward<float, treegate::dynamic, treegate::dynamic, treegate::dynamic, treegate::dynamic,
+                                              treegate::kernels::reference>;
+    mpi::sharded_tree_feedforward<float, treegate::kernels::reference> layer(MPI_COMM_WORLD, 6, 4, 2, 3, 1, activation::gelu,
+                                                                             tree_mode::leaf_only, true, -1);
+    full_t ties(6, 4, 2, 3, 1, activation::gelu, tree_mode::leaf_only, true, treegate::tie_rule::greater_equal, false);
+    CHECK_THROWS_AS(layer.copy_from(ties), treegate::config_error);
+    full_t biased(6, 4, 2, 3, 1, activation::gelu, tree_mode::leaf_only, true, treegate::tie_rule::greater, true);
+    CHECK_THROWS_AS(layer.copy_from(biased), treegate::config_error);
+    full_t plain(6, 4, 2, 3, 1, activation::gelu, tree_mode::leaf_only, true);
+    CHECK_NOTHROW(layer.copy_from(plain));
+}

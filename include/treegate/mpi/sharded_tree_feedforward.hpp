@@ -147,6 +147,9 @@ public:
                                  full.depth() == depth_ && full.tree_count() == trees_ && full.mode() == mode_ &&
                                  full.activation_kind() == act_ && full.has_output_bias() == has_output_bias_,
                              name, ": copy_from needs a tree_feedforward of the same sizes, trees, mode, activation and bias");
+        detail::check_config(full.tie() == tie_rule::greater && !full.has_leaf_bias(), name,
+                             ": copy_from supports the default tie rule (> 0) without leaf biases; the layer has tie rule ",
+                             to_string(full.tie()), " and leaf biases ", full.has_leaf_bias() ? "on" : "off");
         for_each_local(
             [&](index_t t, index_t i, index_t l) {
                 umap(U_.data() + l * u_stride_, width_, in_) = full.hidden_weight(t, i);
