@@ -122,8 +122,9 @@ bool all_finite(const unsigned char* p, std::size_t n, std::size_t& bad) noexcep
     return true;
 }
 
-/// The one pass over the data of map_options::verify_data, in pieces that are dropped from the
-/// resident set once read: the checksum, and finite values in `tensors` (name, element type).
+/// The one pass over the data of map_options::verify_data: the checksum (when the file has one)
+/// and finite weights and biases, in pieces that `m` (when the bytes are a mapping) drops from
+/// the resident set once read.
 template <class W, class Scalar>
 void verify_mapped(const parsed_file& f, const unsigned char* file, const mapping* m, bool has_bias) {
     constexpr std::uint64_t piece = std::uint64_t{64} << 20;

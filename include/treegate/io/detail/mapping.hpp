@@ -5,6 +5,7 @@
 
 #include "format.hpp"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstddef>
 #include <cstdint>
