@@ -18,6 +18,7 @@ namespace fashion_mnist {
 struct model_spec {
     std::string name, family;
     index_t cost = 0;
+    index_t params = 0, macs = 0;  // of the served model
     std::function<run_result(const dataset&, const train_config&, std::uint64_t seed, progress*, long long unit)> run;
 };
 
@@ -30,6 +31,9 @@ model_spec make_spec(std::string name, std::string family, Make make, Serve serv
     s.name = std::move(name);
     s.family = std::move(family);
     s.cost = static_cast<index_t>(static_cast<double>(make().macs_per_example()) * cost_factor);
+    const auto served = serve(make());
+    s.params = served.parameter_count();
+    s.macs = served.macs_per_example();
     s.run = [make, serve, decay, soft, name = s.name, family = s.family](const dataset& d, const train_config& cfg,
                                                                    std::uint64_t seed, progress* prog, long long unit) {
         auto model = make();
@@ -49,8 +53,9 @@ model_spec make_spec(std::string name, std::string family, Make make, Serve serv
         auto served = std::make_shared<decltype(serve(model))>(serve(model));
         r.params = served->parameter_count();
         r.macs = served->macs_per_example();
-        r.accuracy = evaluate(*served, d.test);  // the one test evaluation of this (model, seed)
+        // The test set stays unread until the caller has made every choice (run_result::test_once).
         const split* test = &d.test;
+        r.test_accuracy = [served, test] { return evaluate(*served, *test); };
         r.time_inference = [served, test] { return inference_us(*served, *test); };
         return r;
     };
