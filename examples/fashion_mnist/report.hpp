@@ -96,8 +96,8 @@ inline void draw_plot(const std::string& out, const std::vector<summary>& rows, 
         f << "if (strstrt(GPVAL_TERMINALS, 'pngcairo') > 0) { set terminal pngcairo noenhanced size 1100,700 } "
              "else { set terminal png noenhanced size 1100,700 }\n"
           << "set output '" << out << "/fashion_mnist_accuracy_vs_macs.png'\n"
-          << "set title 'Fashion-MNIST: test accuracy (configurations and epochs chosen on validation; bars: sd over seeds) vs inference MACs per example (served form" << (quick ? ", QUICK run" : "")
-          << ")'\n"
+          << "set title 'Fashion-MNIST test accuracy (chosen on validation; bars: sd over seeds) vs served MACs per example"
+          << (quick ? " (QUICK run)" : "") << "'\n"
           << "set logscale x 2\nset xlabel 'MACs per example (log scale)'\nset ylabel 'test accuracy (%)'\n"
           << "set grid\nset key bottom right\n"
           << "plot ";
