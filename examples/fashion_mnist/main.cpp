@@ -38,7 +38,7 @@ constexpr index_t validation_examples = 10000;
 
 int main(int argc, char** argv) {
     std::string data_dir = "/usr/share/datasets/fashion-mnist", out = ".";
-    bool quick = false, search = false, step_cost = false;
+    bool quick = false, search = false, balance = false, step_cost = false;
     std::string only;
     int seeds = -1, threads = 2, epochs = 0;
     for (int i = 1; i < argc; ++i) {
@@ -71,6 +71,8 @@ int main(int argc, char** argv) {
             quick = true;
         } else if (a == "--search") {
             search = true;
+        } else if (a == "--search-balance") {
+            search = balance = true;
         } else if (a == "--step-cost") {
             step_cost = true;
         } else if (a == "--seeds") {
@@ -127,7 +129,7 @@ int main(int argc, char** argv) {
     }
 
     const bool search_mode = search;
-    search_grid grid = search_mode ? protocol_grid(quick) : fixed_grid(quick, pixels);
+    search_grid grid = balance ? balance_grid() : search_mode ? protocol_grid(quick) : fixed_grid(quick, pixels);
     if (!only.empty()) {
         std::vector<std::string> parts;
         std::stringstream list(only);

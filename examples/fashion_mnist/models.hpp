@@ -7,6 +7,7 @@
 
 #include <treegate/layers/flatten.hpp>
 
+#include <cstdio>
 #include <memory>
 #include <string>
 #include <vector>
@@ -80,6 +81,13 @@ struct flatten_serve {
     }
 };
 
+/// A weight as it appears in a model's name: the shortest decimal form ("0.1", "0.01").
+inline std::string number(double x) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%g", x);
+    return buf;
+}
+
 inline std::vector<index_t> first_units(int depth) {
     std::vector<index_t> v;
     for (int j = 0; j < depth; ++j) v.push_back(j);
@@ -142,7 +150,7 @@ inline model_spec fff(index_t width, int depth, index_t trees, treegate::tree_mo
 inline model_spec fff_soft(index_t width, int depth, index_t trees, treegate::tree_mode mode, const soft_schedule& soft) {
     const std::string v = treegate::to_string(mode);
     const std::string name = "fff " + v + " K" + std::to_string(trees) + " D" + std::to_string(depth) + " w" +
-                             std::to_string(width) + " soft";
+                             std::to_string(width) + " soft" + (soft.balance > 0 ? " balance " + number(soft.balance) : "");
     const double nodes = mode == treegate::tree_mode::path_sum ? std::ldexp(1.0, depth + 1) - 1.0 : std::ldexp(1.0, depth);
     const double hard = mode == treegate::tree_mode::path_sum ? depth + 1.0 : 1.0;
     const double factor = 1.0 + soft.soft_fraction * (nodes / hard - 1.0);

@@ -148,6 +148,8 @@ inline void usage(const char* argv0) {
         "  --search      the protocol's search: per family and MACs budget, seed 1 of every candidate\n"
         "                configuration; the best on validation is kept, trained on the other seeds\n"
         "                and tested (the others never see the test set); writes fashion_mnist_search.csv\n"
+        "  --search-balance  the same protocol for one more choice: the load-balancing weight\n"
+        "                (0, 0.01, 0.1) of the soft row kept at <= 12704 MACs\n"
         "  --step-cost   times soft against hard training steps of tree_feedforward shapes on 1 and 2\n"
         "                threads, then exits\n"
         "  --seeds N     seeds per model (default 3; 1 with --quick)\n"

@@ -33,11 +33,13 @@ struct train_config {
 /// `soft_fraction` of the steps: the temperature falls geometrically from t_start to t_end and
 /// the hardening weight rises linearly from 0 to `hardening`; the remaining steps train hard
 /// (the ordinary forward and backward), so the leaves adapt to the routes the served model takes.
-/// soft_fraction = 0: hard training throughout.
+/// soft_fraction = 0: hard training throughout. `balance` is the load-balancing weight (constant
+/// over the soft phase).
 struct soft_schedule {
     double soft_fraction = 0.0;
     double t_start = 1.0, t_end = 0.1;
     double hardening = 0.0;
+    double balance = 0.0;
 };
 
 /// Work shared by every job and read by the progress display.
@@ -203,7 +205,8 @@ train_outcome train(Model& model, const dataset& d, const train_config& cfg, tt:
                 lb[static_cast<std::size_t>(k)] = d.train.labels[static_cast<std::size_t>(order[static_cast<std::size_t>(b + k)])];
             const bool is_soft = frac < soft.soft_fraction;
             const double s = is_soft ? frac / soft.soft_fraction : 0.0;  // 0 -> 1 over the soft phase
-            const tt::soft_routing_options so{soft.t_start * std::pow(soft.t_end / soft.t_start, s), soft.hardening * s};
+            const tt::soft_routing_options so{soft.t_start * std::pow(soft.t_end / soft.t_start, s), soft.hardening * s,
+                                             soft.balance};
             touched += train_step(model, st, lb.data(), is_soft, so, opt, treegate::parallel::serial{});
             if (prog != nullptr) prog->done += unit_per_batch;
         }
