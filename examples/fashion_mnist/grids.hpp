@@ -100,18 +100,23 @@ inline search_grid protocol_grid(bool quick) {
     return g;
 }
 
-/// --search-balance: the load-balancing penalty (train/soft_routing.hpp) as one more choice, run
-/// after the main search: the soft row kept at <= 12704 MACs with weights 0 (the same model as
-/// in the search), 0.01 and 0.1.
+/// --search-balance: the load-balancing penalty (train/soft_routing.hpp) as more choices, run
+/// after the main search on two of its kept soft rows: the one at <= 12704 MACs with weights 0
+/// (the same model as in the search), 0.01 and 0.1, and the equal-parameter one with 0 and 0.1.
 inline search_grid balance_grid() {
     search_grid g;
-    std::vector<model_spec> c;
-    for (double beta : {0.0, 0.01, 0.1}) {
-        soft_schedule soft = default_soft_schedule();
-        soft.balance = beta;
-        c.push_back(fff_soft(13, 3, 1, tree_mode::leaf_only, soft));
-    }
-    g.add("tree_feedforward, soft-routed", "<= 12704 MACs, balance weight", std::move(c), 12704);
+    auto with = [](index_t width, int depth, std::vector<double> betas) {
+        std::vector<model_spec> c;
+        for (double beta : betas) {
+            soft_schedule soft = default_soft_schedule();
+            soft.balance = beta;
+            c.push_back(fff_soft(width, depth, 1, tree_mode::leaf_only, soft));
+        }
+        return c;
+    };
+    g.add("tree_feedforward, soft-routed", "<= 12704 MACs, balance weight", with(13, 3, {0.0, 0.01, 0.1}), 12704);
+    g.add("tree_feedforward, soft-routed", "<= 25408 MACs, >= 203530 parameters, balance weight", with(28, 4, {0.0, 0.1}),
+          25408, 203530);
     return g;
 }
 
