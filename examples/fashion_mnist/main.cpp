@@ -3,8 +3,9 @@
 // Writes a results CSV, a per-seed CSV, an epoch-time-vs-depth CSV and, with gnuplot, a plot.
 //
 // Protocol: 10,000 of the 60,000 training images are held out for validation under one fixed
-// shuffle; the epoch kept for each (model, seed) is the one with the best validation accuracy, and
-// the test set is evaluated once per kept model.
+// shuffle; the epoch kept for each (model, seed) is the one with the best validation accuracy;
+// with --search every configuration is chosen on validation too (search.hpp, grids.hpp), and the
+// test set is evaluated once per kept (configuration, seed).
 #include "data.hpp"
 #include "grids.hpp"
 #include "models.hpp"
@@ -14,20 +15,15 @@
 #include "training.hpp"
 
 #include <algorithm>
-#include <atomic>
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
-#include <map>
 #include <sstream>
 #include <stdexcept>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include <sys/stat.h>
-#include <unistd.h>
 
 using namespace fashion_mnist;
 
