@@ -11,6 +11,7 @@
 #include <treegate/train/data.hpp>
 #include <treegate/train/loss.hpp>
 #include <treegate/train/optimizer.hpp>
+#include <treegate/parallel/thread_pool.hpp>
 #include <treegate/train/soft_routing.hpp>
 
 #include <algorithm>
@@ -55,6 +56,7 @@ struct soft_oracle {
     M y;              // soft output
     M magnitude;      // |c| + sum over terms of |P| |V| |h|: the scale of y's rounding
     double entropy;   // mean decision entropy, the penalty before lambda
+    double imbalance; // mean over trees of KL(batch leaf use || uniform), the penalty before beta
 };
 
 /// Enumerates every node of every tree as a (level, code) bit string, multiplies the
@@ -62,7 +64,8 @@ struct soft_oracle {
 /// has an MLP.
 soft_oracle naive_soft(const ff& f, const M& X, double T) {
     const int D = f.depth();
-    soft_oracle r{M::Zero(f.out_size(), X.cols()), M::Zero(f.out_size(), X.cols()), 0.0};
+    soft_oracle r{M::Zero(f.out_size(), X.cols()), M::Zero(f.out_size(), X.cols()), 0.0, 0.0};
+    M use = M::Zero(index_t{1} << D, f.tree_count());  // sum over examples of P(leaf)
     for (index_t e = 0; e < X.cols(); ++e) {
         const V x = X.col(e);
         if (f.has_output_bias()) {
@@ -81,6 +84,7 @@ soft_oracle naive_soft(const ff& f, const M& X, double T) {
                         node = 2 * node + 1 + bit;
                     }
                     if (level < D) r.entropy += P * oracle_entropy(oracle_p(oracle_z(f, t, node, x), T));
+                    if (level == D) use(code, t) += P;
                     if (f.mode() == tree_mode::path_sum || level == D) {
                         const index_t unit = f.mode() == tree_mode::path_sum ? node : code;
                         const V pre = f.hidden_weight(t, unit) * x + f.hidden_bias(t, unit);
@@ -92,6 +96,11 @@ soft_oracle naive_soft(const ff& f, const M& X, double T) {
                 }
     }
     if (D > 0) r.entropy /= static_cast<double>(X.cols() * f.tree_count() * D);
+    for (index_t t = 0; t < f.tree_count(); ++t)
+        for (index_t l = 0; l < use.rows(); ++l) {
+            const double u = use(l, t) / static_cast<double>(X.cols());
+            if (u > 0) r.imbalance += u * std::log(u * static_cast<double>(use.rows())) / static_cast<double>(f.tree_count());
+        }
     return r;
 }
 
@@ -415,10 +424,16 @@ TEST_CASE("soft routing rejects bad shapes and options", "[soft_routing][errors]
                          tt::soft_forward(f, X, Y, ws, {std::numeric_limits<double>::infinity(), 0.0}), "temperature");
     TG_CHECK_THROWS_WITH(treegate::config_error, tt::soft_backward(f, X, dY, grad, dX, ws, {1.0, -0.5}), "hardening",
                          "-0.5");
+    TG_CHECK_THROWS_WITH(treegate::config_error, tt::soft_forward(f, X, Y, ws, {1.0, 0.0, -2.0}), "balance", "-2");
+    TG_CHECK_THROWS_WITH(treegate::config_error,
+                         tt::soft_backward(f, X, dY, grad, dX, ws, {1.0, 0.0, std::numeric_limits<double>::quiet_NaN()}),
+                         "tree_feedforward soft routing", "balance");
     // An empty batch is fine and has no penalty.
     M Y0(3, 0), dX0(4, 0);
     CHECK(tt::soft_forward(f, M(4, 0), Y0, ws, {1.0, 1.0}) == 0.0);
     CHECK(tt::soft_backward(f, M(4, 0), M(3, 0), grad, dX0, ws, {1.0, 1.0}) == 0.0);
+    CHECK(tt::soft_backward(f, M(4, 0), M(3, 0), grad, dX0, ws, {1.0, 1.0, 1.0}) == 0.0);
+    CHECK(ws.leaf_imbalance == 0.0);
 }
 
 TEST_CASE("soft training learns the routing that hard training cannot", "[soft_routing][train]") {
@@ -490,4 +505,83 @@ TEST_CASE("soft training learns the routing that hard training cannot", "[soft_r
     CHECK(soft_model_hard_loss < 0.05f * variance);  // hardened: evaluating hard keeps the fit
     CHECK(ws.mean_entropy < 0.15);                   // of log 2 = 0.69 for undecided routes
     CHECK(hard_loss > 0.15f * variance);
+}
+
+// The load-balancing penalty: its value against the oracle's leaf use, and its gradient, with
+// hardening and the data loss, against central differences. Every pass here runs on pools of
+// 1, 2 and 3 threads, which must give the serial call's bits; batches of 70 examples cross the
+// 64-example tiles, and depth 0 (one leaf: no imbalance) is among the cases.
+TEST_CASE("balance penalty and threaded soft passes: the oracle, finite differences, the serial bits",
+          "[soft_routing][grad][parallel]") {
+    const tree_mode variant = GENERATE(tree_mode::path_sum, tree_mode::leaf_only);
+    std::mt19937 g(61 + static_cast<unsigned>(variant));
+    for (const ff_case& c : cases) {
+        const double T = 0.6;
+        CAPTURE(treegate::to_string(variant), c.in, c.out, c.width, c.depth, c.trees);
+        ff f = make_layer(c, variant, g);
+        const index_t n = 70;
+        M X = random_matrix<double>(c.in, n, g);
+        const M R = random_matrix<double>(c.out, n, g);
+        const tt::soft_routing_options opt{T, 0.3, 0.9};
+        const soft_oracle want = naive_soft(f, X, T);
+        tt::soft_workspace<double> ws;
+        M Y0(c.out, n), dX0(c.in, n);
+        const double pen0 = tt::soft_forward(f, X, Y0, ws, opt);
+        CHECK(ws.leaf_imbalance == Catch::Approx(want.imbalance).epsilon(1e-12).margin(1e-15));
+        CHECK(pen0 == Catch::Approx(0.3 * want.entropy + 0.9 * want.imbalance).epsilon(1e-12).margin(1e-300));
+        if (c.depth == 0) CHECK(pen0 == 0.0);
+        if (c.depth > 0) CHECK(ws.leaf_imbalance > 0.0);  // random routers do not split 70 examples evenly
+        auto grad0 = tt::make_gradient(f);
+        CHECK(tt::soft_backward(f, X, R, grad0, dX0, ws, opt) == pen0);
+        tt::param_list<double> blocks0;
+        grad0.collect(f, blocks0);
+        for (int threads : {1, 2, 3}) {
+            CAPTURE(threads);
+            treegate::parallel::thread_pool pool(threads);
+            tt::soft_workspace<double> pws;
+            M Y(c.out, n), dX(c.in, n);
+            CHECK(tt::soft_forward(f, X, Y, pws, opt, pool) == pen0);
+            CHECK(Y == Y0);
+            auto grad = tt::make_gradient(f);
+            CHECK(tt::soft_backward(f, X, R, grad, dX, pws, opt, pool) == pen0);
+            CHECK(dX == dX0);
+            tt::param_list<double> blocks;
+            grad.collect(f, blocks);
+            REQUIRE(blocks.size() == blocks0.size());
+            for (std::size_t k = 0; k < blocks.size(); ++k)
+                CHECK(std::equal(blocks[k].grad, blocks[k].grad + blocks[k].size, blocks0[k].grad));
+            if (threads == 3) {
+                const auto loss = [&](double& scale) {
+                    const double pen = tt::soft_forward(f, X, Y, pws, opt, pool);
+                    scale = (R.array() * Y.array()).abs().sum() + pen + 1.0;
+                    return (R.array() * Y.array()).sum() + pen;
+                };
+                CHECK(fd_check(blocks, X, dX, loss) == "");
+            }
+        }
+    }
+}
+
+TEST_CASE("T = 0 routes ties by the layer's tie rule, as the hard forward does", "[soft_routing]") {
+    // Zero routers give z = 0 exactly for every example: > 0 sends all of them left, >= 0 right.
+    std::mt19937 g(71);
+    tt::soft_workspace<double> ws;
+    const M X = random_matrix<double>(5, 9, g);
+    M outputs[2];
+    int k = 0;
+    for (treegate::tie_rule tie : {treegate::tie_rule::greater, treegate::tie_rule::greater_equal}) {
+        CAPTURE(treegate::to_string(tie));
+        ff f(5, 3, 2, 2, 1, activation::gelu, tree_mode::leaf_only, true, tie);
+        f.initialize(17);
+        for (index_t i = 0; i < f.router_count(); ++i) {
+            f.router_weight(0, i).setZero();
+            f.router_bias(0, i) = 0.0;
+        }
+        const M hard = f.forward_batch(X);
+        M Y(3, X.cols());
+        tt::soft_forward(f, X, Y, ws, {0.0, 0.0});
+        CHECK((Y - hard).cwiseAbs().maxCoeff() <= 1e-12 * (1.0 + hard.cwiseAbs().maxCoeff()));
+        outputs[k++] = hard;
+    }
+    CHECK((outputs[0] - outputs[1]).cwiseAbs().maxCoeff() > 1e-6);  // the two rules reach different leaves
 }

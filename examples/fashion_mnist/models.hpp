@@ -7,6 +7,7 @@
 
 #include <treegate/layers/flatten.hpp>
 
+#include <cstdio>
 #include <memory>
 #include <string>
 #include <vector>
@@ -18,6 +19,7 @@ namespace fashion_mnist {
 struct model_spec {
     std::string name, family;
     index_t cost = 0;
+    index_t params = 0, macs = 0;  // of the served model
     std::function<run_result(const dataset&, const train_config&, std::uint64_t seed, progress*, long long unit)> run;
 };
 
@@ -30,6 +32,9 @@ model_spec make_spec(std::string name, std::string family, Make make, Serve serv
     s.name = std::move(name);
     s.family = std::move(family);
     s.cost = static_cast<index_t>(static_cast<double>(make().macs_per_example()) * cost_factor);
+    const auto served = serve(make());
+    s.params = served.parameter_count();
+    s.macs = served.macs_per_example();
     s.run = [make, serve, decay, soft, name = s.name, family = s.family](const dataset& d, const train_config& cfg,
                                                                    std::uint64_t seed, progress* prog, long long unit) {
         auto model = make();
@@ -49,8 +54,9 @@ model_spec make_spec(std::string name, std::string family, Make make, Serve serv
         auto served = std::make_shared<decltype(serve(model))>(serve(model));
         r.params = served->parameter_count();
         r.macs = served->macs_per_example();
-        r.accuracy = evaluate(*served, d.test);  // the one test evaluation of this (model, seed)
+        // The test set stays unread until the caller has made every choice (run_result::test_once).
         const split* test = &d.test;
+        r.test_accuracy = [served, test] { return evaluate(*served, *test); };
         r.time_inference = [served, test] { return inference_us(*served, *test); };
         return r;
     };
@@ -74,6 +80,13 @@ struct flatten_serve {
         return s;
     }
 };
+
+/// A weight as it appears in a model's name: the shortest decimal form ("0.1", "0.01").
+inline std::string number(double x) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%g", x);
+    return buf;
+}
 
 inline std::vector<index_t> first_units(int depth) {
     std::vector<index_t> v;
@@ -137,7 +150,7 @@ inline model_spec fff(index_t width, int depth, index_t trees, treegate::tree_mo
 inline model_spec fff_soft(index_t width, int depth, index_t trees, treegate::tree_mode mode, const soft_schedule& soft) {
     const std::string v = treegate::to_string(mode);
     const std::string name = "fff " + v + " K" + std::to_string(trees) + " D" + std::to_string(depth) + " w" +
-                             std::to_string(width) + " soft";
+                             std::to_string(width) + " soft" + (soft.balance > 0 ? " balance " + number(soft.balance) : "");
     const double nodes = mode == treegate::tree_mode::path_sum ? std::ldexp(1.0, depth + 1) - 1.0 : std::ldexp(1.0, depth);
     const double hard = mode == treegate::tree_mode::path_sum ? depth + 1.0 : 1.0;
     const double factor = 1.0 + soft.soft_fraction * (nodes / hard - 1.0);

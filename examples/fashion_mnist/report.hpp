@@ -5,7 +5,9 @@
 
 #include "training.hpp"
 
+#include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -14,6 +16,8 @@ namespace fashion_mnist {
 
 struct summary {
     std::string model, family;
+    std::string choice;     // what the row's configuration was chosen for (its slot)
+    int configs_tried = 1;  // candidates the choice was made among, on validation
     index_t params = 0, macs = 0, train_params = 0;
     double accuracy = 0, accuracy_sd = 0, val_accuracy = 0, train_seconds = 0, infer_us = 0;
     int seeds = 0;
@@ -24,6 +28,44 @@ inline std::string csv_field(const std::string& s) {
     std::string q = "\"";
     for (char c : s) q += c == '"' ? std::string("\"\"") : std::string(1, c);
     return q + "\"";
+}
+
+/// fashion_mnist_results.csv: one row per choice (slot), its kept configuration's means over seeds.
+inline void write_results_csv(const std::string& path, const std::vector<summary>& rows) {
+    std::ofstream f(path);
+    f << "model,params,macs_per_example,val_accuracy,test_accuracy,test_accuracy_sd,seeds,train_seconds,"
+         "infer_us_per_example,family,choice,configs_tried\n";
+    for (const auto& r : rows)
+        f << csv_field(r.model) << ',' << r.params << ',' << r.macs << ',' << r.val_accuracy << ',' << r.accuracy << ','
+          << r.accuracy_sd << ',' << r.seeds << ',' << r.train_seconds << ',' << r.infer_us << ',' << csv_field(r.family)
+          << ',' << csv_field(r.choice) << ',' << r.configs_tried << '\n';
+}
+
+/// fashion_mnist_runs.csv: one row per (configuration, seed) trained; test_accuracy is empty for
+/// the candidates not kept, whose models never saw the test set.
+inline void write_runs_csv(const std::string& path, const std::vector<run_result>& results) {
+    std::ofstream f(path);
+    f << "model,family,seed,params,trained_params,macs_per_example,trained_macs_per_example,kept_epoch,"
+         "val_accuracy,test_accuracy,train_seconds\n";
+    for (const auto& x : results) {
+        f << csv_field(x.model) << ',' << csv_field(x.family) << ',' << x.seed << ',' << x.params << ',' << x.train_params
+          << ',' << x.macs << ',' << x.train_macs << ',' << x.kept_epoch << ',' << x.val_accuracy << ',';
+        if (x.tested) f << x.accuracy;
+        f << ',' << x.train_seconds << '\n';
+    }
+}
+
+inline void print_table(const std::vector<summary>& rows, int seeds, int threads) {
+    std::printf("\n%-52s %10s %10s %8s %8s %15s %9s %6s\n", "model (served form)", "params", "MACs/ex", "train s", "val %",
+                "test acc %", "us/ex", "tried");
+    for (const auto& r : rows)
+        std::printf("%-52s %10lld %10lld %8.1f %8.2f %8.2f +-%4.2f %9.2f %6d\n", r.model.c_str(),
+                    static_cast<long long>(r.params), static_cast<long long>(r.macs), r.train_seconds,
+                    100 * r.val_accuracy, 100 * r.accuracy, 100 * r.accuracy_sd, r.infer_us, r.configs_tried);
+    std::printf("(mean +- sample sd over %d seed(s); '(flat)': trained as a path_sum tree, served as its flattened "
+                "leaf_only table; 'soft': trained with soft routing, served hard; train s: one job's wall time while %d "
+                "jobs ran at once; tried: configurations the row was chosen among on validation)\n",
+                seeds, threads);
 }
 
 inline void draw_plot(const std::string& out, const std::vector<summary>& rows, bool quick) {
@@ -41,7 +83,8 @@ inline void draw_plot(const std::string& out, const std::vector<summary>& rows, 
         for (const auto& fam : families) {
             std::vector<summary> pts;
             for (const auto& r : rows)
-                if (r.family == fam) pts.push_back(r);
+                if (r.family == fam && std::none_of(pts.begin(), pts.end(), [&](const summary& p) { return p.model == r.model; }))
+                    pts.push_back(r);  // a configuration kept by two choices is one point
             std::stable_sort(pts.begin(), pts.end(), [](const summary& a, const summary& b) { return a.macs < b.macs; });
             f << "# " << fam << "\n";
             for (const auto& p : pts) f << p.macs << " " << 100.0 * p.accuracy << " " << 100.0 * p.accuracy_sd << "\n";
@@ -53,8 +96,8 @@ inline void draw_plot(const std::string& out, const std::vector<summary>& rows, 
         f << "if (strstrt(GPVAL_TERMINALS, 'pngcairo') > 0) { set terminal pngcairo noenhanced size 1100,700 } "
              "else { set terminal png noenhanced size 1100,700 }\n"
           << "set output '" << out << "/fashion_mnist_accuracy_vs_macs.png'\n"
-          << "set title 'Fashion-MNIST: test accuracy (epoch kept on validation; bars: sd over seeds) vs inference MACs per example (served form" << (quick ? ", QUICK run" : "")
-          << ")'\n"
+          << "set title 'Fashion-MNIST test accuracy (chosen on validation; bars: sd over seeds) vs served MACs per example"
+          << (quick ? " (QUICK run)" : "") << "'\n"
           << "set logscale x 2\nset xlabel 'MACs per example (log scale)'\nset ylabel 'test accuracy (%)'\n"
           << "set grid\nset key bottom right\n"
           << "plot ";
@@ -93,7 +136,8 @@ inline void show_progress(const progress& p, clock_type::time_point t0, bool tty
 
 inline void usage(const char* argv0) {
     std::printf(
-        "usage: %s [--data DIR] [--out DIR] [--quick] [--seeds N] [--threads N] [--help]\n"
+        "usage: %s [--data DIR] [--out DIR] [--quick] [--search] [--step-cost] [--seeds N] [--threads N]\n"
+        "          [--epochs N] [--models A,B] [--help]\n"
         "Trains dense MLPs and tree-gated models on Fashion-MNIST (50000 training images, 10000 held\n"
         "out for validation under a fixed shuffle) and compares test accuracy\n"
         "against inference MACs per example (path_sum trees are served flattened: '(flat)').\n"
@@ -101,6 +145,13 @@ inline void usage(const char* argv0) {
         "                from the Debian package dataset-fashion-mnist)\n"
         "  --out DIR     where the CSV files and the plot go (default .)\n"
         "  --quick       a short run: fewer models, 1 seed, 20000 training examples, 4 epochs\n"
+        "  --search      the protocol's search: per family and MACs budget, seed 1 of every candidate\n"
+        "                configuration; the best on validation is kept, trained on the other seeds\n"
+        "                and tested (the others never see the test set); writes fashion_mnist_search.csv\n"
+        "  --search-balance  the same protocol for two more choices: the load-balancing weight of\n"
+        "                the soft rows kept at <= 12704 MACs (0, 0.01, 0.1) and at equal parameters (0, 0.1)\n"
+        "  --step-cost   times soft against hard training steps of tree_feedforward shapes on 1 and 2\n"
+        "                threads, then exits\n"
         "  --seeds N     seeds per model (default 3; 1 with --quick)\n"
         "  --threads N   (model, seed) jobs run on N threads (default 2); each job is\n"
         "                deterministic for its seed whatever N is\n"

@@ -11,10 +11,13 @@
 #include <treegate/train/optimizer.hpp>
 #include <treegate/train/soft_routing.hpp>
 
+#include <algorithm>
 #include <atomic>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <utility>
+#include <vector>
 
 namespace fashion_mnist {
 
@@ -30,11 +33,13 @@ struct train_config {
 /// `soft_fraction` of the steps: the temperature falls geometrically from t_start to t_end and
 /// the hardening weight rises linearly from 0 to `hardening`; the remaining steps train hard
 /// (the ordinary forward and backward), so the leaves adapt to the routes the served model takes.
-/// soft_fraction = 0: hard training throughout.
+/// soft_fraction = 0: hard training throughout. `balance` is the load-balancing weight (constant
+/// over the soft phase).
 struct soft_schedule {
     double soft_fraction = 0.0;
     double t_start = 1.0, t_end = 0.1;
     double hardening = 0.0;
+    double balance = 0.0;
 };
 
 /// Work shared by every job and read by the progress display.
@@ -52,7 +57,16 @@ struct run_result {
     double accuracy = 0, val_accuracy = 0, train_seconds = 0, epoch_seconds = 0, infer_us = 0;
     int kept_epoch = 0;  // 1-based: the epoch whose model was kept (best validation accuracy)
     double touched_per_step = 0;  // parameters updated per training step (visited blocks)
+    bool tested = false;          // `accuracy` holds the test accuracy (set by test_once)
     std::function<double()> time_inference;  // µs per example of the served model on the test set
+    std::function<double()> test_accuracy;   // evaluates the served model on the test set
+
+    /// The one test evaluation of this (model, seed): only for configurations already chosen.
+    void test_once() {
+        if (tested) return;
+        accuracy = test_accuracy();
+        tested = true;
+    }
 };
 
 /// Evaluates `model` on a split (validation or test) in batches; returns the accuracy.
@@ -97,6 +111,68 @@ struct train_outcome {
     int kept_epoch = 0;       // 1-based
 };
 
+/// What one training step needs besides the model: the batch, gradients and scratch.
+template <class Model>
+struct step_state {
+    decltype(tt::make_gradient(std::declval<const Model&>())) grad;
+    typename Model::workspace_type fws;
+    tt::sequential_backward_workspace<float> bws;
+    tt::soft_sequential_workspace<float> sws;
+    mat X, Y, dY;
+    tt::param_list<float> blocks;
+    step_state(const Model& model, index_t batch) : grad(tt::make_gradient(model)), X(784, batch), Y(10, batch), dY(10, batch) {}
+};
+
+inline tt::adam<float>::options adam_options(double lr, tt::weight_decay decay) {
+    tt::adam<float>::options o;
+    o.lr = lr;
+    o.decay = decay;
+    return o;
+}
+
+/// One Adam step on the batch st.X with labels `labels`: soft (options `so`) or hard forward and
+/// backward, the forward passes on `ex` (the hard backward runs on the calling thread). Returns
+/// the parameters of the blocks the step updated.
+template <class Model, class Executor>
+double train_step(Model& model, step_state<Model>& st, const std::uint8_t* labels, bool soft,
+                  const tt::soft_routing_options& so, tt::adam<float>& opt, Executor&& ex) {
+    st.grad.zero();
+    if (soft) {
+        tt::soft_forward(model, st.X, st.Y, st.fws, st.sws, so, ex);
+        tt::softmax_cross_entropy(st.Y, labels, st.dY);
+        tt::soft_backward(model, st.X, st.fws, st.dY, st.grad, st.sws, so, ex);
+    } else {
+        model.forward_batch(st.X, st.Y, st.fws, ex);
+        tt::softmax_cross_entropy(st.Y, labels, st.dY);
+        tt::backward(model, st.X, st.fws, st.dY, st.grad, st.bws);
+    }
+    st.blocks.clear();
+    st.grad.collect(model, st.blocks);
+    double touched = 0;
+    for (const auto& blk : st.blocks) touched += blk.visited ? static_cast<double>(blk.size) : 0.0;
+    opt.step(st.blocks);
+    return touched;
+}
+
+/// Median wall time of `steps` training steps (after 2 warm-up steps) on the first batches of
+/// the training split: soft at options `so`, or hard.
+template <class Model, class Executor>
+double step_seconds(Model model, const dataset& d, index_t batch, bool soft, const tt::soft_routing_options& so,
+                    int steps, Executor&& ex) {
+    step_state<Model> st(model, batch);
+    tt::adam<float> opt(adam_options(1e-3, {}));
+    std::vector<double> t;
+    for (int k = 0; k < steps + 2; ++k) {
+        const index_t b = (static_cast<index_t>(k) * batch) % (d.train.size() - batch);
+        st.X = d.train.X.middleCols(b, batch);
+        const auto t0 = clock_type::now();
+        train_step(model, st, d.train.labels.data() + b, soft, so, opt, ex);
+        if (k >= 2) t.push_back(seconds_since(t0));
+    }
+    std::sort(t.begin(), t.end());
+    return t[t.size() / 2];
+}
+
 /// Adam with a linear warm-down of the learning rate over the last half of training; the
 /// permutation of every epoch comes from (seed, epoch), so a job is bit-identical for its seed.
 /// After every epoch the model (as it would be served: hard routes) is evaluated on the validation
@@ -110,21 +186,13 @@ train_outcome train(Model& model, const dataset& d, const train_config& cfg, tt:
     double best_val = -1;
     const index_t n = cfg.train_limit > 0 ? std::min(cfg.train_limit, d.train.size()) : d.train.size();
     const index_t batch = cfg.batch;
-    auto grad = tt::make_gradient(model);
-    tt::adam<float>::options o;
-    o.lr = cfg.lr;
-    o.decay = decay;
-    tt::adam<float> opt(o);
-    typename Model::workspace_type fws;
-    tt::sequential_backward_workspace<float> bws;
-    tt::soft_sequential_workspace<float> sws;
-    mat Xb(784, batch), Yb(10, batch), dY(10, batch);
+    step_state<Model> st(model, batch);
+    tt::adam<float> opt(adam_options(cfg.lr, decay));
     std::vector<std::uint8_t> lb(static_cast<std::size_t>(batch));
     const long long steps_per_epoch = n / batch;
     const long long total_steps = steps_per_epoch * cfg.epochs;
     long long step = 0;
     double touched = 0;
-    tt::param_list<float> blocks;
     const auto t0 = clock_type::now();
     for (int epoch = 0; epoch < cfg.epochs; ++epoch) {
         const auto te = clock_type::now();
@@ -132,25 +200,14 @@ train_outcome train(Model& model, const dataset& d, const train_config& cfg, tt:
         for (index_t b = 0; b + batch <= n; b += batch, ++step) {
             const double frac = static_cast<double>(step) / static_cast<double>(total_steps);
             opt.set_learning_rate(frac < 0.5 ? cfg.lr : cfg.lr * 2.0 * (1.0 - frac) + 1e-2 * cfg.lr);
-            tt::gather_columns(d.train.X, order.data() + b, batch, Xb);
+            tt::gather_columns(d.train.X, order.data() + b, batch, st.X);
             for (index_t k = 0; k < batch; ++k)
                 lb[static_cast<std::size_t>(k)] = d.train.labels[static_cast<std::size_t>(order[static_cast<std::size_t>(b + k)])];
-            grad.zero();
-            if (frac < soft.soft_fraction) {
-                const double s = frac / soft.soft_fraction;  // 0 -> 1 over the soft phase
-                const tt::soft_routing_options so{soft.t_start * std::pow(soft.t_end / soft.t_start, s), soft.hardening * s};
-                tt::soft_forward(model, Xb, Yb, fws, sws, so);
-                tt::softmax_cross_entropy(Yb, lb.data(), dY);
-                tt::soft_backward(model, Xb, fws, dY, grad, sws, so);
-            } else {
-                model.forward_batch(Xb, Yb, fws);
-                tt::softmax_cross_entropy(Yb, lb.data(), dY);
-                tt::backward(model, Xb, fws, dY, grad, bws);
-            }
-            blocks.clear();
-            grad.collect(model, blocks);
-            for (const auto& blk : blocks) touched += blk.visited ? static_cast<double>(blk.size) : 0.0;
-            opt.step(blocks);
+            const bool is_soft = frac < soft.soft_fraction;
+            const double s = is_soft ? frac / soft.soft_fraction : 0.0;  // 0 -> 1 over the soft phase
+            const tt::soft_routing_options so{soft.t_start * std::pow(soft.t_end / soft.t_start, s), soft.hardening * s,
+                                             soft.balance};
+            touched += train_step(model, st, lb.data(), is_soft, so, opt, treegate::parallel::serial{});
             if (prog != nullptr) prog->done += unit_per_batch;
         }
         if (epoch == 0) result.first_epoch_seconds = seconds_since(te);
