@@ -5,6 +5,7 @@
 
 #include "../activation.hpp"
 #include "../config.hpp"
+#include "../kernels/paths.hpp"
 #include "../tree.hpp"
 
 #include <algorithm>
@@ -13,6 +14,19 @@
 #include <cstddef>
 
 namespace treegate::detail {
+
+// Asks for the lines of [p, p + bytes) ahead of use (a hint; no-op where the compiler lacks it).
+inline void prefetch_bytes(const void* p, std::size_t bytes, bool write) noexcept {
+#if defined(__GNUC__)
+    const char* c = static_cast<const char*>(p);
+    if (write)
+        for (std::size_t b = 0; b < bytes; b += 64) __builtin_prefetch(c + b, 1, 3);
+    else
+        for (std::size_t b = 0; b < bytes; b += 64) __builtin_prefetch(c + b, 0, 3);
+#else
+    (void)p, (void)bytes, (void)write;
+#endif
+}
 
 /// One tree of width-1 nodes in heap order: node i has the hidden row U + i u_stride (`in`
 /// values), the bias A[i a_stride] and the output column V + i v_stride (`out` values).
@@ -62,19 +76,18 @@ struct fused_tree {
         }
     }
 
-    /// ys[k] += the sum over example k's routed path.
-    void accumulate(int m, const paths& p, Scalar* const* ys) const noexcept {
-        for (int k = 0; k < m; ++k) {
-            const std::size_t at = static_cast<std::size_t>(k) * levels_max;
-            Policy::axpy_many(out, depth + 1, p.alpha.data() + at, p.v.data() + at, ys[k]);
-        }
+    /// ys[k] += the sum over example k's routed path, whose first `shared` nodes are the same
+    /// for every k (at least the root): their output columns are read once for the group.
+    void accumulate(int m, const paths& p, Scalar* const* ys, int shared) const noexcept {
+        kernels::axpy_paths<Policy>(out, m, depth + 1, shared, p.alpha.data(), p.v.data(),
+                                    static_cast<index_t>(levels_max), ys);
     }
 
     /// ys[k] += the tree's output for xs[k], k < m <= group.
     void forward(int m, const Scalar* const* xs, Scalar* const* ys) const noexcept {
         paths p;
         route(m, xs, 0, depth + 1, p);
-        accumulate(m, p, ys);
+        accumulate(m, p, ys, 1);
     }
 
     /// Levels routed before the examples are sorted by their node on level `split` (0: none).
@@ -100,6 +113,7 @@ struct fused_tree {
             const int m = static_cast<int>(std::min<index_t>(group, e1 - g0));
             paths p;
             for (int k = 0; k < m; ++k) xs[k] = X + (g0 + k) * ldx;
+            for (index_t k = g0 + group; k < std::min(e1, g0 + 2 * group); ++k) prefetch_bytes(X + k * ldx, std::size_t(in) * sizeof(Scalar), false);
             route(m, xs, 0, s, p);
             for (int k = 0; k < m; ++k) {
                 const index_t e = g0 + k;
@@ -136,8 +150,12 @@ struct fused_tree {
                 }
                 p.node[kk] = tree::level_begin(s) + static_cast<index_t>(code);
             }
+            for (index_t k = g0 + group; k < std::min(e, g0 + 2 * group); ++k) {
+                prefetch_bytes(X + order[k] * ldx, std::size_t(in) * sizeof(Scalar), false);
+                prefetch_bytes(Y + order[k] * ldy, std::size_t(out) * sizeof(Scalar), true);
+            }
             route(m, xs, s, depth + 1, p);
-            accumulate(m, p, ys);
+            accumulate(m, p, ys, s + 1);
         }
     }
 };
