@@ -156,35 +156,31 @@ void check_paths(std::mt19937& g) {
                 for (int shared : {0, 1, count / 2, count}) check_axpy_paths<Policy, Scalar>(n, m, count, shared, g);
 }
 
+/// Runs check(policy{}) for every policy, saying which SIMD levels this CPU cannot test.
+template <class Check>
+void each_policy(const char* what, Check&& check) {
+    check(treegate::kernels::reference{});
+    check(treegate::kernels::eigen{});
+    if (treegate::kernels::cpu_supports_avx2())
+        check(treegate::kernels::avx2{});
+    else
+        WARN("this CPU (or build) has no AVX2 + FMA: the avx2 " << what << " are not tested");
+    if (treegate::kernels::cpu_supports_avx512())
+        check(treegate::kernels::avx512{});
+    else
+        WARN("this CPU (or build) lacks AVX-512 F/BW/VL/DQ: the avx512 " << what << " are not tested");
+    check(treegate::kernels::dispatch{});
+}
+
 }  // namespace
 
 TEMPLATE_TEST_CASE("axpy_paths matches plain loops and each policy's axpy_many bit for bit", "[kernels][many]", float,
                    double) {
     std::mt19937 g(std::is_same_v<TestType, float> ? 813u : 814u);
-    check_paths<treegate::kernels::reference, TestType>(g);
-    check_paths<treegate::kernels::eigen, TestType>(g);
-    if (treegate::kernels::cpu_supports_avx2())
-        check_paths<treegate::kernels::avx2, TestType>(g);
-    else
-        WARN("this CPU (or build) has no AVX2 + FMA: the avx2 axpy_paths is not tested");
-    if (treegate::kernels::cpu_supports_avx512())
-        check_paths<treegate::kernels::avx512, TestType>(g);
-    else
-        WARN("this CPU (or build) lacks AVX-512 F/BW/VL/DQ: the avx512 axpy_paths is not tested");
-    check_paths<treegate::kernels::dispatch, TestType>(g);
+    each_policy("axpy_paths", [&](auto policy) { check_paths<decltype(policy), TestType>(g); });
 }
 
 TEMPLATE_TEST_CASE("dot_many and axpy_many match plain loops", "[kernels][many]", float, double) {
     std::mt19937 g(std::is_same_v<TestType, float> ? 811u : 812u);
-    check_many<treegate::kernels::reference, TestType>(g);
-    check_many<treegate::kernels::eigen, TestType>(g);
-    if (treegate::kernels::cpu_supports_avx2())
-        check_many<treegate::kernels::avx2, TestType>(g);
-    else
-        WARN("this CPU (or build) has no AVX2 + FMA: the avx2 dot_many / axpy_many are not tested");
-    if (treegate::kernels::cpu_supports_avx512())
-        check_many<treegate::kernels::avx512, TestType>(g);
-    else
-        WARN("this CPU (or build) lacks AVX-512 F/BW/VL/DQ: the avx512 dot_many / axpy_many are not tested");
-    check_many<treegate::kernels::dispatch, TestType>(g);
+    each_policy("dot_many / axpy_many", [&](auto policy) { check_many<decltype(policy), TestType>(g); });
 }
