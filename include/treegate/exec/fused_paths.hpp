@@ -15,7 +15,9 @@
 
 namespace treegate::detail {
 
-// Asks for the lines of [p, p + bytes) ahead of use (a hint; no-op where the compiler lacks it).
+// Asks for the lines of [p, p + bytes) ahead of use (a hint; no-op where the compiler lacks it):
+// the next group's x and y columns, requested while the current group routes, arrive while it
+// computes from the caches instead of stalling its first level.
 inline void prefetch_bytes(const void* p, std::size_t bytes, bool write) noexcept {
 #if defined(__GNUC__)
     const char* c = static_cast<const char*>(p);
@@ -35,7 +37,8 @@ inline void prefetch_bytes(const void* p, std::size_t bytes, bool write) noexcep
 /// a_{p_j}, the sign of pre_j picking the child. The path is routed first (each dot decides the
 /// next node, so the dots form a dependent chain; `group` examples are routed side by side with
 /// Policy::dot_many so that their latencies overlap), then its D+1 output columns are summed
-/// into y by one Policy::axpy_many, which holds a chunk of y in registers: y is read and
+/// into y by one kernels::axpy_paths (README, "Kernel policies"), which holds chunks of the
+/// group's y in registers and reads the columns the group shares once: y is read and
 /// written once per tree instead of once per level. Every example's result depends only on its
 /// own path, never on which examples share its group, so every caller below gives the same bits.
 template <class Scalar, class Policy>
@@ -48,6 +51,8 @@ struct fused_tree {
     activation act;
     const Scalar *U, *A, *V;
     index_t u_stride, a_stride, v_stride;
+
+    static std::size_t bytes(index_t values) noexcept { return static_cast<std::size_t>(values) * sizeof(Scalar); }
 
     /// A group's route state: per example, the current node and, per level, act(pre) and V.
     struct paths {
@@ -113,7 +118,7 @@ struct fused_tree {
             const int m = static_cast<int>(std::min<index_t>(group, e1 - g0));
             paths p;
             for (int k = 0; k < m; ++k) xs[k] = X + (g0 + k) * ldx;
-            for (index_t k = g0 + group; k < std::min(e1, g0 + 2 * group); ++k) prefetch_bytes(X + k * ldx, std::size_t(in) * sizeof(Scalar), false);
+            for (index_t k = g0 + group; k < std::min(e1, g0 + 2 * group); ++k) prefetch_bytes(X + k * ldx, bytes(in), false);
             route(m, xs, 0, s, p);
             for (int k = 0; k < m; ++k) {
                 const index_t e = g0 + k;
@@ -151,8 +156,8 @@ struct fused_tree {
                 p.node[kk] = tree::level_begin(s) + static_cast<index_t>(code);
             }
             for (index_t k = g0 + group; k < std::min(e, g0 + 2 * group); ++k) {
-                prefetch_bytes(X + order[k] * ldx, std::size_t(in) * sizeof(Scalar), false);
-                prefetch_bytes(Y + order[k] * ldy, std::size_t(out) * sizeof(Scalar), true);
+                prefetch_bytes(X + order[k] * ldx, bytes(in), false);
+                prefetch_bytes(Y + order[k] * ldy, bytes(out), true);
             }
             route(m, xs, s, depth + 1, p);
             accumulate(m, p, ys, s + 1);
