@@ -1,5 +1,6 @@
-// dot_many and axpy_many of every kernel policy against plain loops in double, over odd lengths
-// (1, 7, 13, 768, 1001, ...) and every count the interface allows, with guard-paged inputs.
+// dot_many, axpy_many and axpy_paths of every kernel policy against plain loops in double, over
+// odd lengths (1, 7, 13, 768, 1001, ...) and every count the interface allows, with guard-paged
+// inputs; axpy_paths also bit for bit against the same policy's axpy_many.
 #include "test_support.hpp"
 
 #include "kernel_buffers.hpp"
@@ -8,6 +9,7 @@
 #include <treegate/kernels/avx512.hpp>
 #include <treegate/kernels/dispatch.hpp>
 #include <treegate/kernels/eigen.hpp>
+#include <treegate/kernels/paths.hpp>
 #include <treegate/kernels/reference.hpp>
 
 #include <cmath>
@@ -99,19 +101,86 @@ void check_many(std::mt19937& g) {
     }
 }
 
+/// ys[k] += sum_j alpha[k ld + j] x[k ld + j] for m examples of `count` columns each, the first
+/// `shared` of them the same vectors for every example: the double oracle, and the exact bits of
+/// one axpy_many per example (grouping must never change an example's result).
+template <class Policy, class Scalar>
+void check_axpy_paths(index_t n, int m, int count, int shared, std::mt19937& g) {
+    CAPTURE(Policy::name(), n, m, count, shared);
+    const index_t ld = count + 3;  // a leading dimension wider than count, as the fused path's
+    const auto own = random_vectors<Scalar>(m * count, n, g), common = random_vectors<Scalar>(shared, n, g);
+    std::vector<const Scalar*> x(static_cast<std::size_t>(m * ld), nullptr);
+    std::vector<Scalar> alpha(x.size(), std::numeric_limits<Scalar>::quiet_NaN());  // unused slots poison
+    for (int k = 0; k < m; ++k)
+        for (int j = 0; j < count; ++j) {
+            const auto at = static_cast<std::size_t>(k * ld + j);
+            x[at] = j < shared ? common[static_cast<std::size_t>(j)]->data() : own[static_cast<std::size_t>(k * count + j)]->data();
+            alpha[at] = static_cast<Scalar>(uniform(g));
+        }
+    guarded_list<Scalar> ys, copies;
+    std::vector<Scalar*> py;
+    for (int k = 0; k < m; ++k) {
+        ys.push_back(std::make_unique<guarded<Scalar>>(n));
+        fill(*ys.back(), g);
+        copies.push_back(std::make_unique<guarded<Scalar>>(n));
+        std::copy(ys.back()->data(), ys.back()->data() + n, copies.back()->data());
+        py.push_back(ys.back()->data());
+    }
+    treegate::kernels::axpy_paths<Policy>(n, m, count, shared, alpha.data(), x.data(), ld, py.data());
+    for (int k = 0; k < m; ++k) {
+        CAPTURE(k);
+        Scalar* want_bits = copies[static_cast<std::size_t>(k)]->data();
+        Eigen::MatrixXd want = to_double(want_bits, n, 1, n), scale = want.cwiseAbs();
+        const auto at = static_cast<std::size_t>(k * ld);
+        for (index_t i = 0; i < n; ++i)
+            for (int j = 0; j < count; ++j) {
+                const double p = static_cast<double>(alpha[at + static_cast<std::size_t>(j)]) *
+                                 static_cast<double>(x[at + static_cast<std::size_t>(j)][i]);
+                want(i, 0) += p;
+                scale(i, 0) += std::abs(p);
+            }
+        const Eigen::MatrixXd got = to_double(py[static_cast<std::size_t>(k)], n, 1, n);
+        CHECK(close_report<Scalar>(got, want, scale, static_cast<double>(count + 1)) == "");
+        Policy::template axpy_many<Scalar>(n, count, alpha.data() + at, x.data() + at, want_bits);
+        index_t same = 0;
+        for (index_t i = 0; i < n; ++i) same += want_bits[i] == py[static_cast<std::size_t>(k)][i] ? 1 : 0;
+        CHECK(same == n);
+    }
+}
+
+template <class Policy, class Scalar>
+void check_paths(std::mt19937& g) {
+    for (index_t n : {index_t{0}, index_t{1}, index_t{15}, index_t{17}, index_t{47}, index_t{49}, index_t{768}, index_t{1001}})
+        for (int m : {0, 1, 2, 3, 5, 7, 8, 9, 16, 19})
+            for (int count : {0, 1, 7, 12})
+                for (int shared : {0, 1, count / 2, count}) check_axpy_paths<Policy, Scalar>(n, m, count, shared, g);
+}
+
+/// Runs check(policy{}) for every policy, saying which SIMD levels this CPU cannot test.
+template <class Check>
+void each_policy(const char* what, Check&& check) {
+    check(treegate::kernels::reference{});
+    check(treegate::kernels::eigen{});
+    if (treegate::kernels::cpu_supports_avx2())
+        check(treegate::kernels::avx2{});
+    else
+        WARN("this CPU (or build) has no AVX2 + FMA: the avx2 " << what << " are not tested");
+    if (treegate::kernels::cpu_supports_avx512())
+        check(treegate::kernels::avx512{});
+    else
+        WARN("this CPU (or build) lacks AVX-512 F/BW/VL/DQ: the avx512 " << what << " are not tested");
+    check(treegate::kernels::dispatch{});
+}
+
 }  // namespace
+
+TEMPLATE_TEST_CASE("axpy_paths matches plain loops and each policy's axpy_many bit for bit", "[kernels][many]", float,
+                   double) {
+    std::mt19937 g(std::is_same_v<TestType, float> ? 813u : 814u);
+    each_policy("axpy_paths", [&](auto policy) { check_paths<decltype(policy), TestType>(g); });
+}
 
 TEMPLATE_TEST_CASE("dot_many and axpy_many match plain loops", "[kernels][many]", float, double) {
     std::mt19937 g(std::is_same_v<TestType, float> ? 811u : 812u);
-    check_many<treegate::kernels::reference, TestType>(g);
-    check_many<treegate::kernels::eigen, TestType>(g);
-    if (treegate::kernels::cpu_supports_avx2())
-        check_many<treegate::kernels::avx2, TestType>(g);
-    else
-        WARN("this CPU (or build) has no AVX2 + FMA: the avx2 dot_many / axpy_many are not tested");
-    if (treegate::kernels::cpu_supports_avx512())
-        check_many<treegate::kernels::avx512, TestType>(g);
-    else
-        WARN("this CPU (or build) lacks AVX-512 F/BW/VL/DQ: the avx512 dot_many / axpy_many are not tested");
-    check_many<treegate::kernels::dispatch, TestType>(g);
+    each_policy("dot_many / axpy_many", [&](auto policy) { check_many<decltype(policy), TestType>(g); });
 }

@@ -5,6 +5,7 @@
 
 #include "../activation.hpp"
 #include "../config.hpp"
+#include "../kernels/paths.hpp"
 #include "../routing.hpp"
 #include "../tree.hpp"
 
@@ -15,6 +16,21 @@
 
 namespace treegate::detail {
 
+// Asks for the lines of [p, p + bytes) ahead of use (a hint; no-op where the compiler lacks it):
+// the next group's x and y columns, requested while the current group routes, arrive while it
+// computes from the caches instead of stalling its first level.
+inline void prefetch_bytes(const void* p, std::size_t bytes, bool write) noexcept {
+#if defined(__GNUC__)
+    const char* c = static_cast<const char*>(p);
+    if (write)
+        for (std::size_t b = 0; b < bytes; b += 64) __builtin_prefetch(c + b, 1, 3);
+    else
+        for (std::size_t b = 0; b < bytes; b += 64) __builtin_prefetch(c + b, 0, 3);
+#else
+    (void)p, (void)bytes, (void)write;
+#endif
+}
+
 /// One tree of width-1 nodes in heap order: node i has the hidden row U + i u_stride (`in`
 /// values), the bias A[i a_stride] and the output column V + i v_stride (`out` values).
 ///
@@ -22,7 +38,8 @@ namespace treegate::detail {
 /// a_{p_j}, the sign of pre_j picking the child. The path is routed first (each dot decides the
 /// next node, so the dots form a dependent chain; `group` examples are routed side by side with
 /// Policy::dot_many so that their latencies overlap), then its D+1 output columns are summed
-/// into y by one Policy::axpy_many, which holds a chunk of y in registers: y is read and
+/// into y by one kernels::axpy_paths (README, "Kernel policies"), which holds chunks of the
+/// group's y in registers and reads the columns the group shares once: y is read and
 /// written once per tree instead of once per level. Every example's result depends only on its
 /// own path, never on which examples share its group, so every caller below gives the same bits.
 template <class Scalar, class Policy>
@@ -36,6 +53,8 @@ struct fused_tree {
     const Scalar *U, *A, *V;
     index_t u_stride, a_stride, v_stride;
     tie_rule tie = tie_rule::greater;  // the layer's (routing.hpp)
+
+    static std::size_t bytes(index_t values) noexcept { return static_cast<std::size_t>(values) * sizeof(Scalar); }
 
     /// A group's route state: per example, the current node and, per level, act(pre) and V.
     struct paths {
@@ -64,19 +83,18 @@ struct fused_tree {
         }
     }
 
-    /// ys[k] += the sum over example k's routed path.
-    void accumulate(int m, const paths& p, Scalar* const* ys) const noexcept {
-        for (int k = 0; k < m; ++k) {
-            const std::size_t at = static_cast<std::size_t>(k) * levels_max;
-            Policy::axpy_many(out, depth + 1, p.alpha.data() + at, p.v.data() + at, ys[k]);
-        }
+    /// ys[k] += the sum over example k's routed path, whose first `shared` nodes are the same
+    /// for every k (at least the root): their output columns are read once for the group.
+    void accumulate(int m, const paths& p, Scalar* const* ys, int shared) const noexcept {
+        kernels::axpy_paths<Policy>(out, m, depth + 1, shared, p.alpha.data(), p.v.data(),
+                                    static_cast<index_t>(levels_max), ys);
     }
 
     /// ys[k] += the tree's output for xs[k], k < m <= group.
     void forward(int m, const Scalar* const* xs, Scalar* const* ys) const noexcept {
         paths p;
         route(m, xs, 0, depth + 1, p);
-        accumulate(m, p, ys);
+        accumulate(m, p, ys, 1);
     }
 
     /// Levels routed before the examples are sorted by their node on level `split` (0: none).
@@ -102,6 +120,7 @@ struct fused_tree {
             const int m = static_cast<int>(std::min<index_t>(group, e1 - g0));
             paths p;
             for (int k = 0; k < m; ++k) xs[k] = X + (g0 + k) * ldx;
+            for (index_t k = g0 + group; k < std::min(e1, g0 + 2 * group); ++k) prefetch_bytes(X + k * ldx, bytes(in), false);
             route(m, xs, 0, s, p);
             for (int k = 0; k < m; ++k) {
                 const index_t e = g0 + k;
@@ -138,8 +157,12 @@ struct fused_tree {
                 }
                 p.node[kk] = tree::level_begin(s) + static_cast<index_t>(code);
             }
+            for (index_t k = g0 + group; k < std::min(e, g0 + 2 * group); ++k) {
+                prefetch_bytes(X + order[k] * ldx, bytes(in), false);
+                prefetch_bytes(Y + order[k] * ldy, bytes(out), true);
+            }
             route(m, xs, s, depth + 1, p);
-            accumulate(m, p, ys);
+            accumulate(m, p, ys, s + 1);
         }
     }
 };

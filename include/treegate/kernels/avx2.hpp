@@ -39,6 +39,7 @@
 #include "../config.hpp"
 #include "cpu_features.hpp"
 #include "eigen.hpp"
+#include "paths.hpp"
 #include "simd_policy.hpp"
 #include "x86/avx2_gemm.hpp"
 #include "x86/avx2_gemv.hpp"
@@ -86,6 +87,13 @@ struct avx2_float_kernels {
     }
     static void axpy_many(index_t n, int count, const float* alpha, const float* const* x, float* y) noexcept {
         avx2_kernels::axpy_many(n, count, alpha, x, y);
+    }
+    static void axpy_paths(index_t n, int m, int count, int shared, const float* alpha, const float* const* x, index_t ld,
+                           float* const* ys) noexcept {
+        // Holding several examples' y chunks leaves avx2's 16 registers too few: one example
+        // at a time measured faster on UF-fff (README, "Benchmarks").
+        (void)shared;
+        axpy_paths_by_example<avx2_float_kernels>(n, m, count, alpha, x, ld, ys);
     }
 #endif
 };

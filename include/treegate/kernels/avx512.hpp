@@ -71,6 +71,10 @@ struct avx512_float_kernels {
     static void axpy_many(index_t n, int count, const float* alpha, const float* const* x, float* y) noexcept {
         avx512_kernels::axpy_many(n, count, alpha, x, y);
     }
+    static void axpy_paths(index_t n, int m, int count, int shared, const float* alpha, const float* const* x, index_t ld,
+                           float* const* ys) noexcept {
+        avx512_kernels::axpy_paths(n, m, count, shared, alpha, x, ld, ys);
+    }
 #endif
 };
 

@@ -23,6 +23,7 @@
 #include "avx512.hpp"
 #include "cpu_features.hpp"
 #include "eigen.hpp"
+#include "paths.hpp"
 #include "reference.hpp"
 
 #include <atomic>
@@ -107,6 +108,7 @@ struct scalar_kernels {
     void (*axpy)(index_t, S, const S*, S*) noexcept;
     void (*dot_many)(index_t, int, const S* const*, const S* const*, S*) noexcept;
     void (*axpy_many)(index_t, int, const S*, const S* const*, S*) noexcept;
+    void (*axpy_paths)(index_t, int, int, int, const S*, const S* const*, index_t, S* const*) noexcept;
 };
 
 /// bf16 weights, float inputs and outputs.
@@ -126,7 +128,7 @@ struct dispatch_table {
 template <class P, class S>
 constexpr scalar_kernels<S> scalar_kernels_of() noexcept {
     return {&P::template gemm<S>, &P::template gemv<S>,     &P::template path_sum<S>, &P::template dot<S>,
-            &P::template axpy<S>, &P::template dot_many<S>, &P::template axpy_many<S>};
+            &P::template axpy<S>, &P::template dot_many<S>, &P::template axpy_many<S>, &kernels::axpy_paths<P, S>};
 }
 
 template <class P>
@@ -268,6 +270,15 @@ struct dispatch {
             detail::kernels_for<Scalar>(detail::table()).axpy_many(n, count, alpha, x, y);
         else
             eigen::axpy_many(n, count, alpha, x, y);
+    }
+
+    template <class Scalar>
+    static void axpy_paths(index_t n, int m, int count, int shared, const Scalar* alpha, const Scalar* const* x,
+                           index_t ld, Scalar* const* ys) noexcept {
+        if constexpr (detail::dispatched<Scalar>)
+            detail::kernels_for<Scalar>(detail::table()).axpy_paths(n, m, count, shared, alpha, x, ld, ys);
+        else
+            kernels::axpy_paths<eigen>(n, m, count, shared, alpha, x, ld, ys);
     }
 };
 

@@ -34,12 +34,6 @@ struct eigen {
         mvec<Scalar>(y, rows).noalias() += cmat<Scalar>(W, rows, cols, Eigen::OuterStride<>(ldw)) * cvec<Scalar>(x, cols);
     }
 
-    template <class Scalar>
-    static void path_sum(index_t rows, index_t cols, const Scalar* const* blocks, int count, const Scalar* x,
-                         Scalar* y) noexcept {
-        for (int k = 0; k < count; ++k) gemv(rows, cols, blocks[k], rows, x, y);
-    }
-
     // bf16 weights (see kernels/reference.hpp): widened tile by tile into a 16 KiB stack buffer
     // (at most 256 rows, as many columns as fit), each tile multiplied by Eigen in float. The
     // tile stays in L1/L2 for the product, so the weights cross the memory bus once, as bf16.
@@ -68,8 +62,11 @@ struct eigen {
         gemm(rows, cols, 1, W, ldw, x, cols, y, rows);
     }
 
-    static void path_sum(index_t rows, index_t cols, const bf16* const* blocks, int count, const float* x,
-                         float* y) noexcept {
+    // One block after another through gemv, for both weight types (Scalar, or bf16 with float
+    // activations): Eigen has no multi-block product, and a gemv reads each block once.
+    template <class W, class Scalar>
+    static void path_sum(index_t rows, index_t cols, const W* const* blocks, int count, const Scalar* x,
+                         Scalar* y) noexcept {
         for (int k = 0; k < count; ++k) gemv(rows, cols, blocks[k], rows, x, y);
     }
 

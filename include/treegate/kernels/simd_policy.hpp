@@ -6,6 +6,7 @@
 #include "../bf16.hpp"
 #include "../config.hpp"
 #include "eigen.hpp"
+#include "paths.hpp"
 
 #include <type_traits>
 
@@ -102,6 +103,15 @@ struct float_simd_policy {
             Kernels::axpy_many(n, count, alpha, x, y);
         else
             eigen::axpy_many(n, count, alpha, x, y);
+    }
+
+    template <class Scalar>
+    static void axpy_paths(index_t n, int m, int count, int shared, const Scalar* alpha, const Scalar* const* x,
+                           index_t ld, Scalar* const* ys) noexcept {
+        if constexpr (simd<Scalar>)
+            Kernels::axpy_paths(n, m, count, shared, alpha, x, ld, ys);
+        else
+            kernels::axpy_paths<eigen>(n, m, count, shared, alpha, x, ld, ys);
     }
 };
 

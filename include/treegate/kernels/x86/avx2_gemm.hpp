@@ -24,16 +24,9 @@ inline constexpr index_t gemm_small_max_bf16 = 10;
 // Copies W(r0 : r0 + mr, k0 : k0 + kc) into a 16-row panel (kc columns of 16 contiguous floats),
 // zero-padding rows mr..15, so the micro-kernel reads one contiguous stream whatever ldw is
 // (a power-of-two ldw would otherwise map a row strip's lines onto a few L1 sets).
-// While packing, the panel to be packed next (`next`, `next_kc` columns; 0 if none) is
-// prefetched into L2 one line pair per column, so that its strided lines arrive while the
-// micro-kernels run on this one instead of stalling the next pack.
-TREEGATE_DETAIL_AVX2_TARGET inline void pack_panel(index_t mr, index_t kc, const float* W, index_t ldw, float* panel,
-                                                   std::uintptr_t next, index_t next_kc) noexcept {
-    const auto step = static_cast<std::uintptr_t>(ldw) * sizeof(float);
-    for (index_t k = 0; k < next_kc; ++k, next += step) {
-        _mm_prefetch(reinterpret_cast<const char*>(next), _MM_HINT_T1);
-        _mm_prefetch(reinterpret_cast<const char*>(next + 15 * sizeof(float)), _MM_HINT_T1);
-    }
+// The panel to be packed next is requested by the micro-kernels (panel_prefetch), so that its
+// strided lines arrive while they run on this one instead of stalling the next pack.
+TREEGATE_DETAIL_AVX2_TARGET inline void pack_panel(index_t mr, index_t kc, const float* W, index_t ldw, float* panel) noexcept {
     if (mr == gemm_mr) {
         for (index_t k = 0; k < kc; ++k) {
             _mm256_store_ps(panel + 16 * k, _mm256_loadu_ps(W + k * ldw));
@@ -49,15 +42,8 @@ TREEGATE_DETAIL_AVX2_TARGET inline void pack_panel(index_t mr, index_t kc, const
     }
 }
 
-// The same for bf16 weights, widened to float while packing (the micro-kernel is shared): each
-// 16-row column segment is 32 bytes, one line pair prefetched per column of the next panel.
-TREEGATE_DETAIL_AVX2_TARGET inline void pack_panel(index_t mr, index_t kc, const bf16* W, index_t ldw, float* panel,
-                                                   std::uintptr_t next, index_t next_kc) noexcept {
-    const auto step = static_cast<std::uintptr_t>(ldw) * sizeof(bf16);
-    for (index_t k = 0; k < next_kc; ++k, next += step) {
-        _mm_prefetch(reinterpret_cast<const char*>(next), _MM_HINT_T1);
-        _mm_prefetch(reinterpret_cast<const char*>(next + 15 * sizeof(bf16)), _MM_HINT_T1);
-    }
+// The same for bf16 weights, widened to float while packing (the micro-kernel is shared).
+TREEGATE_DETAIL_AVX2_TARGET inline void pack_panel(index_t mr, index_t kc, const bf16* W, index_t ldw, float* panel) noexcept {
     if (mr == gemm_mr) {
         for (index_t k = 0; k < kc; ++k) {
             _mm256_store_ps(panel + 16 * k, load8(W + k * ldw));
@@ -80,7 +66,7 @@ TREEGATE_DETAIL_AVX2_TARGET inline void pack_panel(index_t mr, index_t kc, const
 // over the columns and would keep the accumulators in memory.
 template <int NC>
 TREEGATE_DETAIL_AVX2_TARGET inline void micro(index_t mr, index_t kc, const float* panel, const float* X, index_t ldx,
-                                              float* Y, index_t ldy) noexcept {
+                                              float* Y, index_t ldy, panel_prefetch pf = {}) noexcept {
     static_assert(NC >= 1 && NC <= gemm_nr, "micro-kernel width");
     __m256 a0 = _mm256_setzero_ps(), b0 = a0, a1 = a0, b1 = a0, a2 = a0, b2 = a0;
     __m256 a3 = a0, b3 = a0, a4 = a0, b4 = a0, a5 = a0, b5 = a0;
@@ -91,6 +77,11 @@ TREEGATE_DETAIL_AVX2_TARGET inline void micro(index_t mr, index_t kc, const floa
     const float* x4 = X + (NC > 4 ? 4 * ldx : 0);
     const float* x5 = X + (NC > 5 ? 5 * ldx : 0);
     for (index_t k = 0; k < kc; ++k) {
+        if (k < pf.cols) {
+            const std::uintptr_t at = pf.address + static_cast<std::uintptr_t>(k) * pf.step;
+            prefetch_line_l2(at);
+            prefetch_line_l2(at + pf.last_line);
+        }
         const __m256 p0 = _mm256_load_ps(panel + 16 * k);
         const __m256 p1 = _mm256_load_ps(panel + 16 * k + 8);
         __m256 x = _mm256_broadcast_ss(x0 + k);
@@ -150,18 +141,21 @@ TREEGATE_DETAIL_AVX2_TARGET inline void gemm_packed(index_t rows, index_t cols, 
         const index_t kc = cols - k0 < gemm_kc ? cols - k0 : gemm_kc;
         for (index_t r0 = 0; r0 < rows; r0 += gemm_mr) {
             const index_t mr = rows - r0 < gemm_mr ? rows - r0 : gemm_mr;
-            const next_panel next = next_panel_after(W, ldw, rows, cols, r0, k0, kc, gemm_mr, gemm_kc);
-            pack_panel(mr, kc, W + r0 + k0 * ldw, ldw, panel, next.address, next.cols);
+            pack_panel(mr, kc, W + r0 + k0 * ldw, ldw, panel);
+            // The next panel is requested during the first micro-kernel call on this one.
+            panel_prefetch pf =
+                prefetch_of<T>(next_panel_after(W, ldw, rows, cols, r0, k0, kc, gemm_mr, gemm_kc), ldw, gemm_mr);
             const float* Xk = X + k0;
             float* Yr = Y + r0;
             index_t j = 0;
-            for (; j + gemm_nr <= n; j += gemm_nr) micro<6>(mr, kc, panel, Xk + j * ldx, ldx, Yr + j * ldy, ldy);
+            for (; j + gemm_nr <= n; j += gemm_nr, pf.cols = 0)
+                micro<6>(mr, kc, panel, Xk + j * ldx, ldx, Yr + j * ldy, ldy, pf);
             switch (n - j) {
-                case 1: micro<1>(mr, kc, panel, Xk + j * ldx, ldx, Yr + j * ldy, ldy); break;
-                case 2: micro<2>(mr, kc, panel, Xk + j * ldx, ldx, Yr + j * ldy, ldy); break;
-                case 3: micro<3>(mr, kc, panel, Xk + j * ldx, ldx, Yr + j * ldy, ldy); break;
-                case 4: micro<4>(mr, kc, panel, Xk + j * ldx, ldx, Yr + j * ldy, ldy); break;
-                case 5: micro<5>(mr, kc, panel, Xk + j * ldx, ldx, Yr + j * ldy, ldy); break;
+                case 1: micro<1>(mr, kc, panel, Xk + j * ldx, ldx, Yr + j * ldy, ldy, pf); break;
+                case 2: micro<2>(mr, kc, panel, Xk + j * ldx, ldx, Yr + j * ldy, ldy, pf); break;
+                case 3: micro<3>(mr, kc, panel, Xk + j * ldx, ldx, Yr + j * ldy, ldy, pf); break;
+                case 4: micro<4>(mr, kc, panel, Xk + j * ldx, ldx, Yr + j * ldy, ldy, pf); break;
+                case 5: micro<5>(mr, kc, panel, Xk + j * ldx, ldx, Yr + j * ldy, ldy, pf); break;
                 default: break;
             }
         }

@@ -139,10 +139,10 @@ TREEGATE_DETAIL_AVX2_TARGET inline void sweep4(index_t rows, const T* w0, index_
         if constexpr (Prefetch) {
             if ((r & (line_rows - 1)) == 0) {
                 const std::uintptr_t at = pf0 + static_cast<std::uintptr_t>(r) * sizeof(T);
-                prefetch_line(at);
-                prefetch_line(at + pstep);
-                prefetch_line(at + 2 * pstep);
-                prefetch_line(at + 3 * pstep);
+                prefetch_line_l2(at);
+                prefetch_line_l2(at + pstep);
+                prefetch_line_l2(at + 2 * pstep);
+                prefetch_line_l2(at + 3 * pstep);
             }
         }
         const __m256 a0 = load8(w0 + r), a1 = load8(w1 + r);

@@ -23,16 +23,9 @@ inline constexpr index_t gemm_small_max_bf16 = 10;
 
 // Copies W(r0 : r0 + mr, k0 : k0 + kc) into a 32-row panel (kc columns of 32 contiguous floats,
 // bf16 widened), zero-padding rows mr..31, so the micro-kernel reads one contiguous stream
-// whatever ldw is. The panel to be packed next (`next`, `next_kc` columns; 0 if none) is
-// prefetched into L2 meanwhile, one line pair per column.
+// whatever ldw is. The next panel's lines are requested by the micro-kernels (panel_prefetch).
 template <class T>
-TREEGATE_DETAIL_AVX512_TARGET inline void pack_panel(index_t mr, index_t kc, const T* W, index_t ldw, float* panel,
-                                                     std::uintptr_t next, index_t next_kc) noexcept {
-    const auto step = static_cast<std::uintptr_t>(ldw) * sizeof(T);
-    for (index_t k = 0; k < next_kc; ++k, next += step) {
-        _mm_prefetch(reinterpret_cast<const char*>(next), _MM_HINT_T1);
-        _mm_prefetch(reinterpret_cast<const char*>(next + 31 * sizeof(T)), _MM_HINT_T1);
-    }
+TREEGATE_DETAIL_AVX512_TARGET inline void pack_panel(index_t mr, index_t kc, const T* W, index_t ldw, float* panel) noexcept {
     if (mr == gemm_mr) {
         for (index_t k = 0; k < kc; ++k) {
             _mm512_store_ps(panel + 32 * k, load16(W + k * ldw));
@@ -49,10 +42,10 @@ TREEGATE_DETAIL_AVX512_TARGET inline void pack_panel(index_t mr, index_t kc, con
 }
 
 // Y(0:mr, 0:NC) += panel(32 x kc) * X(0:kc, 0:NC): 2 x NC accumulators, one broadcast per
-// (k, column), two FMAs per broadcast.
+// (k, column), two FMAs per broadcast; the lines of `pf` are requested on the way.
 template <int NC>
 TREEGATE_DETAIL_AVX512_TARGET inline void micro(index_t mr, index_t kc, const float* panel, const float* X, index_t ldx,
-                                                float* Y, index_t ldy) noexcept {
+                                                float* Y, index_t ldy, panel_prefetch pf = {}) noexcept {
     static_assert(NC >= 1 && NC <= gemm_nr, "micro-kernel width");
     __m512 a[NC], b[NC];
     const float* x[NC];
@@ -62,6 +55,11 @@ TREEGATE_DETAIL_AVX512_TARGET inline void micro(index_t mr, index_t kc, const fl
         x[j] = X + j * ldx;
     }
     for (index_t k = 0; k < kc; ++k) {
+        if (k < pf.cols) {
+            const std::uintptr_t at = pf.address + static_cast<std::uintptr_t>(k) * pf.step;
+            prefetch_line_l2(at);
+            prefetch_line_l2(at + pf.last_line);
+        }
         const __m512 p0 = _mm512_load_ps(panel + 32 * k);
         const __m512 p1 = _mm512_load_ps(panel + 32 * k + 16);
         TREEGATE_DETAIL_UNROLL
@@ -88,10 +86,11 @@ TREEGATE_DETAIL_AVX512_TARGET inline void micro(index_t mr, index_t kc, const fl
 
 template <int NC = 1>
 TREEGATE_DETAIL_AVX512_TARGET inline void micro_tail(index_t nc, index_t mr, index_t kc, const float* panel,
-                                                     const float* X, index_t ldx, float* Y, index_t ldy) noexcept {
+                                                     const float* X, index_t ldx, float* Y, index_t ldy,
+                                                     panel_prefetch pf) noexcept {
     if constexpr (NC < gemm_nr) {
-        if (nc == NC) return micro<NC>(mr, kc, panel, X, ldx, Y, ldy);
-        micro_tail<NC + 1>(nc, mr, kc, panel, X, ldx, Y, ldy);
+        if (nc == NC) return micro<NC>(mr, kc, panel, X, ldx, Y, ldy, pf);
+        micro_tail<NC + 1>(nc, mr, kc, panel, X, ldx, Y, ldy, pf);
     }
 }
 
@@ -104,13 +103,16 @@ TREEGATE_DETAIL_AVX512_TARGET inline void gemm_packed(index_t rows, index_t cols
         const index_t kc = cols - k0 < gemm_kc ? cols - k0 : gemm_kc;
         for (index_t r0 = 0; r0 < rows; r0 += gemm_mr) {
             const index_t mr = rows - r0 < gemm_mr ? rows - r0 : gemm_mr;
-            const next_panel next = next_panel_after(W, ldw, rows, cols, r0, k0, kc, gemm_mr, gemm_kc);
-            pack_panel(mr, kc, W + r0 + k0 * ldw, ldw, panel, next.address, next.cols);
+            pack_panel(mr, kc, W + r0 + k0 * ldw, ldw, panel);
+            // The next panel is requested during the first micro-kernel call on this one.
+            panel_prefetch pf =
+                prefetch_of<T>(next_panel_after(W, ldw, rows, cols, r0, k0, kc, gemm_mr, gemm_kc), ldw, gemm_mr);
             const float* Xk = X + k0;
             float* Yr = Y + r0;
             index_t j = 0;
-            for (; j + gemm_nr <= n; j += gemm_nr) micro<gemm_nr>(mr, kc, panel, Xk + j * ldx, ldx, Yr + j * ldy, ldy);
-            if (j < n) micro_tail(n - j, mr, kc, panel, Xk + j * ldx, ldx, Yr + j * ldy, ldy);
+            for (; j + gemm_nr <= n; j += gemm_nr, pf.cols = 0)
+                micro<gemm_nr>(mr, kc, panel, Xk + j * ldx, ldx, Yr + j * ldy, ldy, pf);
+            if (j < n) micro_tail(n - j, mr, kc, panel, Xk + j * ldx, ldx, Yr + j * ldy, ldy, pf);
         }
     }
 }

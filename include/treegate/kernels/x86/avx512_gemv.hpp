@@ -137,10 +137,10 @@ TREEGATE_DETAIL_AVX512_TARGET inline void sweep4(index_t rows, const T* w0, inde
         if constexpr (Prefetch) {
             if ((r & (line_rows - 1)) == 0) {
                 const std::uintptr_t at = pf0 + static_cast<std::uintptr_t>(r) * sizeof(T);
-                prefetch_line(at);
-                prefetch_line(at + pstep);
-                prefetch_line(at + 2 * pstep);
-                prefetch_line(at + 3 * pstep);
+                prefetch_line_l2(at);
+                prefetch_line_l2(at + pstep);
+                prefetch_line_l2(at + 2 * pstep);
+                prefetch_line_l2(at + 3 * pstep);
             }
         }
         sweep_rows<J>(w, p, y, ldy, r, all16);

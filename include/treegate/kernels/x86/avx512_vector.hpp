@@ -7,6 +7,7 @@
 #include "../../config.hpp"
 #include "../cpu_features.hpp"
 
+#include <cstddef>
 #include <cstdint>
 
 #if TREEGATE_DETAIL_X86_KERNELS
@@ -38,6 +39,12 @@ TREEGATE_DETAIL_AVX512_TARGET inline __mmask16 mask16(index_t n) noexcept {
 TREEGATE_DETAIL_AVX512_TARGET inline void prefetch_line(std::uintptr_t address) noexcept {
     // A prefetch never faults; the address stays an integer so that no out-of-range pointer is formed.
     _mm_prefetch(reinterpret_cast<const char*>(address), _MM_HINT_T0);
+}
+
+// The same into L2 only: streams that several sweeps then read from L1 gain from not waiting on
+// the few L1 miss buffers (measured on the small-group gemm, README "Benchmarks").
+TREEGATE_DETAIL_AVX512_TARGET inline void prefetch_line_l2(std::uintptr_t address) noexcept {
+    _mm_prefetch(reinterpret_cast<const char*>(address), _MM_HINT_T1);
 }
 
 // Weight loads for both storage types: 16 floats, or 16 bf16 widened exactly to float (VPMOVZXWD
@@ -175,6 +182,82 @@ TREEGATE_DETAIL_AVX512_TARGET inline void axpy_many(index_t n, int count, const 
     for (; i + 128 <= n; i += 128) axpy_chunk<8>(i, count, alpha, x, y);
     for (; i + 16 <= n; i += 16) axpy_chunk<1>(i, count, alpha, x, y);
     if (i < n) axpy_chunk<1>(i, count, alpha, x, y, mask16(n - i));
+}
+
+// Accumulators of axpy_paths: M examples x R registers, at most 24 of the 32 zmm registers, so
+// that the shared vectors' R registers and the broadcasts have room.
+constexpr int paths_registers(int m) noexcept { return 24 / m < 8 ? 24 / m : 8; }
+
+// ys[k](i0 : i0 + 16 R) += sum_j alpha[k ld + j] x[k ld + j](i0 : ...) for k < M: every example's
+// registers take its columns in order j = 0, 1, ..., exactly as axpy_chunk does, so each y gets
+// the bits axpy_many gives it; the first `shared` vectors (the same for every k) are loaded once
+// and used M times. Lanes outside `m` (last register only) are neither read nor written.
+template <int M, int R>
+TREEGATE_DETAIL_AVX512_TARGET inline void paths_chunk(index_t i0, int count, int shared, const float* alpha, index_t ld,
+                                                      const float* const* x, float* const* ys,
+                                                      __mmask16 m = 0xffff) noexcept {
+    __m512 acc[M][R];
+    TREEGATE_DETAIL_UNROLL
+    for (int k = 0; k < M; ++k) {
+        TREEGATE_DETAIL_UNROLL
+        for (int r = 0; r < R; ++r) acc[k][r] = _mm512_maskz_loadu_ps(r + 1 < R ? all16 : m, ys[k] + i0 + 16 * r);
+    }
+    for (int j = 0; j < shared; ++j) {
+        __m512 v[R];
+        TREEGATE_DETAIL_UNROLL
+        for (int r = 0; r < R; ++r) v[r] = _mm512_maskz_loadu_ps(r + 1 < R ? all16 : m, x[j] + i0 + 16 * r);
+        TREEGATE_DETAIL_UNROLL
+        for (int k = 0; k < M; ++k) {
+            const __m512 a = _mm512_set1_ps(alpha[k * ld + j]);
+            TREEGATE_DETAIL_UNROLL
+            for (int r = 0; r < R; ++r) acc[k][r] = _mm512_fmadd_ps(v[r], a, acc[k][r]);
+        }
+    }
+    for (int j = shared; j < count; ++j) {
+        TREEGATE_DETAIL_UNROLL
+        for (int k = 0; k < M; ++k) {
+            const __m512 a = _mm512_set1_ps(alpha[k * ld + j]);
+            const float* xk = x[k * ld + j] + i0;
+            TREEGATE_DETAIL_UNROLL
+            for (int r = 0; r < R; ++r)
+                acc[k][r] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(r + 1 < R ? all16 : m, xk + 16 * r), a, acc[k][r]);
+        }
+    }
+    TREEGATE_DETAIL_UNROLL
+    for (int k = 0; k < M; ++k) {
+        TREEGATE_DETAIL_UNROLL
+        for (int r = 0; r < R; ++r) _mm512_mask_storeu_ps(ys[k] + i0 + 16 * r, r + 1 < R ? all16 : m, acc[k][r]);
+    }
+}
+
+template <int M>
+TREEGATE_DETAIL_AVX512_TARGET inline void paths_examples(index_t n, int count, int shared, const float* alpha, index_t ld,
+                                                         const float* const* x, float* const* ys) noexcept {
+    constexpr int R = paths_registers(M);
+    index_t i = 0;
+    for (; i + 16 * R <= n; i += 16 * R) paths_chunk<M, R>(i, count, shared, alpha, ld, x, ys);
+    for (; i + 16 <= n; i += 16) paths_chunk<M, 1>(i, count, shared, alpha, ld, x, ys);
+    if (i < n) paths_chunk<M, 1>(i, count, shared, alpha, ld, x, ys, mask16(n - i));
+}
+
+/// For k < m: ys[k] += sum_j alpha[k ld + j] x[k ld + j], with the bits of axpy_many on each
+/// example; x[k ld + j] must equal x[j] for j < shared (read once for every example).
+TREEGATE_DETAIL_AVX512_TARGET inline void axpy_paths(index_t n, int m, int count, int shared, const float* alpha,
+                                                     const float* const* x, index_t ld, float* const* ys) noexcept {
+    if (count <= 0) return;
+    for (int k = 0; k < m; k += 8) {
+        const auto at = static_cast<std::ptrdiff_t>(k) * ld;
+        switch (m - k < 8 ? m - k : 8) {
+            case 1: paths_examples<1>(n, count, shared, alpha + at, ld, x + at, ys + k); break;
+            case 2: paths_examples<2>(n, count, shared, alpha + at, ld, x + at, ys + k); break;
+            case 3: paths_examples<3>(n, count, shared, alpha + at, ld, x + at, ys + k); break;
+            case 4: paths_examples<4>(n, count, shared, alpha + at, ld, x + at, ys + k); break;
+            case 5: paths_examples<5>(n, count, shared, alpha + at, ld, x + at, ys + k); break;
+            case 6: paths_examples<6>(n, count, shared, alpha + at, ld, x + at, ys + k); break;
+            case 7: paths_examples<7>(n, count, shared, alpha + at, ld, x + at, ys + k); break;
+            default: paths_examples<8>(n, count, shared, alpha + at, ld, x + at, ys + k); break;
+        }
+    }
 }
 
 }  // namespace treegate::kernels::detail::avx512_kernels
