@@ -2,7 +2,7 @@
 // Not a test and not run by CI: writes (once) a large blocks file, maps it, serves random traffic.
 //
 // Usage: treegate_mapped_serving [--path FILE] [--depth D] [--size N] [--bf16] [--seconds S]
-//                                [--batch B] [--rewrite] [--keep] [--readahead]
+//                                [--batch B] [--rewrite] [--keep]
 // Defaults: /var/tmp/treegate_mapped_serving.safetensors, depth 14, 512 x 512 float blocks,
 // path_sum: 32767 blocks of 1 MiB = 32 GiB. The file is written block by block (never in RAM)
 // unless it exists with the requested shape, and deleted at the end unless --keep.
@@ -12,7 +12,6 @@
 // drop_caches, which would slow every other process) and warm (the same inputs again). It reports
 // examples/s, this process's resident memory (VmRSS, RssFile from /proc/self/status) and the
 // disk read rate (read_bytes of /proc/self/io, and sectors read of every disk in /proc/diskstats).
-// --readahead maps with map_options::random_access off (the kernel's default read-ahead).
 #include <treegate/io/mapped.hpp>
 
 #include <fcntl.h>
@@ -47,7 +46,6 @@ struct settings {
     double seconds = 20;
     index_t batch = 256;
     bool rewrite = false, keep = false;
-    bool readahead = false;  // map_options::random_access off: the kernel's default read-ahead
 };
 
 /// A field of a /proc file of "key: value" lines, in the unit it is printed in (kB for status).
@@ -196,7 +194,6 @@ int run(const settings& o) {
 
     st::map_options unverified;
     unverified.verify_data = false;  // the checksum pass would read the whole file first
-    unverified.random_access = !o.readahead;
     for (const bool batched : {false, true}) {
         // One mapping per traffic type, as a server keeps it: cold starts with none of the file
         // in the page cache; warm replays the same inputs on pages now cached and mapped.
@@ -247,8 +244,6 @@ int main(int argc, char** argv) {
             o.rewrite = true;
         else if (a == "--keep")
             o.keep = true;
-        else if (a == "--readahead")
-            o.readahead = true;
         else {
             std::fprintf(stderr, "unknown argument %s (see the comment at the top of bench/mapped_serving.cpp)\n", a.c_str());
             return 2;

@@ -10,7 +10,6 @@
 #include <treegate/io/mapped.hpp>
 #include <treegate/layers/tree_linear_bf16.hpp>
 
-#include <cctype>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -57,20 +56,6 @@ bool inside_mapping_of(const void* p, const std::string& path) {
         if (a >= lo && a < hi) return true;
     }
     return false;
-}
-
-/// VmFlags of the mapping of `path` in /proc/self/smaps ("" when there is none).
-std::string vm_flags_of(const std::string& path) {
-    std::ifstream smaps("/proc/self/smaps");
-    std::string line;
-    bool in_it = false;
-    while (std::getline(smaps, line)) {
-        const bool header = !line.empty() && std::isxdigit(static_cast<unsigned char>(line[0])) &&
-                            line.find('-') != std::string::npos && line.find(':') > line.find(' ');
-        if (header) in_it = line.size() >= path.size() && line.compare(line.size() - path.size(), path.size(), path) == 0;
-        if (in_it && line.rfind("VmFlags:", 0) == 0) return line;
-    }
-    return "";
 }
 
 void write_bytes(const std::string& path, const bytes_t& b) {
@@ -362,26 +347,4 @@ TEST_CASE("mapped tree_linear: nothing writes a mapped layer's blocks", "[io][ma
     CHECK(owner.use_count() == 1);
 }
 
-TEST_CASE("mapped tree_linear: random_access advises the kernel against read-ahead (MADV_RANDOM)", "[io][mapped]") {
-    const auto dir = tg_test::scratch_dir("mapped_advice");
-    const std::string path = (dir / "tree.safetensors").string();
-    std::mt19937 g(5);
-    const auto t = random_layer<float>(12, 10, 2, tree_mode::leaf_only, true, false, g);
-    st::save_for_mapping(t, path);
-    const tg_test::mat<float> X = tg_test::random_matrix<float>(12, 7, g);
-    const tg_test::mat<float> G(0, 7);
-    const auto want = serve(t, X, G).second;
-    for (const bool random : {true, false}) {
-        CAPTURE(random);
-        st::map_options o;
-        o.random_access = random;
-        const auto m = st::map_layer<treegate::mapped_tree_linear<float>>(path, o);
-        const std::string flags = vm_flags_of(path);
-        REQUIRE(!flags.empty());
-        CAPTURE(flags);
-        CHECK((flags.find(" rr") != std::string::npos) == random);  // VM_RAND_READ
-        CHECK(same_bits(serve(m, X, G).second, want));
-    }
-    std::filesystem::remove_all(dir);
-}
 #endif

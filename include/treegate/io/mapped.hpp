@@ -59,11 +59,6 @@ struct map_options {
     /// A row_major file is refused unless this is set; set, its weights are loaded into memory
     /// (a transposed copy, as load() makes) and the layer shares that copy instead of a mapping.
     bool allow_copy = false;
-    /// After validation, advise the kernel that the weights are read at random (MADV_RANDOM):
-    /// a path reads D + 1 blocks far apart, and the default read-ahead around each page fault
-    /// reads neighbouring blocks that the path never uses. Off: the kernel's default read-ahead
-    /// (better when most of the file will be read anyway, e.g. to warm the page cache).
-    bool random_access = true;
 };
 
 namespace detail {
@@ -321,11 +316,8 @@ Layer map_layer(const std::string& path, const map_options& options = {}) {
     detail::check_little_endian(path);
     auto m = std::make_shared<const detail::mapping>(path);
     const detail::parsed_file f = detail::parse(m->data(), m->size(), path);
-    if (detail::declared_layout(f) == weight_layout::blocks) {
-        Layer layer = detail::map_blocks<Layer>(f, m->data(), m, m.get(), options);
-        if (options.random_access) m->advise_random();  // after the verifying pass, which reads in order
-        return layer;
-    }
+    if (detail::declared_layout(f) == weight_layout::blocks)
+        return detail::map_blocks<Layer>(f, m->data(), m, m.get(), options);
     if (!options.allow_copy)
         detail::fail(path, "holds row-major weights (written by save()), which the kernels cannot read in place; "
                            "write it with save_for_mapping(), or set map_options::allow_copy to load a copy");

@@ -78,14 +78,6 @@ public:
 #endif
     }
 
-    /// Tells the kernel that pages are touched at random (MADV_RANDOM): no read-ahead around a
-    /// fault, so a tree path's few blocks, far apart in the file, do not pull in their neighbours.
-    void advise_random() const noexcept {
-#if defined(TREEGATE_MAPPING_POSIX)
-        if (data_) ::madvise(const_cast<unsigned char*>(data_), size_, MADV_RANDOM);
-#endif
-    }
-
 private:
 #if defined(TREEGATE_MAPPING_POSIX)
     [[noreturn]] void close_and_fail(int fd, const char* what) const {
