@@ -289,7 +289,7 @@ private:
                         }
                     }
                     sub.route(cnt, xs, L, depth_ + 1, p);
-                    sub.accumulate(cnt, p, ys);
+                    sub.accumulate(cnt, p, ys, L + 1);  // one subtree: its top path and root are shared
                 }
             }
             const auto done = Bs.topRows(out_);
