@@ -85,6 +85,22 @@ struct global_batch {
     mat<Scalar> local_G() const { return G.middleCols(first_local, count); }
 };
 
+/// Exact zeros in the route scores of a tree_feedforward's even units and routers (the first
+/// hidden row and bias, the router weights and bias), where the two tie rules send examples apart.
+template <class FF>
+void zero_scores(FF& f) {
+    for (index_t t = 0; t < f.tree_count(); ++t) {
+        for (index_t i = 0; i < f.unit_count(); i += 2) {
+            f.hidden_weight(t, i).row(0).setZero();
+            f.hidden_bias(t, i)(0) = 0;
+        }
+        for (index_t i = 0; i < f.router_count(); i += 2) {
+            f.router_weight(t, i).setZero();
+            f.router_bias(t, i) = 0;
+        }
+    }
+}
+
 /// Same shape and the same bits in every entry (so -0 differs from +0).
 template <class A, class B>
 bool bits_equal(const A& a, const B& b) {

@@ -89,6 +89,73 @@ TEST_CASE("sharded UltraFastBERT layer (width 1, path_sum) is bit-identical to t
     }
 }
 
+TEST_CASE("sharded tree_feedforward with the >= tie rule or leaf biases is bit-identical to the whole layer",
+          "[mpi][feedforward]") {
+    using treegate::tie_rule;
+    using full_t = treegate::tree_feedforward<double>;
+    using sharded_t = mpi::sharded_tree_feedforward<double>;
+    struct tie_case {
+        index_t width;
+        tree_mode mode;
+        tie_rule tie;
+        bool leaf_bias;
+    };
+    std::uint64_t seed = 700;
+    for (const tie_case& c : {tie_case{3, tree_mode::path_sum, tie_rule::greater_equal, false},
+                              tie_case{1, tree_mode::path_sum, tie_rule::greater_equal, false},
+                              tie_case{2, tree_mode::leaf_only, tie_rule::greater_equal, false},
+                              tie_case{1, tree_mode::leaf_only, tie_rule::greater_equal, true},
+                              tie_case{3, tree_mode::leaf_only, tie_rule::greater, true}}) {
+        const index_t in = 6, out = 4;
+        const int depth = 4;
+        full_t full(in, out, c.width, depth, 2, activation::gelu, c.mode, true, c.tie, c.leaf_bias);
+        full.initialize(seed);
+        // initialize draws the whole layer's blocks, leaf biases included.
+        sharded_t drawn(MPI_COMM_WORLD, in, out, c.width, depth, 2, activation::gelu, c.mode, true, -1, c.tie, c.leaf_bias);
+        drawn.initialize(seed);
+        zero_scores(full);
+        full_t other(in, out, c.width, depth, 2, activation::gelu, c.mode, true, tie_rule::greater, c.leaf_bias);
+        sharded_t layer(MPI_COMM_WORLD, in, out, c.width, depth, 2, activation::gelu, c.mode, true, -1, c.tie, c.leaf_bias);
+        layer.copy_from(full);
+        const global_batch<double> data(in, depth, seed + 1, route_shape::random, treegate::gating::external());
+        mat<double> Yall(out, data.total), Yd(out, data.total);
+        treegate::workspace<double> fws;
+        full.forward_batch(data.X, Yall, fws, treegate::parallel::serial{});
+        const mat<double> Xl = data.local_X();
+        mat<double> Y(out, Xl.cols()), Y2(out, Xl.cols());
+        mpi::exchange_workspace<double> ws;
+        layer.forward_batch(Xl, Y, ws);
+        INFO("rank " << rank() << " of " << ranks() << ": width " << c.width << " " << treegate::to_string(c.mode) << " tie "
+                     << treegate::to_string(c.tie) << " leaf bias " << c.leaf_bias);
+        CHECK(bits_equal(Y, Yall.middleCols(data.first_local, Xl.cols())));
+        // The zeros matter: under the default tie rule the same weights give other outputs.
+        if (c.tie == tie_rule::greater_equal && data.total > 0) {
+            for (index_t t = 0; t < 2; ++t) {
+                for (index_t i = 0; i < full.unit_count(); ++i) {
+                    other.hidden_weight(t, i) = full.hidden_weight(t, i);
+                    other.hidden_bias(t, i) = full.hidden_bias(t, i);
+                    other.output_weight(t, i) = full.output_weight(t, i);
+                    if (c.leaf_bias) other.leaf_bias(t, i) = full.leaf_bias(t, i);
+                }
+                for (index_t i = 0; i < full.router_count(); ++i) {
+                    other.router_weight(t, i) = full.router_weight(t, i);
+                    other.router_bias(t, i) = full.router_bias(t, i);
+                }
+            }
+            other.output_bias() = full.output_bias();
+            other.forward_batch(data.X, Yd, fws, treegate::parallel::serial{});
+            CHECK(!bits_equal(Yd, Yall));
+        }
+        // A layer drawn by initialize equals the whole layer's draw.
+        full_t fresh(in, out, c.width, depth, 2, activation::gelu, c.mode, true, c.tie, c.leaf_bias);
+        fresh.initialize(seed);
+        fresh.forward_batch(data.X, Yall, fws, treegate::parallel::serial{});
+        drawn.forward_batch(Xl, Y2, ws);
+        CHECK(bits_equal(Y2, Yall.middleCols(data.first_local, Xl.cols())));
+        ++seed;
+    }
+}
+
 TEST_CASE("sharded tree_feedforward holds its top levels and its own subtrees", "[mpi][feedforward][memory]") {
     for (tree_mode mode : {tree_mode::path_sum, tree_mode::leaf_only}) {
         mpi::sharded_tree_feedforward<float> layer(MPI_COMM_WORLD, 16, 8, 4, 5, 2, activation::gelu, mode);
@@ -122,7 +189,7 @@ TEST_CASE("sharded tree_feedforward: a bad shape on one rank or a moved-from lay
     CHECK_NOTHROW(taken.forward_batch(Z, expected, ws));
 }
 
-TEST_CASE("sharded tree_feedforward: copy_from a layer with the >= tie rule or leaf biases is a config_error",
+TEST_CASE("sharded tree_feedforward: copy_from a layer of another tie rule or leaf-bias setting is a config_error",
           "[mpi][feedforward][errors]") {
     using full_t = treegate::tree_feedforward<float, treegate::dynamic, treegate::dynamic, treegate::dynamic, treegate::dynamic,
                                               treegate::kernels::reference>;

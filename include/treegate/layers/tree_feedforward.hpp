@@ -7,6 +7,7 @@
 #include "../activation.hpp"
 #include "../detail/aligned_buffer.hpp"
 #include "../detail/random.hpp"
+#include "../exec/ff_units.hpp"
 #include "../exec/fused_paths.hpp"
 #include "../exec/grouped.hpp"
 #include "../exec/levels.hpp"
@@ -458,45 +459,13 @@ private:
         return bit;
     }
 
-    // The examples at positions [r.begin, r.end) of `order` all use unit g: multiply its blocks
-    // once for the whole group and record each example's route bit at its position in `bits`.
-    // A leaf bias is added after the leaf's product, in the order the single-example path adds it.
+    // The examples at positions [r.begin, r.end) of `order` all use unit g (exec/ff_units.hpp);
+    // a leaf bias is added after the leaf's product, in the order the single-example path adds it.
     void group_forward(index_t g, group_range r, const index_t* order, unsigned char* bits,
                        const Eigen::Ref<const batch>& X, Eigen::Ref<batch> Y, workspace<Scalar>& ws) const {
-        const Scalar* U = U_.data() + g * u_stride_;
-        const Scalar* a = A_.data() + g * a_stride_;
-        const Scalar* V = V_.data() + g * v_stride_;
-        const Scalar* b = has_leaf_bias_ ? B_.data() + g * b_stride_ : nullptr;
-        if (width_ == 1) {
-            // Width-1 leaf_only leaves: dot, activation and axpy per example; the leaf's two
-            // vectors stay in cache for the whole group.
-            for (index_t p = r.begin; p < r.end; ++p) {
-                const index_t e = order[p];
-                const Scalar pre = Policy::dot(in_, U, X.data() + e * X.outerStride()) + a[0];
-                bits[p] = static_cast<unsigned char>(unit_bit(&pre, tie_));
-                Policy::axpy(out_, apply(act_, pre), V, Y.data() + e * Y.outerStride());
-                if (b != nullptr) Y.col(e) += const_output_bias_map(b, out_);
-            }
-            return;
-        }
-        const index_t m = r.size();
-        auto Xg = ws.gathered_input.view(in_, m);
-        auto H = ws.hidden.view(width_, m);
-        auto Yg = ws.permuted_output.view(out_, m);
-        for (index_t j = 0; j < m; ++j) {
-            Xg.col(j) = X.col(order[r.begin + j]);
-            H.col(j) = const_hidden_bias_map(a, width_);
-        }
-        Policy::gemm(width_, in_, m, U, width_, Xg.data(), in_, H.data(), width_);
-        for (index_t j = 0; j < m; ++j) {
-            bits[r.begin + j] = static_cast<unsigned char>(unit_bit(H.col(j).data(), tie_));
-            apply_inplace(act_, H.col(j).data(), width_);
-        }
-        Yg.setZero();
-        Policy::gemm(out_, width_, m, V, out_, H.data(), width_, Yg.data(), out_);
-        for (index_t j = 0; j < m; ++j) Y.col(order[r.begin + j]) += Yg.col(j);
-        if (b != nullptr)
-            for (index_t j = 0; j < m; ++j) Y.col(order[r.begin + j]) += const_output_bias_map(b, out_);
+        const exec::ff_unit<Scalar> u{U_.data() + g * u_stride_, A_.data() + g * a_stride_, V_.data() + g * v_stride_,
+                                      has_leaf_bias_ ? B_.data() + g * b_stride_ : nullptr, in_, out_, width_, act_, tie_};
+        exec::ff_unit_group<Policy>(u, r, order, bits, X, Y, ws);
     }
 
     index_t in_ = 0, out_ = 0, width_ = 0;

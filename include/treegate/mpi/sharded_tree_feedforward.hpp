@@ -6,6 +6,7 @@
 #include "../activation.hpp"
 #include "../detail/aligned_buffer.hpp"
 #include "../detail/random.hpp"
+#include "../exec/ff_units.hpp"
 #include "../exec/fused_paths.hpp"
 #include "../exec/levels.hpp"
 #include "../kernels/policy.hpp"
@@ -42,13 +43,16 @@ public:
 
     sharded_tree_feedforward(MPI_Comm comm, index_t in, index_t out, index_t width, int depth, index_t trees = 1,
                              activation act = activation::gelu, tree_mode mode = tree_mode::path_sum,
-                             bool output_bias = true, int split = -1)
+                             bool output_bias = true, int split = -1, tie_rule tie = tie_rule::greater,
+                             bool leaf_bias = false)
         : comm_(comm), layout_(make_layout(comm, depth, split)), in_(in), out_(out), width_(width), depth_(depth),
-          trees_(trees), act_(act), mode_(mode), has_output_bias_(output_bias) {
+          trees_(trees), act_(act), mode_(mode), tie_(tie), has_output_bias_(output_bias), has_leaf_bias_(leaf_bias) {
         kernels::prepare<Policy>();
         detail::check_config(in > 0 && out > 0 && width > 0 && trees > 0, name,
                              ": input, output, width and tree count must be positive, got ", in, ", ", out, ", ", width,
                              ", ", trees);
+        detail::check_config(!leaf_bias || mode == tree_mode::leaf_only, name,
+                             ": leaf biases need mode leaf_only (path_sum has no single leaf output)");
         const int sd = layout_.subtree_depth(), L = layout_.split();
         const bool ps = mode_ == tree_mode::path_sum;
         top_units_ = ps ? tree::internal_count(L) : 0;
@@ -61,6 +65,7 @@ public:
         a_stride_ = detail::block_stride<Scalar>(width_, name, "hidden bias size");
         v_stride_ = detail::block_stride<Scalar>(detail::checked_mul(out_, width_, name, "output block size"), name, "output block size");
         r_stride_ = detail::block_stride<Scalar>(in_, name, "router size");
+        b_stride_ = has_leaf_bias_ ? detail::block_stride<Scalar>(out_, name, "leaf bias size") : 0;
         const index_t units = trees_ * units_per_tree_, routers = trees_ * routers_per_tree_;
         U_ = buffer(units * u_stride_);
         A_ = buffer(units * a_stride_);
@@ -68,6 +73,7 @@ public:
         R_ = buffer(routers * r_stride_);
         S_ = buffer(routers);
         c_ = buffer(has_output_bias_ ? out_ : 0);
+        B_ = buffer(units * b_stride_);
     }
 
     sharded_tree_feedforward(const sharded_tree_feedforward&) = delete;
@@ -83,16 +89,52 @@ public:
     index_t in_size() const noexcept { return in_; }
     index_t out_size() const noexcept { return out_; }
     tree_mode mode() const noexcept { return mode_; }
+    MPI_Comm comm() const noexcept { return comm_; }
+    index_t width() const noexcept { return width_; }
+    int depth() const noexcept { return depth_; }
+    index_t tree_count() const noexcept { return trees_; }
+    activation activation_kind() const noexcept { return act_; }
+    tie_rule tie() const noexcept { return tie_; }
+    bool has_output_bias() const noexcept { return has_output_bias_; }
+    bool has_leaf_bias() const noexcept { return has_leaf_bias_; }
+
+    /// Units and routers this rank holds, all trees (local index l = t * per tree + local in t).
+    index_t local_unit_count() const noexcept { return trees_ * units_per_tree_; }
+    index_t local_router_count() const noexcept { return trees_ * routers_per_tree_; }
+    /// Per tree: units (routers) of the replicated levels, then of each owned subtree.
+    index_t units_per_tree() const noexcept { return units_per_tree_; }
+    index_t replicated_units() const noexcept { return top_units_; }
+    index_t subtree_units() const noexcept { return sub_units_; }
+    index_t routers_per_tree() const noexcept { return routers_per_tree_; }
+    index_t replicated_routers() const noexcept { return top_routers_; }
+    index_t subtree_routers() const noexcept { return sub_routers_; }
+
+    /// Local unit l's blocks as the engine's unit step reads them (exec/ff_units.hpp).
+    exec::ff_unit<Scalar> local_unit(index_t l) const noexcept {
+        return {U_.data() + l * u_stride_, A_.data() + l * a_stride_, V_.data() + l * v_stride_,
+                has_leaf_bias_ ? B_.data() + l * b_stride_ : nullptr, in_, out_, width_, act_, tie_};
+    }
+    /// Its blocks for an optimizer: U (width x in), a, V (out x width), the leaf bias (out).
+    Scalar* hidden_weight_data(index_t l) noexcept { return U_.data() + l * u_stride_; }
+    Scalar* hidden_bias_data(index_t l) noexcept { return A_.data() + l * a_stride_; }
+    Scalar* output_weight_data(index_t l) noexcept { return V_.data() + l * v_stride_; }
+    Scalar* leaf_bias_data(index_t l) noexcept { return has_leaf_bias_ ? B_.data() + l * b_stride_ : nullptr; }
+    Scalar* output_bias_data() noexcept { return has_output_bias_ ? c_.data() : nullptr; }
+    const Scalar* output_bias_data() const noexcept { return has_output_bias_ ? c_.data() : nullptr; }
+    /// Route bit of local router l for the example at x (under the layer's tie rule).
+    int route_bit(index_t l, const Scalar* x) const noexcept {
+        return hyperplane_bit<Policy>(in_, R_.data() + l * r_stride_, S_.data()[l], x, tie_);
+    }
 
     /// Bytes of this rank's weights, and of one process holding every tree whole.
     index_t memory_bytes() const noexcept {
-        return U_.bytes() + A_.bytes() + V_.bytes() + R_.bytes() + S_.bytes() + c_.bytes();
+        return U_.bytes() + A_.bytes() + V_.bytes() + R_.bytes() + S_.bytes() + c_.bytes() + B_.bytes();
     }
     index_t full_memory_bytes() const noexcept {
         const bool ps = mode_ == tree_mode::path_sum;
         const index_t units = ps ? tree::node_count(depth_) : tree::leaf_count(depth_);
         const index_t routers = ps ? 0 : tree::internal_count(depth_);
-        return (trees_ * (units * (u_stride_ + a_stride_ + v_stride_) + routers * (r_stride_ + 1)) +
+        return (trees_ * (units * (u_stride_ + a_stride_ + v_stride_ + b_stride_) + routers * (r_stride_ + 1)) +
                 (has_output_bias_ ? out_ : 0)) *
                index_t(sizeof(Scalar));
     }
@@ -131,6 +173,7 @@ public:
                 treegate::detail::fill_uniform(U_.data() + l * u_stride_, width_ * in_, b_in, seed, s);
                 treegate::detail::fill_uniform(A_.data() + l * a_stride_, width_, b_in, seed, s + 1);
                 treegate::detail::fill_uniform(V_.data() + l * v_stride_, out_ * width_, b_out, seed, s + 2);
+                if (has_leaf_bias_) treegate::detail::fill_uniform(B_.data() + l * b_stride_, out_, b_out, seed, s + 5);
             },
             [&](index_t t, index_t i, index_t l) {
                 const auto s = static_cast<std::uint64_t>(8 * (t * routers + i) + 3);
@@ -145,16 +188,18 @@ public:
     void copy_from(const tree_feedforward<Scalar, I, O, W, D, P>& full) {
         detail::check_config(full.in_size() == in_ && full.out_size() == out_ && full.width() == width_ &&
                                  full.depth() == depth_ && full.tree_count() == trees_ && full.mode() == mode_ &&
-                                 full.activation_kind() == act_ && full.has_output_bias() == has_output_bias_,
-                             name, ": copy_from needs a tree_feedforward of the same sizes, trees, mode, activation and bias");
-        detail::check_config(full.tie() == tie_rule::greater && !full.has_leaf_bias(), name,
-                             ": copy_from supports the default tie rule (> 0) without leaf biases; the layer has tie rule ",
-                             to_string(full.tie()), " and leaf biases ", full.has_leaf_bias() ? "on" : "off");
+                                 full.activation_kind() == act_ && full.has_output_bias() == has_output_bias_ &&
+                                 full.tie() == tie_ && full.has_leaf_bias() == has_leaf_bias_,
+                             name, ": copy_from needs a tree_feedforward of the same sizes, trees, mode, activation, biases "
+                             "and tie rule; it has tie rule ", to_string(full.tie()), " and leaf biases ",
+                             full.has_leaf_bias() ? "on" : "off", ", this layer ", to_string(tie_), " and ",
+                             has_leaf_bias_ ? "on" : "off");
         for_each_local(
             [&](index_t t, index_t i, index_t l) {
                 umap(U_.data() + l * u_stride_, width_, in_) = full.hidden_weight(t, i);
                 umap(A_.data() + l * a_stride_, width_, 1) = full.hidden_bias(t, i);
                 umap(V_.data() + l * v_stride_, out_, width_) = full.output_weight(t, i);
+                if (has_leaf_bias_) umap(B_.data() + l * b_stride_, out_, 1) = full.leaf_bias(t, i);
             },
             [&](index_t t, index_t i, index_t l) {
                 umap(R_.data() + l * r_stride_, in_, 1) = full.router_weight(t, i);
@@ -237,7 +282,7 @@ private:
     fused_view fused_at(index_t t, index_t first) const noexcept {
         const index_t g = unit(t, first);
         return {in_, out_, depth_, act_, U_.data() + g * u_stride_, A_.data() + g * a_stride_, V_.data() + g * v_stride_,
-                u_stride_, a_stride_, v_stride_};
+                u_stride_, a_stride_, v_stride_, tie_};
     }
 
     void fused_forward(const Eigen::Ref<const batch>& X, Eigen::Ref<batch> Y, exchange_workspace<Scalar>& ws) const {
@@ -320,44 +365,15 @@ private:
             return;
         }
         const index_t g = router(t, part == 0 ? node : top_routers_ + (part - 1) * sub_routers_ + node);
-        for (index_t p = r.begin; p < r.end; ++p)
-            bits[p] = static_cast<unsigned char>(
-                hyperplane_bit<Policy>(in_, R_.data() + g * r_stride_, S_.data()[g], X.data() + order[p] * X.outerStride()));
+        for (index_t p = r.begin; p < r.end; ++p) bits[p] = static_cast<unsigned char>(route_bit(g, X.data() + order[p] * X.outerStride()));
     }
 
-    // Y += V act(U x + a) over a node's group, route bits from the first pre-activation: the
-    // arithmetic of tree_feedforward's grouped forward, so that a path gives the same bits.
+    // The grouped unit step of tree_feedforward's forward (exec/ff_units.hpp), so that a path
+    // gives the same bits.
     template <class XRef, class YRef>
     void unit_group(index_t g, group_range r, const index_t* order, unsigned char* bits, const XRef& X, YRef& Y,
                     workspace<Scalar>& ws) const {
-        const Scalar* U = U_.data() + g * u_stride_;
-        const Scalar* a = A_.data() + g * a_stride_;
-        const Scalar* V = V_.data() + g * v_stride_;
-        if (width_ == 1) {
-            for (index_t p = r.begin; p < r.end; ++p) {
-                const index_t e = order[p];
-                const Scalar pre = Policy::dot(in_, U, X.data() + e * X.outerStride()) + a[0];
-                bits[p] = static_cast<unsigned char>(unit_bit(&pre));
-                Policy::axpy(out_, apply(act_, pre), V, Y.data() + e * Y.outerStride());
-            }
-            return;
-        }
-        const index_t m = r.size();
-        auto Xg = ws.gathered_input.view(in_, m);
-        auto H = ws.hidden.view(width_, m);
-        auto Yg = ws.permuted_output.view(out_, m);
-        for (index_t j = 0; j < m; ++j) {
-            Xg.col(j) = X.col(order[r.begin + j]);
-            H.col(j) = Eigen::Map<const Eigen::Matrix<Scalar, Eigen::Dynamic, 1>>(a, width_);
-        }
-        Policy::gemm(width_, in_, m, U, width_, Xg.data(), in_, H.data(), width_);
-        for (index_t j = 0; j < m; ++j) {
-            bits[r.begin + j] = static_cast<unsigned char>(unit_bit(H.col(j).data()));
-            apply_inplace(act_, H.col(j).data(), width_);
-        }
-        Yg.setZero();
-        Policy::gemm(out_, width_, m, V, out_, H.data(), width_, Yg.data(), out_);
-        for (index_t j = 0; j < m; ++j) Y.col(order[r.begin + j]) += Yg.col(j);
+        exec::ff_unit_group<Policy>(local_unit(g), r, order, bits, X, Y, ws);
     }
 
     MPI_Comm comm_;
@@ -367,10 +383,11 @@ private:
     index_t trees_;
     activation act_;
     tree_mode mode_;
-    bool has_output_bias_;
+    tie_rule tie_;
+    bool has_output_bias_, has_leaf_bias_;
     index_t top_units_ = 0, top_routers_ = 0, sub_units_ = 0, sub_routers_ = 0, units_per_tree_ = 0, routers_per_tree_ = 0;
-    index_t u_stride_ = 0, a_stride_ = 0, v_stride_ = 0, r_stride_ = 0;
-    treegate::detail::aligned_buffer<Scalar> U_, A_, V_, R_, S_, c_;
+    index_t u_stride_ = 0, a_stride_ = 0, v_stride_ = 0, r_stride_ = 0, b_stride_ = 0;
+    treegate::detail::aligned_buffer<Scalar> U_, A_, V_, R_, S_, c_, B_;
 };
 
 }  // namespace treegate::mpi
