@@ -38,9 +38,9 @@ endif()
 # memory access its shared-memory transport's single-copy path fails, so copy through buffers.
 set(TREEGATE_MPI_TEST_ENV
     "OMPI_ALLOW_RUN_AS_ROOT=1;OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1;OMPI_MCA_btl_vader_single_copy_mechanism=none")
-# mpi/shard_io.hpp saves and loads shards through io/ (safetensors): it needs both parts.
+# mpi/shard_io.hpp and mpi/ff_shard_io.hpp save and load shards through io/ (safetensors): they need both parts.
 if(NOT TARGET treegate_io)
-  list(APPEND TREEGATE_HEADER_CHECK_EXCLUDE "^treegate/mpi/shard_io.hpp")
+  list(APPEND TREEGATE_HEADER_CHECK_EXCLUDE "^treegate/mpi/shard_io.hpp" "^treegate/mpi/ff_shard_io.hpp")
 endif()
 
 set(TREEGATE_MPI_TEST_RANKS "1;2;3;4" CACHE STRING "Rank counts the MPI tests run with (;-list)")

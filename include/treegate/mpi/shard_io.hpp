@@ -76,23 +76,35 @@ std::map<std::string, std::string> metadata_of(const sharded_tree_linear<Scalar,
             {"mode", to_string(layer.mode())}};
 }
 
+template <class Layer>
+constexpr const char* name_of(const Layer&) noexcept { return Layer::name; }
+
+// Reads a shard file and checks its "layout" tensor against `expected` (the fields named by
+// `fields`); a missing tensor or another layout is a file_error naming both.
+template <class Scalar>
+safetensors::tensor_map<Scalar> read_checked(const char* layer, const std::string& path, const std::vector<Scalar>& expected,
+                                             const char* fields) {
+    auto t = safetensors::read_tensors<Scalar>(path);
+    const auto fail = [&](const auto&... what) { treegate::detail::raise<file_error>(layer, ": ", path, ": ", what...); };
+    const auto lay = t.find("layout");
+    if (lay == t.end()) fail("no \"layout\" tensor: not a ", layer, " shard");
+    if (lay->second.values != expected) {
+        std::string got, want;
+        for (Scalar v : lay->second.values) got += (got.empty() ? "" : " ") + std::to_string(static_cast<long long>(v));
+        for (Scalar v : expected) want += (want.empty() ? "" : " ") + std::to_string(static_cast<long long>(v));
+        fail("the shard's layout (", fields, ") is [", got, "], this layer's is [", want,
+             "]; a shard set loads only on the layout it was saved from (load_whole takes a single-process file)");
+    }
+    return t;
+}
+
 // Reads one file of the set into the layer's blocks [first, first + count) of the local order,
 // after checking that its layout is the layer's; a mismatch is a file_error naming both.
 template <class Scalar, class Policy>
 void read_into(sharded_tree_linear<Scalar, Policy>& layer, const std::string& path, index_t first, index_t count,
                bool replicated) {
-    const auto t = safetensors::read_tensors<Scalar>(path);
+    const auto t = read_checked(name_of(layer), path, layout_values(layer, replicated), layout_fields());
     const auto fail = [&](const auto&... what) { treegate::detail::raise<file_error>("sharded_tree_linear: ", path, ": ", what...); };
-    const auto lay = t.find("layout");
-    if (lay == t.end()) fail("no \"layout\" tensor: not a sharded_tree_linear shard");
-    const auto expected = layout_values(layer, replicated);
-    if (lay->second.values != expected) {
-        std::string got, want;
-        for (Scalar v : lay->second.values) got += (got.empty() ? "" : " ") + std::to_string(static_cast<long long>(v));
-        for (Scalar v : expected) want += (want.empty() ? "" : " ") + std::to_string(static_cast<long long>(v));
-        fail("the shard's layout (", layout_fields(), ") is [", got, "], this layer's is [", want,
-             "]; a shard set loads only on the layout it was saved from (load_whole takes a single-process file)");
-    }
     const auto in = static_cast<std::uint64_t>(layer.in_size()), out = static_cast<std::uint64_t>(layer.out_size());
     const auto w = t.find("weight");
     if (w == t.end() || w->second.shape != std::vector<std::uint64_t>{static_cast<std::uint64_t>(count), out, in})

@@ -121,6 +121,11 @@ public:
     Scalar* leaf_bias_data(index_t l) noexcept { return has_leaf_bias_ ? B_.data() + l * b_stride_ : nullptr; }
     Scalar* output_bias_data() noexcept { return has_output_bias_ ? c_.data() : nullptr; }
     const Scalar* output_bias_data() const noexcept { return has_output_bias_ ? c_.data() : nullptr; }
+    /// Local router l: its weights (in) and bias.
+    Scalar* router_weight_data(index_t l) noexcept { return R_.data() + l * r_stride_; }
+    Scalar* router_bias_data(index_t l) noexcept { return S_.data() + l; }
+    const Scalar* router_weight_data(index_t l) const noexcept { return R_.data() + l * r_stride_; }
+    const Scalar* router_bias_data(index_t l) const noexcept { return S_.data() + l; }
     /// Route bit of local router l for the example at x (under the layer's tie rule).
     int route_bit(index_t l, const Scalar* x) const noexcept {
         return hyperplane_bit<Policy>(in_, R_.data() + l * r_stride_, S_.data()[l], x, tie_);
