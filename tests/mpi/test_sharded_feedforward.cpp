@@ -156,6 +156,33 @@ TEST_CASE("sharded tree_feedforward with the >= tie rule or leaf biases is bit-i
     }
 }
 
+TEST_CASE("sharded UltraFastBERT layer: the sorted pass over large subtrees is bit-identical too", "[mpi][feedforward]") {
+    // in = out = 256 floats: 2 KiB per node, so a subtree of depth 8 or more (511+ nodes)
+    // overflows the 512 KiB the sorted pass keeps in L2, and with 80 examples per rank every
+    // subtree has the 8 per part it needs (depth 10: L = 0..2 leaves subtrees of depth 8-10).
+    // At one rank the examples are not packed for an exchange at all.
+    const index_t in = 256, out = 256, per_rank = 80;
+    const int depth = 10;
+    for (int split : {-1, 2}) {
+        treegate::tree_feedforward<float> full(in, out, 1, depth, 1, activation::gelu, tree_mode::path_sum);
+        full.initialize(41);
+        mpi::sharded_tree_feedforward<float> layer(MPI_COMM_WORLD, in, out, 1, depth, 1, activation::gelu,
+                                                   tree_mode::path_sum, true, split);
+        layer.copy_from(full);
+        const mat<float> X = mat<float>::Random(in, per_rank * ranks());
+        mat<float> Yall(out, X.cols());
+        treegate::workspace<float> fws;
+        full.forward_batch(X, Yall, fws, treegate::parallel::serial{});
+        mat<float> Y(out, per_rank);
+        mpi::exchange_workspace<float> ws;
+        layer.forward_batch(X.middleCols(rank() * per_rank, per_rank), Y, ws);
+        INFO("rank " << rank() << " of " << ranks() << ", split " << layer.layout().split());
+        CHECK(bits_equal(Y, Yall.middleCols(rank() * per_rank, per_rank)));
+        CHECK(ws.stats().examples == per_rank);
+        if (ranks() == 1) CHECK(ws.stats().bytes_sent == 0);
+    }
+}
+
 TEST_CASE("sharded tree_feedforward holds its top levels and its own subtrees", "[mpi][feedforward][memory]") {
     for (tree_mode mode : {tree_mode::path_sum, tree_mode::leaf_only}) {
         mpi::sharded_tree_feedforward<float> layer(MPI_COMM_WORLD, 16, 8, 4, 5, 2, activation::gelu, mode);

@@ -84,6 +84,10 @@ struct exchange_workspace {
         stats_ = {n, m, (n - own) * rows_ * index_t(sizeof(Scalar)), (m - own) * rows_ * index_t(sizeof(Scalar))};
     }
 
+    /// Records a call whose n examples all stayed on this rank, the layer's only one (nothing
+    /// was packed or sent).
+    void keep_local(index_t n) noexcept { stats_ = {n, n, 0, 0}; }
+
     /// On the owner: the received columns sorted by owned subtree (stable, so by source rank
     /// and then by the source's order), inputs into Xs, partial sums (or zeros) into Bs, codes
     /// inside the subtree into local_codes; subtree t's columns are [subtree_begin[t], [t+1]).

@@ -294,11 +294,12 @@ private:
         const index_t n = X.cols();
         const int L = layout_.split(), sd = layout_.subtree_depth();
         const Scalar* xs[group];
-        Scalar* ys[group];
         for (index_t t = 0; t < trees_; ++t) {
             // Per example: y so far (out rows), then act(pre) of the replicated levels (L rows).
             auto T = ws.top_output.view(out_ + L, n);
-            T.topRows(out_) = Y;
+            // One rank owns every subtree: its examples stay where they are, unpacked.
+            const bool alone = layout_.ranks() == 1;
+            if (!alone) T.topRows(out_) = Y;
             ws.local.codes.assign(static_cast<std::size_t>(n), 0);
             if (L > 0) {
                 const fused_view top = fused_at(t, 0);
@@ -315,6 +316,23 @@ private:
                     }
                 }
             }
+            if (alone) {
+                ws.keep_local(n);
+                const int sd_ = sd;
+                exec::counting_sort(
+                    n, layout_.owned(), [&](index_t e) { return static_cast<index_t>(ws.local.codes[static_cast<std::size_t>(e)] >> sd_); },
+                    ws.send_order, ws.send_begin);
+                const index_t* col = ws.send_order.data();
+                for (index_t st = 0; st < layout_.owned(); ++st) {
+                    const index_t b = ws.send_begin[static_cast<std::size_t>(st)], e = ws.send_begin[static_cast<std::size_t>(st + 1)];
+                    if (b < e)
+                        finish_subtree(
+                            t, st, e - b, [&](index_t i) { return X.data() + col[b + i] * X.outerStride(); },
+                            [&](index_t i) { return Y.data() + col[b + i] * Y.outerStride(); },
+                            [&](index_t i, int j) { return T(out_ + j, col[b + i]); }, ws);
+                }
+                continue;
+            }
             ws.send(comm_, layout_, X, &T);
             const index_t m = ws.received();
             auto Xs = ws.sorted_input.view(in_, m);
@@ -322,28 +340,78 @@ private:
             ws.sort_received(layout_, in_, out_ + L, Xs, Bs);
             for (index_t st = 0; st < layout_.owned(); ++st) {
                 const index_t b = ws.subtree_begin[static_cast<std::size_t>(st)], e = ws.subtree_begin[static_cast<std::size_t>(st + 1)];
-                const index_t s = layout_.first_owned() + st;
-                const fused_view sub = fused_at(t, top_units_ + st * sub_units_);
-                for (index_t g0 = b; g0 < e; g0 += group) {
-                    const int cnt = static_cast<int>(std::min<index_t>(group, e - g0));
-                    typename fused_view::paths p;
-                    for (int k = 0; k < cnt; ++k) {
-                        const auto kk = static_cast<std::size_t>(k);
-                        xs[k] = Xs.data() + (g0 + k) * in_;
-                        ys[k] = Bs.data() + (g0 + k) * (out_ + L);
-                        p.node[kk] = 0;
-                        for (int j = 0; j < L; ++j) {
-                            const index_t node = tree::level_begin(j) + (s >> (L - j));
-                            p.alpha[kk * levels_max + static_cast<std::size_t>(j)] = Bs(out_ + j, g0 + k);
-                            p.v[kk * levels_max + static_cast<std::size_t>(j)] = V_.data() + unit(t, node) * v_stride_;
-                        }
-                    }
-                    sub.route(cnt, xs, L, depth_ + 1, p);
-                    sub.accumulate(cnt, p, ys, L + 1);  // one subtree: its top path and root are shared
-                }
+                if (b < e)
+                    finish_subtree(
+                        t, st, e - b, [&](index_t i) { return Xs.data() + (b + i) * in_; },
+                        [&](index_t i) { return Bs.data() + (b + i) * (out_ + L); },
+                        [&](index_t i, int j) { return Bs(out_ + j, b + i); }, ws);
             }
             const auto done = Bs.topRows(out_);
             ws.send_back(comm_, out_, done, Y);
+        }
+    }
+
+    // The deep levels' weights a subtree's sorted pass keeps in L2 (as tree_feedforward's).
+    static constexpr std::size_t fused_subtree_bytes = std::size_t{512} << 10;
+
+    // The owner's part of the fused path for the n examples of owned subtree st: example i's
+    // input at x(i), its y so far at y(i), act(pre) of replicated level j in a(i, j). As the whole layer's
+    // sorted path: when the subtree's weights overflow L2 and it has at least 8 examples per
+    // part, its first s levels are routed for all examples, which are then sorted by the node
+    // reached on level L + s, so that each part's weights serve its examples while they stay
+    // in L2. Each example's arithmetic does not depend on its group, so the bits do not change.
+    template <class XAt, class YAt, class AAt>
+    void finish_subtree(index_t t, index_t st, index_t n, XAt&& x, YAt&& y, AAt&& a, exchange_workspace<Scalar>& ws) const {
+        const int L = layout_.split(), sd = layout_.subtree_depth();
+        const index_t root = layout_.first_owned() + st;
+        fused_view sub = fused_at(t, top_units_ + st * sub_units_);
+        fused_view part = sub;
+        part.depth = sd;
+        int s = part.split(fused_subtree_bytes);
+        if (n < (index_t{8} << s)) s = 0;
+        auto top = ws.local.route_activations.view(std::max(s, 1), n);
+        ws.local.codes.assign(static_cast<std::size_t>(n), 0);
+        const Scalar* xs[group];
+        Scalar* ys[group];
+        typename fused_view::paths p;
+        if (s > 0) {
+            for (index_t g0 = 0; g0 < n; g0 += group) {
+                const int m = static_cast<int>(std::min<index_t>(group, n - g0));
+                for (int k = 0; k < m; ++k) xs[k] = x(g0 + k), p.node[static_cast<std::size_t>(k)] = 0;
+                sub.route(m, xs, L, L + s, p);
+                for (int k = 0; k < m; ++k) {
+                    const auto kk = static_cast<std::size_t>(k);
+                    for (int j = 0; j < s; ++j) top(j, g0 + k) = p.alpha[kk * levels_max + static_cast<std::size_t>(L + j)];
+                    ws.local.codes[static_cast<std::size_t>(g0 + k)] = static_cast<leaf_t>(p.node[kk] - tree::level_begin(s));
+                }
+            }
+        }
+        ws.local.leaves.build(ws.local.codes.data(), n, s);
+        const index_t* order = ws.local.leaves.order();
+        for (index_t k = 0; k < (index_t{1} << s); ++k) {
+            const group_range r = ws.local.leaves.node_range(s, k);
+            for (index_t g0 = r.begin; g0 < r.end; g0 += group) {
+                const int m = static_cast<int>(std::min<index_t>(group, r.end - g0));
+                for (int q = 0; q < m; ++q) {
+                    const auto kk = static_cast<std::size_t>(q);
+                    const index_t ex = order[g0 + q];
+                    xs[q] = x(ex);
+                    ys[q] = y(ex);
+                    for (int j = 0; j < L; ++j) {
+                        const index_t node = tree::level_begin(j) + (root >> (L - j));
+                        p.alpha[kk * levels_max + static_cast<std::size_t>(j)] = a(ex, j);
+                        p.v[kk * levels_max + static_cast<std::size_t>(j)] = V_.data() + unit(t, node) * v_stride_;
+                    }
+                    for (int j = 0; j < s; ++j) {
+                        const index_t node = tree::level_begin(j) + (k >> (s - j));
+                        p.alpha[kk * levels_max + static_cast<std::size_t>(L + j)] = top(j, ex);
+                        p.v[kk * levels_max + static_cast<std::size_t>(L + j)] = sub.V + node * v_stride_;
+                    }
+                    p.node[kk] = tree::level_begin(s) + k;
+                }
+                sub.route(m, xs, L + s, depth_ + 1, p);
+                sub.accumulate(m, p, ys, L + s + 1);  // one part of one subtree: its top path is shared
+            }
         }
     }
 
