@@ -412,6 +412,34 @@ TEMPLATE_TEST_CASE("simd bf16-weight path_sum over long paths matches the widene
             }
 }
 
+TEST_CASE("path-sum far prefetch addresses stop at the end of their stream", "[kernels][simd]") {
+    // path_far_address is path_prefetch_address wherever `dist` ahead is still inside the
+    // stream's blocks, and 0 (no prefetch) past the stream's last block.
+    using treegate::kernels::detail::path_far_address;
+    using treegate::kernels::detail::path_prefetch_address;
+    for (const index_t rows : {index_t{1}, index_t{7}, index_t{256}, index_t{512}})
+        for (const index_t cols : {index_t{1}, index_t{4}, index_t{9}, index_t{512}})
+            for (const index_t dist : {index_t{0}, index_t{4096}, index_t{16384}})
+                for (int streams = 1; streams <= 2; ++streams)
+                    for (int count = 1; count <= 5; ++count) {
+                        const index_t bytes = rows * cols * static_cast<index_t>(sizeof(treegate::bf16));
+                        std::vector<const treegate::bf16*> blocks;
+                        for (int k = 0; k < count; ++k)
+                            blocks.push_back(reinterpret_cast<const treegate::bf16*>(
+                                (std::uintptr_t{1} << 28) + (static_cast<std::uintptr_t>(k) << 22)));
+                        for (int k = 0; k < count; ++k)
+                            for (index_t c = 0; c < cols; c += 4) {
+                                CAPTURE(rows, cols, dist, streams, count, k, c);
+                                const std::uintptr_t a = path_far_address(blocks.data(), k, count, c, rows, cols, dist, streams);
+                                const bool past_end = c * rows * 2 + dist >= bytes && k + streams >= count;
+                                if (past_end)
+                                    CHECK(a == 0);
+                                else
+                                    CHECK(a == path_prefetch_address(blocks.data(), k, count, c, rows, cols, dist, streams));
+                            }
+                    }
+}
+
 TEST_CASE("path-sum prefetch addresses stay inside the blocks of their stream", "[kernels][simd]") {
     // The prefetch of the panel at column c of block k runs `dist` bytes ahead in the stream
     // k, k + streams, ...: inside block k, else inside the stream's next block, else at block

@@ -14,7 +14,8 @@
 // - GEMM: a 32 x 12 register block (24 accumulators of the 32 registers) on a packed 32-row
 //   panel; groups of 2..16 examples (2..10 with bf16 weights) take the small-group kernel,
 //   which sweeps each strip of four weight columns over four group columns at a time.
-// - bf16 widening: VPMOVZXWD + VPSLLD on 16 values at a time.
+// - bf16 widening: VPMOVZXWD + VPSLLD on 16 values at a time, in registers in every kernel
+//   (the small-group kernel too, unlike avx2: see x86/avx512_gemv.hpp).
 // Like avx2, the bf16 kernels compute in float on exactly widened weights; they do not use
 // AVX512_BF16's VDPBF16PS, which would also round the activations to bf16.
 //

@@ -39,6 +39,18 @@ inline std::uintptr_t path_prefetch_address(const T* const* blocks, int k, int c
     return here;
 }
 
+/// The address of a second, farther prefetch stream: path_prefetch_address's, except 0 (no
+/// prefetch) once `dist` runs past the stream's last block, so that the last `dist` bytes of a
+/// path do not request its start again (measured: with those repeats, a single bf16 block
+/// from memory was slower than with no far stream at all).
+template <class T>
+inline std::uintptr_t path_far_address(const T* const* blocks, int k, int count, index_t c, index_t rows, index_t cols,
+                                       index_t dist, int streams = 1) noexcept {
+    const index_t block_bytes = rows * cols * static_cast<index_t>(sizeof(T));
+    if (c * rows * static_cast<index_t>(sizeof(T)) + dist >= block_bytes && k + streams >= count) return 0;
+    return path_prefetch_address(blocks, k, count, c, rows, cols, dist, streams);
+}
+
 /// The panel a packed GEMM packs after W(r0 : r0 + mr_max, k0 : k0 + kc): the next mr_max rows of
 /// this k-block, else the first rows of the next k-block (at most kc_max columns), else none
 /// (cols = 0). Its lines are prefetched while the current panel is multiplied (panel_prefetch).
