@@ -5,6 +5,7 @@
 
 #include "../exec/levels.hpp"
 #include "../train/backward.hpp"
+#include "../train/ff_unit_backward.hpp"
 #include "../train/gradient_storage.hpp"
 #include "comm.hpp"
 #include "exchange.hpp"
@@ -137,47 +138,21 @@ private:
 
 namespace ff_backward_detail {
 
-// Backward through local unit l for the examples at positions [r.begin, r.end) of `order`,
-// with the arithmetic of train::detail::ff_unit_backward (the single-process layer's): the
-// pre-activations are recomputed with the forward's policy calls, so the route bits written
-// to `bits` are the forward's. dX (when given) gets U^T dpre added per example.
+// Backward through local unit l for the examples at positions [r.begin, r.end) of `order`:
+// the single-process layer's unit step (train/ff_unit_backward.hpp), so both give the same bits.
 template <class Policy, class Scalar, class XRef, class DYRef, class DXRef>
 void unit_backward(const exec::ff_unit<Scalar>& u, index_t l, group_range r, const index_t* order, unsigned char* bits,
                    const XRef& X, const DYRef& dY, sharded_ff_gradient<Scalar>& grad, DXRef* dX, workspace<Scalar>& ws) {
     const index_t m = r.size();
-    auto xs = ws.gathered_input.view(u.in, m);
-    auto dys = ws.permuted_output.view(u.out, m);
-    auto pre = ws.hidden.view(u.width, m);
-    auto h = ws.route_activations.view(u.width, m);
-    auto dp = ws.part_output.view(u.width, m);
     grad.mark(l);
-    for (index_t j = 0; j < m; ++j) {
-        xs.col(j) = X.col(order[r.begin + j]);
-        dys.col(j) = dY.col(order[r.begin + j]);
-    }
-    if (u.width == 1) {
-        for (index_t j = 0; j < m; ++j) pre(0, j) = Policy::dot(u.in, u.U, X.data() + order[r.begin + j] * X.outerStride()) + u.a[0];
-    } else {
-        for (index_t j = 0; j < m; ++j) pre.col(j) = Eigen::Map<const Eigen::Matrix<Scalar, Eigen::Dynamic, 1>>(u.a, u.width);
-        Policy::gemm(u.width, u.in, m, u.U, u.width, xs.data(), u.in, pre.data(), u.width);
-    }
-    for (index_t j = 0; j < m; ++j) {
-        bits[r.begin + j] = static_cast<unsigned char>(unit_bit(&pre(0, j), u.tie));
-        for (index_t i = 0; i < u.width; ++i) h(i, j) = apply(u.act, pre(i, j));
-    }
-    using cmap = Eigen::Map<const Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>>;
-    dp.noalias() = cmap(u.V, u.out, u.width).transpose() * dys;
-    for (index_t j = 0; j < m; ++j)
-        for (index_t i = 0; i < u.width; ++i) dp(i, j) *= train::activation_derivative(u.act, pre(i, j));
-    grad.output_weight(l).noalias() += dys * h.transpose();
-    grad.hidden_weight(l).noalias() += dp * xs.transpose();
-    grad.hidden_bias(l) += dp.rowwise().sum();
-    if (u.b != nullptr) grad.leaf_bias(l) += dys.rowwise().sum();  // the leaf bias is added to y as it is
-    if (dX != nullptr) {
-        auto dxs = ws.input.view(u.in, m);
-        dxs.noalias() = cmap(u.U, u.width, u.in).transpose() * dp;
-        for (index_t j = 0; j < m; ++j) dX->col(order[r.begin + j]) += dxs.col(j);
-    }
+    const train::detail::ff_unit_grad<Scalar> g{grad.hidden_weight(l).data(), grad.hidden_bias(l).data(),
+                                                grad.output_weight(l).data(),
+                                                u.b != nullptr ? grad.leaf_bias(l).data() : nullptr};
+    const train::detail::ff_unit_scratch<Scalar> s{
+        ws.gathered_input.view(u.in, m).data(), ws.permuted_output.view(u.out, m).data(),
+        ws.hidden.view(u.width, m).data(),      ws.route_activations.view(u.width, m).data(),
+        ws.part_output.view(u.width, m).data(), dX != nullptr ? ws.input.view(u.in, m).data() : nullptr};
+    train::detail::ff_unit_backward<Policy>(u, g, r, order, bits, X, dY, dX, s);
 }
 
 // One level walk over `n` examples through part `part` of tree t (0: the replicated levels,

@@ -21,6 +21,7 @@
 #include "../tree.hpp"
 #include "../workspace.hpp"
 #include "batch_ref.hpp"
+#include "ff_unit_backward.hpp"
 #include "gradients.hpp"
 
 #include <array>
@@ -30,37 +31,6 @@
 #include <vector>
 
 namespace treegate::train {
-
-/// d act(v) / dv at the pre-activation v. ReLU takes 0 at v = 0 (as PyTorch does) and NaN at
-/// v = NaN, so a NaN forward value cannot turn into a finite (zero) gradient; the smooth
-/// activations give NaN there by themselves, identity's derivative stays 1.
-template <class Scalar>
-inline Scalar activation_derivative(activation a, Scalar v) noexcept {
-    using std::erf;
-    using std::exp;
-    using std::tanh;
-    switch (a) {
-        case activation::identity: return Scalar(1);
-        case activation::relu: return v > Scalar(0) ? Scalar(1) : v <= Scalar(0) ? Scalar(0) : v;
-        case activation::gelu: {
-            // Phi(v) + v phi(v)
-            const Scalar cdf = Scalar(0.5) * (Scalar(1) + erf(v * Scalar(0.70710678118654752440)));
-            const Scalar pdf = Scalar(0.39894228040143267794) * exp(Scalar(-0.5) * v * v);  // 1/sqrt(2 pi)
-            return cdf + v * pdf;
-        }
-        case activation::gelu_tanh: {
-            const Scalar c = Scalar(0.79788456080286535588);  // sqrt(2 / pi)
-            const Scalar k = Scalar(0.044715);
-            const Scalar t = tanh(c * (v + k * v * v * v));
-            return Scalar(0.5) * (Scalar(1) + t) + Scalar(0.5) * v * (Scalar(1) - t * t) * c * (Scalar(1) + Scalar(3) * k * v * v);
-        }
-        case activation::tanh: {
-            const Scalar t = tanh(v);
-            return Scalar(1) - t * t;
-        }
-    }
-    return Scalar(1);
-}
 
 /// Scratch for backward passes; grows to the largest batch and is then reused. One per thread.
 template <class Scalar>
@@ -219,54 +189,22 @@ void sliced_tree_linear_backward(const sliced_tree_linear<Scalar, SliceIn, Slice
 
 // ---- tree_feedforward ----------------------------------------------------------------------------
 
-// Backward through unit u of tree t for the examples at positions [r.begin, r.end) of `order`.
-// The pre-activations are recomputed with the same policy calls as the forward pass, so the
-// route bits written to ws.bits are the forward's bits.
+// Backward through unit u of tree t for the examples at positions [r.begin, r.end) of `order`
+// (train/ff_unit_backward.hpp, the sharded layer's step too).
 template <class Scalar, int In, int Out, int Width, int Depth, class Policy>
 void ff_unit_backward(const tree_feedforward<Scalar, In, Out, Width, Depth, Policy>& layer, index_t t, index_t u,
                       group_range r, const index_t* order, const const_batch_ref<Scalar>& X,
                       const const_batch_ref<Scalar>& dY, tree_feedforward_gradient<Scalar>& grad, batch_ref<Scalar>* dX,
                       backward_workspace<Scalar>& ws, index_t leaf_bias_tensor) {
-    const index_t in = layer.in_size(), width = layer.width(), m = r.size();
-    const auto U = layer.hidden_weight(t, u);
-    const auto a = layer.hidden_bias(t, u);
-    const auto V = layer.output_weight(t, u);
-    const activation act = layer.activation_kind();
     grad.mark(t, u);
-    for (index_t j = 0; j < m; ++j) {
-        ws.x.col(j) = X.col(order[r.begin + j]);
-        ws.dy.col(j) = dY.col(order[r.begin + j]);
-    }
-    if (width == 1) {
-        for (index_t j = 0; j < m; ++j) {
-            const index_t e = order[r.begin + j];
-            ws.pre(0, j) = Policy::dot(in, U.data(), X.data() + e * X.outerStride()) + a(0);
-        }
-    } else {
-        for (index_t j = 0; j < m; ++j) ws.pre.col(j) = a;
-        Policy::gemm(width, in, m, U.data(), width, ws.x.data(), in, ws.pre.data(), width);
-    }
-    for (index_t j = 0; j < m; ++j) {
-        ws.bits.data()[r.begin + j] = static_cast<unsigned char>(unit_bit(&ws.pre(0, j), layer.tie()));
-        for (index_t i = 0; i < width; ++i) ws.h(i, j) = apply(act, ws.pre(i, j));
-    }
-    const auto Xg = ws.x.leftCols(m);
-    const auto dYg = ws.dy.leftCols(m);
-    const auto Hg = ws.h.leftCols(m);
-    auto dPg = ws.dpre.leftCols(m);
-    dPg.noalias() = V.transpose() * dYg;
-    for (index_t j = 0; j < m; ++j)
-        for (index_t i = 0; i < width; ++i) dPg(i, j) *= activation_derivative(act, ws.pre(i, j));
-    grad.output_weight(t, u).noalias() += dYg * Hg.transpose();
-    grad.hidden_weight(t, u).noalias() += dPg * Xg.transpose();
-    grad.hidden_bias(t, u) += dPg.rowwise().sum();
-    if (leaf_bias_tensor >= 0)  // the leaf's output bias is added to y as it is: its gradient is dY
-        vector_map<Scalar>(grad.block(leaf_bias_tensor, t * layer.unit_count() + u), layer.out_size()) +=
-            dYg.rowwise().sum();
-    if (dX != nullptr) {
-        ws.dx.leftCols(m).noalias() = U.transpose() * dPg;
-        for (index_t j = 0; j < m; ++j) dX->col(order[r.begin + j]) += ws.dx.col(j);
-    }
+    const exec::ff_unit<Scalar> unit{layer.hidden_weight(t, u).data(), layer.hidden_bias(t, u).data(),
+                                     layer.output_weight(t, u).data(), nullptr, layer.in_size(), layer.out_size(),
+                                     layer.width(), layer.activation_kind(), layer.tie()};
+    const ff_unit_grad<Scalar> g{grad.hidden_weight(t, u).data(), grad.hidden_bias(t, u).data(),
+                                 grad.output_weight(t, u).data(),
+                                 leaf_bias_tensor >= 0 ? grad.block(leaf_bias_tensor, t * layer.unit_count() + u) : nullptr};
+    const ff_unit_scratch<Scalar> s{ws.x.data(), ws.dy.data(), ws.pre.data(), ws.h.data(), ws.dpre.data(), ws.dx.data()};
+    ff_unit_backward<Policy>(unit, g, r, order, ws.bits.data(), X, dY, dX, s);
 }
 
 template <class Scalar, int In, int Out, int Width, int Depth, class Policy>

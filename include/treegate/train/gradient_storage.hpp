@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <cstdint>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -27,6 +28,9 @@ struct param_block {
     int level = 0;
     bool visited = false;
     bool decay = false;
+    /// Its position in the full list (`collect`); set by `collect_visited`, which lists only
+    /// the visited blocks, so the optimizers find the block's state without the others.
+    index_t index = -1;
 };
 
 /// Every block of a layer or model, in a fixed order (the order of `collect`).
@@ -154,6 +158,42 @@ public:
     template <class Layer>
     void collect(Layer& layer, param_list<Scalar>& out) const {
         auto ts = parameters(layer);
+        check_layout(ts);
+        const auto& values = value_pointers(ts);
+        for (const auto& g : groups_)
+            for (index_t b = 0; b < g.blocks; ++b) {
+                const bool v = g.visits.contains(b);
+                for (index_t k = g.first; k < g.first + g.tensors; ++k) {
+                    const auto& t = tensor(k);
+                    out.push_back({values[static_cast<std::size_t>(k)][static_cast<std::size_t>(b)], block(k, b),
+                                   t.block_size(), t.level(b), v, t.decayed});
+                }
+            }
+    }
+
+    /// The visited blocks only, as `collect` describes them, each with its position in the
+    /// full list (`index`, counted from `base`, which then advances past this layer's blocks).
+    /// Walks the groups' visit lists: O(tensors + visited blocks), not O(all blocks).
+    template <class Layer>
+    void collect_visited(Layer& layer, param_list<Scalar>& out, index_t& base) const {
+        auto ts = parameters(layer);
+        check_layout(ts);
+        const auto& values = value_pointers(ts);
+        for (const auto& g : groups_) {
+            for (index_t b : g.visits.list())
+                for (index_t k = g.first; k < g.first + g.tensors; ++k) {
+                    const auto& t = tensor(k);
+                    out.push_back({values[static_cast<std::size_t>(k)][static_cast<std::size_t>(b)], block(k, b),
+                                   t.block_size(), t.level(b), true, t.decayed, base + b * g.tensors + (k - g.first)});
+                }
+            base += g.blocks * g.tensors;
+        }
+    }
+
+private:
+    // Throws shape_error when the layer's tensors are not laid out like this container's.
+    template <class Tensors>
+    void check_layout(const Tensors& ts) const {
         bool same = static_cast<index_t>(ts.size()) == tensor_count();
         for (index_t k = 0; same && k < tensor_count(); ++k) {
             const auto& t = ts[static_cast<std::size_t>(k)];
@@ -168,25 +208,32 @@ public:
                                       tensors_.empty() ? index_t(0) : tensors_.front().blocks, " blocks of ",
                                       tensors_.empty() ? index_t(0) : tensors_.front().rows, " x ",
                                       tensors_.empty() ? index_t(0) : tensors_.front().cols, ")");
-        std::vector<std::vector<Scalar*>> values(ts.size());
-        for (std::size_t k = 0; k < ts.size(); ++k) {
-            values[k].reserve(static_cast<std::size_t>(ts[k].block_count()));
-            ts[k].for_each_block([&](auto* p) {
-                if constexpr (std::is_same_v<std::remove_pointer_t<decltype(p)>, Scalar>) values[k].push_back(p);
-            });
-        }
-        for (const auto& g : groups_)
-            for (index_t b = 0; b < g.blocks; ++b) {
-                const bool v = g.visits.contains(b);
-                for (index_t k = g.first; k < g.first + g.tensors; ++k) {
-                    const auto& t = tensor(k);
-                    out.push_back({values[static_cast<std::size_t>(k)][static_cast<std::size_t>(b)], block(k, b),
-                                   t.block_size(), t.level(b), v, t.decayed});
-                }
-            }
     }
 
-private:
+    // The layer's block pointers, one vector per tensor. Rebuilt only when the tensors' runs
+    // (first pointer, stride, count: O(tensors) to compare) differ from the last call's, so a
+    // training loop does not walk every block of a deep tree to find its value pointers.
+    template <class Tensors>
+    const std::vector<std::vector<Scalar*>>& value_pointers(const Tensors& ts) const {
+        key_scratch_.clear();
+        for (const auto& t : ts)
+            for (const auto& r : t.runs) {
+                key_scratch_.push_back(reinterpret_cast<std::uintptr_t>(r.data));
+                key_scratch_.push_back(static_cast<std::uintptr_t>(r.stride));
+                key_scratch_.push_back(static_cast<std::uintptr_t>(r.count));
+            }
+        if (key_scratch_ == cache_key_ && cached_values_.size() == ts.size()) return cached_values_;
+        cached_values_.assign(ts.size(), {});
+        for (std::size_t k = 0; k < ts.size(); ++k) {
+            cached_values_[k].reserve(static_cast<std::size_t>(ts[k].block_count()));
+            ts[k].for_each_block([&](auto* p) {
+                if constexpr (std::is_same_v<std::remove_pointer_t<decltype(p)>, Scalar>) cached_values_[k].push_back(p);
+            });
+        }
+        cache_key_.swap(key_scratch_);
+        return cached_values_;
+    }
+
     const group_info& group(index_t k) const noexcept {
         return groups_[static_cast<std::size_t>(group_of_[static_cast<std::size_t>(k)])];
     }
@@ -195,6 +242,9 @@ private:
     std::vector<tensor_info> tensors_;
     std::vector<group_info> groups_;
     std::vector<index_t> group_of_;
+    // Not thread-safe, as the gradient itself: one container per thread.
+    mutable std::vector<std::uintptr_t> cache_key_, key_scratch_;
+    mutable std::vector<std::vector<Scalar*>> cached_values_;
 };
 
 }  // namespace treegate::train

@@ -41,6 +41,8 @@ struct no_gradient {
     void zero() noexcept {}
     template <class Layer, class Scalar>
     void collect(Layer& /*layer*/, param_list<Scalar>& /*out*/) const {}
+    template <class Layer, class Scalar>
+    void collect_visited(Layer& /*layer*/, param_list<Scalar>& /*out*/, index_t& /*base*/) const {}
 };
 
 /// dL/dW and dL/db of a dense layer: tensors "weight" and "bias" of one block each.
@@ -261,6 +263,13 @@ public:
                                       layer.tree_count(), " trees, the gradient ", tree_count());
         for (index_t t = 0; t < tree_count(); ++t) tree(t).collect(layer.tree(t), out);
     }
+    template <int SliceIn, int SliceOut, int Depth, class Policy>
+    void collect_visited(sliced_tree_linear<Scalar, SliceIn, SliceOut, Depth, Policy>& layer, param_list<Scalar>& out,
+                         index_t& base) const {
+        treegate::detail::check_shape(layer.tree_count() == tree_count(), "sliced_tree_linear_gradient: the layer has ",
+                                      layer.tree_count(), " trees, the gradient ", tree_count());
+        for (index_t t = 0; t < tree_count(); ++t) tree(t).collect_visited(layer.tree(t), out, base);
+    }
 
 private:
     std::vector<tree_linear_gradient<Scalar>> trees_;
@@ -331,6 +340,10 @@ public:
     void collect(sequential<Layers...>& model, param_list<Scalar>& out) const {
         collect_each(model, out, std::make_index_sequence<size>{});
     }
+    template <class Scalar>
+    void collect_visited(sequential<Layers...>& model, param_list<Scalar>& out, index_t& base) const {
+        collect_visited_each(model, out, base, std::make_index_sequence<size>{});
+    }
 
 private:
     template <std::size_t... I>
@@ -341,6 +354,11 @@ private:
     template <class Scalar, std::size_t... I>
     void collect_each(sequential<Layers...>& model, param_list<Scalar>& out, std::index_sequence<I...>) const {
         (std::get<I>(grads_).collect(model.template layer<I>(), out), ...);
+    }
+    template <class Scalar, std::size_t... I>
+    void collect_visited_each(sequential<Layers...>& model, param_list<Scalar>& out, index_t& base,
+                              std::index_sequence<I...>) const {
+        (std::get<I>(grads_).collect_visited(model.template layer<I>(), out, base), ...);
     }
 
     std::tuple<gradient_t<Layers>...> grads_;

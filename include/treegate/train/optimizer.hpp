@@ -9,6 +9,8 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace treegate::train {
@@ -58,6 +60,18 @@ public:
                                            sizes_.data()[k]);
     }
 
+    /// For a list of visited blocks only (gradient containers' collect_visited): `count` is
+    /// the full list's length and each block's `index` its position there. O(listed blocks).
+    void check_visited(const param_list<Scalar>& blocks, index_t count, const char* who) const {
+        treegate::detail::check_config(count == block_count(), who, ": the parameter list has ", count,
+                                       " blocks but the optimizer state was built for ", block_count());
+        for (const auto& b : blocks)
+            treegate::detail::check_config(b.index >= 0 && b.index < count && b.size == sizes_.data()[b.index], who,
+                                           ": parameter block ", b.index, " has ", b.size,
+                                           " entries but the optimizer state was built for ",
+                                           b.index >= 0 && b.index < count ? sizes_.data()[b.index] : index_t(0));
+    }
+
 private:
     std::vector<index_t> offsets_, sizes_;
     index_t total_ = 0;
@@ -67,26 +81,47 @@ private:
 /// factor (1 - lr * lambda_j) its decoupled decay applies (1 for biases). `rule(k, block, keep)`
 /// is the update, the only thing sgd and adam do differently.
 template <class Scalar, class Rule>
-void for_each_visited(const param_list<Scalar>& blocks, double lr, const weight_decay& decay, Rule&& rule) {
+void for_each_visited(const param_list<Scalar>& blocks, bool indexed, double lr, const weight_decay& decay, Rule&& rule) {
     for (std::size_t k = 0; k < blocks.size(); ++k) {
         const param_block<Scalar>& b = blocks[k];
         if (!b.visited) continue;
         const Scalar keep = b.decay ? static_cast<Scalar>(1.0 - lr * decay.at_level(b.level)) : Scalar(1);
-        rule(k, b, keep);
+        rule(indexed ? static_cast<std::size_t>(b.index) : k, b, keep);
     }
 }
+
+template <class G, class L, class Scalar, class = void>
+struct has_collect_visited : std::false_type {};
+template <class G, class L, class Scalar>
+struct has_collect_visited<G, L, Scalar,
+                           std::void_t<decltype(std::declval<const G&>().collect_visited(
+                               std::declval<L&>(), std::declval<param_list<Scalar>&>(), std::declval<index_t&>()))>>
+    : std::true_type {};
 
 /// The entry both optimizers share: collect a gradient container's blocks of a layer into a
 /// reused list, then Derived::step(list), the update proper.
 template <class Derived, class Scalar>
 class collecting_step {
 public:
-    /// Collects `grad`'s blocks of `layer` (a layer or a sequential model) and steps.
+    /// Collects `grad`'s blocks of `layer` (a layer or a sequential model) and steps. Once the
+    /// layout is bound, a container that can list its visited blocks alone does so, and the
+    /// step costs O(visited blocks) rather than O(all blocks) (the first step binds the
+    /// layout from the full list). The updates are the same: blocks are independent.
     template <class Layer, class Grad>
     void step(Layer& layer, const Grad& grad) {
         scratch_.clear();
+        Derived& self = static_cast<Derived&>(*this);
+        if constexpr (has_collect_visited<Grad, Layer, Scalar>::value) {
+            if (!self.layout_.empty()) {
+                index_t count = 0;
+                grad.collect_visited(layer, scratch_, count);
+                self.layout_.check_visited(scratch_, count, Derived::name);
+                self.update(scratch_, true);
+                return;
+            }
+        }
         grad.collect(layer, scratch_);
-        static_cast<Derived&>(*this).step(scratch_);
+        self.step(scratch_);
     }
 
 private:
@@ -116,10 +151,19 @@ public:
 
     /// One update of every visited block. The first call fixes the parameter layout.
     void step(const param_list<Scalar>& blocks) {
-        layout_.bind(blocks, "sgd");
+        layout_.bind(blocks, name);
         velocity_.resize(static_cast<std::size_t>(layout_.total()), Scalar(0));
+        update(blocks, false);
+    }
+
+private:
+    friend class detail::collecting_step<sgd<Scalar>, Scalar>;
+    static constexpr const char* name = "sgd";
+
+    // indexed: `blocks` lists visited blocks with their positions (collect_visited).
+    void update(const param_list<Scalar>& blocks, bool indexed) {
         const Scalar lr = static_cast<Scalar>(opt_.lr), mu = static_cast<Scalar>(opt_.momentum);
-        detail::for_each_visited(blocks, opt_.lr, opt_.decay, [&](std::size_t k, const param_block<Scalar>& b, Scalar keep) {
+        detail::for_each_visited(blocks, indexed, opt_.lr, opt_.decay, [&](std::size_t k, const param_block<Scalar>& b, Scalar keep) {
             Scalar* v = velocity_.data() + layout_.offset(k);
             for (index_t i = 0; i < b.size; ++i) {
                 v[i] = mu * v[i] + b.grad[i];
@@ -128,7 +172,6 @@ public:
         });
     }
 
-private:
     options opt_;
     detail::block_layout<Scalar> layout_;
     std::vector<Scalar> velocity_;
@@ -164,14 +207,23 @@ public:
 
     /// One update of every visited block. The first call fixes the parameter layout.
     void step(const param_list<Scalar>& blocks) {
-        layout_.bind(blocks, "adam");
+        layout_.bind(blocks, name);
         m_.resize(static_cast<std::size_t>(layout_.total()), Scalar(0));
         v_.resize(static_cast<std::size_t>(layout_.total()), Scalar(0));
         steps_.resize(blocks.size(), 0);
+        update(blocks, false);
+    }
+
+private:
+    friend class detail::collecting_step<adam<Scalar>, Scalar>;
+    static constexpr const char* name = "adam";
+
+    // indexed: `blocks` lists visited blocks with their positions (collect_visited).
+    void update(const param_list<Scalar>& blocks, bool indexed) {
         const Scalar b1 = static_cast<Scalar>(opt_.beta1), b2 = static_cast<Scalar>(opt_.beta2);
         const Scalar one_b1 = static_cast<Scalar>(1.0 - opt_.beta1), one_b2 = static_cast<Scalar>(1.0 - opt_.beta2);
         const Scalar eps = static_cast<Scalar>(opt_.eps);
-        detail::for_each_visited(blocks, opt_.lr, opt_.decay, [&](std::size_t k, const param_block<Scalar>& b, Scalar keep) {
+        detail::for_each_visited(blocks, indexed, opt_.lr, opt_.decay, [&](std::size_t k, const param_block<Scalar>& b, Scalar keep) {
             const std::int64_t t = ++steps_.data()[k];
             const double td = static_cast<double>(t);
             const Scalar step_size = static_cast<Scalar>(opt_.lr / (1.0 - std::pow(opt_.beta1, td)));
@@ -187,7 +239,6 @@ public:
         });
     }
 
-private:
     options opt_;
     detail::block_layout<Scalar> layout_;
     std::vector<Scalar> m_, v_;
