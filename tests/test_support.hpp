@@ -45,9 +45,17 @@ struct sp {
 };
 /// `dispatch` runs on every CPU (on the level it is bound to); avx2 and avx512 are not listed
 /// because they need a CPU check first (test_kernels_simd.cpp runs the layers with them).
+/// Under the sanitizer presets (TREEGATE_TEST_FEWER_PAIRS) the layer tests run one pair per
+/// kernel family: the layers' own code is the same template for every pair, and the kernels
+/// keep their full lists in test_kernels*.cpp; this halves the sanitizer build's heaviest files.
+#if defined(TREEGATE_TEST_FEWER_PAIRS)
+using scalar_policy_list = std::tuple<sp<float, treegate::kernels::reference>, sp<float, treegate::kernels::dispatch>,
+                                      sp<double, treegate::kernels::eigen>>;
+#else
 using scalar_policy_list = std::tuple<sp<float, treegate::kernels::reference>, sp<float, treegate::kernels::eigen>,
                                       sp<float, treegate::kernels::dispatch>, sp<double, treegate::kernels::reference>,
                                       sp<double, treegate::kernels::eigen>, sp<double, treegate::kernels::dispatch>>;
+#endif
 
 // ---- random data from explicit seeds (runs are identical) --------------------------------------
 
