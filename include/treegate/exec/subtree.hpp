@@ -4,6 +4,7 @@
 #define TREEGATE_EXEC_SUBTREE_HPP
 
 #include "../config.hpp"
+#include "../workspace.hpp"
 #include "grouped.hpp"
 
 #include <cstddef>
@@ -33,6 +34,20 @@ template <class Policy, class W, class Scalar, class XRef, class YRef, class Exe
 void continue_paths(const block_table<W, Scalar>& subtree, const XRef& X, YRef& Y, const leaf_t* local_codes,
                     workspace<Scalar>& ws, Executor& ex) {
     grouped_range<Policy>(subtree, X, Y, local_codes, ws, ex, true);
+}
+
+/// After a walk of the replicated levels 0 .. L-1 (L >= 1), each example's node on level L as
+/// a code of L bits shifted to the top of a D-bit leaf code (the exchange routes by its top L
+/// bits). A sharded layer's forward and backward both derive it from the groups of level L-1.
+template <class Scalar>
+void codes_at_split(workspace<Scalar>& ws, int L, int subtree_depth) {
+    const index_t* order = ws.levels.order();
+    for (index_t k = 0; k < (index_t{1} << (L - 1)); ++k) {
+        const group_range r = ws.levels.node_range(k);
+        for (index_t p = r.begin; p < r.end; ++p)
+            ws.codes[static_cast<std::size_t>(order[p])] =
+                static_cast<leaf_t>((2 * k + ws.bits[static_cast<std::size_t>(p)]) << subtree_depth);
+    }
 }
 
 }  // namespace treegate::exec

@@ -203,13 +203,7 @@ void run(const sharded_tree_feedforward<Scalar, Policy>& layer, typename exec::b
         ws.local.codes.assign(static_cast<std::size_t>(n), 0);
         if (L > 0 && n > 0) {
             walk(layer, t, 0, L - 1, X, dY, grad, dX, ws.local);
-            const index_t* order = ws.local.levels.order();
-            for (index_t k = 0; k < (index_t{1} << (L - 1)); ++k) {
-                const group_range r = ws.local.levels.node_range(k);
-                for (index_t p = r.begin; p < r.end; ++p)
-                    ws.local.codes[static_cast<std::size_t>(order[p])] =
-                        static_cast<leaf_t>((2 * k + ws.local.bits[static_cast<std::size_t>(p)]) << sd);
-            }
+            exec::codes_at_split(ws.local, L, sd);
         }
         // (x, dy) to the owners, which walk their subtrees and return the subtree levels' dX
         // terms; every rank returns them whether or not its own caller wants dX, as the

@@ -14,6 +14,7 @@
 #include "../layers/tree_feedforward.hpp"
 #include "../routing.hpp"
 #include "../workspace.hpp"
+#include "../exec/subtree.hpp"
 #include "comm.hpp"
 #include "exchange.hpp"
 #include "layout.hpp"
@@ -23,6 +24,7 @@
 #include <vector>
 
 namespace treegate::mpi {
+
 
 /// tree_feedforward (README, formula section: K trees, path_sum or leaf_only, an output bias)
 /// over the ranks of a communicator, each tree laid out by mpi::layout: levels 0 .. L-1 (their
@@ -239,20 +241,13 @@ private:
         if (fused()) return fused_forward(X, Y, ws);
         const int L = layout_.split(), sd = layout_.subtree_depth();
         for (index_t t = 0; t < trees_; ++t) {
-            // The replicated levels, then each example's node on level L as a code of L bits
-            // shifted to the top of a D-bit leaf code (the exchange routes by its top L bits).
+            // The replicated levels, then each example's node on level L (exec::codes_at_split).
             ws.local.codes.assign(static_cast<std::size_t>(n), 0);
             if (L > 0 && n > 0) {
                 exec::walk_levels(ws.local.levels, ws.local.bits, n, L - 1, [&](int level, index_t k, group_range r, const index_t* order, unsigned char* bits) {
                     visit(t, 0, level, tree::level_begin(level) + k, r, order, bits, X, Y, ws.local);
                 });
-                const index_t* order = ws.local.levels.order();
-                for (index_t k = 0; k < (index_t{1} << (L - 1)); ++k) {
-                    const group_range r = ws.local.levels.node_range(k);
-                    for (index_t p = r.begin; p < r.end; ++p)
-                        ws.local.codes[static_cast<std::size_t>(order[p])] =
-                            static_cast<leaf_t>((2 * k + ws.local.bits[static_cast<std::size_t>(p)]) << sd);
-                }
+                exec::codes_at_split(ws.local, L, sd);
             }
             ws.send(comm_, layout_, X, &Y);
             const index_t m = ws.received();
