@@ -159,6 +159,75 @@ TEMPLATE_TEST_CASE("simd gemm matches the reference policy for small and large g
     check_gemm<TestType>(300, 290, 20, 300, 290, 300, g);  // more than one k-block
 }
 
+namespace {
+
+/// Batch invariance of `Policy`'s gemm with weights of type T: the whole call's columns, each
+/// column alone (n = 1: the path-sum kernel when ldw = rows, else gemv) and the group split in
+/// two at a random column give the same bits, whichever kernel each call size selects.
+template <class Policy, class T>
+void check_batch_invariance(index_t rows, index_t cols, index_t n, index_t ldw, std::mt19937& g) {
+    CAPTURE(rows, cols, n, ldw);
+    std::vector<T> W(static_cast<std::size_t>(ldw * cols));
+    for (auto& w : W) {
+        const auto v = static_cast<float>(uniform(g));
+        if constexpr (std::is_same_v<T, float>)
+            w = v;
+        else
+            w = treegate::to_bf16(v);
+    }
+    Eigen::MatrixXf X = Eigen::MatrixXf::Random(cols, n), Y0 = Eigen::MatrixXf::Random(rows, n);
+    Eigen::MatrixXf whole = Y0, alone = Y0, split = Y0;
+    Policy::gemm(rows, cols, n, W.data(), ldw, X.data(), cols, whole.data(), rows);
+    for (index_t j = 0; j < n; ++j) Policy::gemm(rows, cols, 1, W.data(), ldw, X.col(j).data(), cols, alone.col(j).data(), rows);
+    const index_t a = uniform_index(g, 0, n);
+    Policy::gemm(rows, cols, a, W.data(), ldw, X.data(), cols, split.data(), rows);
+    Policy::gemm(rows, cols, n - a, W.data(), ldw, X.data() + a * cols, cols, split.data() + a * rows, rows);
+    CHECK((whole.array() == alone.array()).all());
+    CHECK((whole.array() == split.array()).all());
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("simd gemm is batch invariant: a column's bits do not depend on the columns beside it",
+                   "[kernels][simd][invariance]", avx2, avx512, dispatch) {
+    if (skip_without<TestType>()) return;
+    if constexpr (std::is_same_v<TestType, dispatch>) {
+        const auto level = treegate::kernels::active_isa();
+        if (level != treegate::kernels::isa::avx2 && level != treegate::kernels::isa::avx512) {
+            WARN("dispatch is bound to " << treegate::kernels::to_string(level) << ", which is not batch invariant: skipped");
+            return;
+        }
+    }
+    std::mt19937 g(1701);
+    // n spans the three kernels (1; small groups; packed), cols the 256-column k-blocking.
+    const index_t ns[] = {2, 3, 5, 10, 11, 16, 17, 25, 40};
+    const index_t dims[] = {1, 7, 16, 33, 70, 257, 530};
+    for (index_t n : ns)
+        for (index_t rows : {index_t{5}, index_t{32}, index_t{47}})
+            for (index_t cols : dims) {
+                check_batch_invariance<TestType, float>(rows, cols, n, rows, g);
+                check_batch_invariance<TestType, float>(rows, cols, n, rows + 3, g);
+                check_batch_invariance<TestType, treegate::bf16>(rows, cols, n, rows, g);
+                check_batch_invariance<TestType, treegate::bf16>(rows, cols, n, rows + 1, g);
+            }
+    // A float path of blocks summed by path_sum equals the blocks' n = 1 gemm calls in path order
+    // (so a single-example forward adds the same products in the same order as a batch).
+    for (index_t rows : {index_t{9}, index_t{64}, index_t{100}})
+        for (index_t cols : {index_t{6}, index_t{33}, index_t{300}}) {
+            CAPTURE(rows, cols);
+            const int count = 5;
+            std::vector<float> store(static_cast<std::size_t>(rows * cols * count));
+            for (auto& v : store) v = static_cast<float>(uniform(g));
+            std::vector<const float*> blocks;
+            for (int k = 0; k < count; ++k) blocks.push_back(store.data() + k * rows * cols);
+            const Eigen::VectorXf x = Eigen::VectorXf::Random(cols), y0 = Eigen::VectorXf::Random(rows);
+            Eigen::VectorXf fused = y0, level_by_level = y0;
+            TestType::template path_sum<float>(rows, cols, blocks.data(), count, x.data(), fused.data());
+            for (const float* b : blocks) TestType::template gemm<float>(rows, cols, 1, b, rows, x.data(), cols, level_by_level.data(), rows);
+            CHECK((fused.array() == level_by_level.array()).all());
+        }
+}
+
 TEMPLATE_TEST_CASE("simd path_sum matches the reference policy", "[kernels][simd]", avx2, avx512, dispatch) {
     if (skip_without<TestType>()) return;
     std::mt19937 g(303);

@@ -3,6 +3,7 @@
 #ifndef TREEGATE_TESTS_MPI_TEST_SUPPORT_HPP
 #define TREEGATE_TESTS_MPI_TEST_SUPPORT_HPP
 
+#include <treegate/kernels/dispatch.hpp>
 #include <treegate/routing.hpp>
 
 #include <Eigen/Core>
@@ -19,6 +20,15 @@ using treegate::index_t;
 
 template <class Scalar>
 using mat = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+
+/// True when the default policy's float kernels are batch invariant (a column's result does
+/// not depend on the other columns of its call): the dispatch bound to avx2 or avx512 (or
+/// reference). On eigen (no x86 SIMD) the sharded outputs agree only within rounding.
+inline bool default_float_kernels_invariant() {
+    const auto level = treegate::kernels::active_isa();
+    return level == treegate::kernels::isa::avx2 || level == treegate::kernels::isa::avx512 ||
+           level == treegate::kernels::isa::reference;
+}
 
 inline int rank() {
     int r = 0;

@@ -54,10 +54,8 @@ void check_ff(const ff_case& c, std::uint64_t seed) {
     CHECK(bits_equal(Y, Y2));
 }
 
-}  // namespace
-
-TEST_CASE("sharded tree_feedforward forward is bit-identical to the whole layer (reference kernels)", "[mpi][feedforward]") {
-    const std::vector<ff_case> cases = {
+const std::vector<ff_case>& ff_cases() {
+    static const std::vector<ff_case> cases = {
         {7, 5, 3, 3, 1, tree_mode::path_sum, activation::gelu, -1, route_shape::random},
         {7, 5, 3, 3, 2, tree_mode::leaf_only, activation::relu, -1, route_shape::random},
         {6, 4, 1, 4, 1, tree_mode::path_sum, activation::gelu, -1, route_shape::random},
@@ -66,14 +64,37 @@ TEST_CASE("sharded tree_feedforward forward is bit-identical to the whole layer 
         {5, 3, 2, 2, 1, tree_mode::leaf_only, activation::relu, 2, route_shape::random},
         {8, 6, 4, 3, 1, tree_mode::path_sum, activation::gelu, -1, route_shape::one_rank_holds_all},
         {8, 6, 4, 3, 1, tree_mode::leaf_only, activation::gelu, -1, route_shape::empty},
+        {20, 37, 9, 4, 1, tree_mode::path_sum, activation::gelu, -1, route_shape::random},  // wide units: small and packed GEMMs
     };
+    return cases;
+}
+
+bool runs_here(const ff_case& c) {
+    return mpi::layout::automatic_split(ranks()) <= c.depth && (c.split < 0 || (index_t{1} << c.split) >= ranks());
+}
+
+}  // namespace
+
+TEST_CASE("sharded tree_feedforward forward is bit-identical to the whole layer (reference kernels)", "[mpi][feedforward]") {
     std::uint64_t seed = 300;
-    for (const auto& c : cases) {
-        if (mpi::layout::automatic_split(ranks()) > c.depth) continue;
-        if (c.split >= 0 && (index_t{1} << c.split) < ranks()) continue;
+    for (const auto& c : ff_cases()) {
+        if (!runs_here(c)) continue;
         check_ff<double, treegate::kernels::reference>(c, seed++);
         check_ff<float, treegate::kernels::reference>(c, seed++);
     }
+}
+
+TEST_CASE("sharded tree_feedforward forward is bit-identical to the whole layer (default float kernels)", "[mpi][feedforward]") {
+    // Wider units run two GEMMs per group; the avx2 and avx512 kernels are batch invariant, so
+    // the replicated levels' smaller groups per rank give the whole layer's bits.
+    if (!default_float_kernels_invariant()) {
+        WARN("default policy bound to " << treegate::kernels::to_string(treegate::kernels::active_isa())
+                                        << " (not batch invariant): skipped");
+        return;
+    }
+    std::uint64_t seed = 700;
+    for (const auto& c : ff_cases())
+        if (runs_here(c)) check_ff<float, treegate::kernels::default_policy>(c, seed++);
 }
 
 TEST_CASE("sharded UltraFastBERT layer (width 1, path_sum) is bit-identical to the whole layer (default kernels)",

@@ -62,14 +62,26 @@ TREEGATE_DETAIL_AVX2_TARGET inline void pack_panel(index_t mr, index_t kc, const
 }
 
 // Y(0:mr, 0:NC) += panel(16 x kc) * X(0:kc, 0:NC): 2 x NC accumulators, one broadcast per
-// (k, column), two FMAs per broadcast. Written out by hand: GCC at -O2 does not unroll a loop
-// over the columns and would keep the accumulators in memory.
+// (k, column), two FMAs per broadcast. Batch invariance: the accumulators start from Y itself,
+// so every element of Y takes its products as one FMA chain in k order across the k-blocks,
+// exactly as gemm_small and the n = 1 kernels (avx2_gemv.hpp) do; a column's result does not
+// depend on how many columns the call has, so an example's output does not depend on its group.
+// Written out by hand: GCC at -O2 does not unroll a loop over the columns and would keep the
+// accumulators in memory.
 template <int NC>
 TREEGATE_DETAIL_AVX2_TARGET inline void micro(index_t mr, index_t kc, const float* panel, const float* X, index_t ldx,
                                               float* Y, index_t ldy, panel_prefetch pf = {}) noexcept {
     static_assert(NC >= 1 && NC <= gemm_nr, "micro-kernel width");
-    __m256 a0 = _mm256_setzero_ps(), b0 = a0, a1 = a0, b1 = a0, a2 = a0, b2 = a0;
-    __m256 a3 = a0, b3 = a0, a4 = a0, b4 = a0, a5 = a0, b5 = a0;
+    const __m256i m0 = tail_mask(mr < 8 ? mr : 8);
+    const __m256i m1 = tail_mask(mr > 8 ? mr - 8 : 0);
+    // Batch invariance: the accumulators start from Y (columns past NC are never read).
+    __m256 a0 = _mm256_maskload_ps(Y, m0), b0 = _mm256_maskload_ps(Y + 8, m1);
+    __m256 a1 = _mm256_setzero_ps(), b1 = a1, a2 = a1, b2 = a1, a3 = a1, b3 = a1, a4 = a1, b4 = a1, a5 = a1, b5 = a1;
+    if constexpr (NC > 1) a1 = _mm256_maskload_ps(Y + ldy, m0), b1 = _mm256_maskload_ps(Y + ldy + 8, m1);
+    if constexpr (NC > 2) a2 = _mm256_maskload_ps(Y + 2 * ldy, m0), b2 = _mm256_maskload_ps(Y + 2 * ldy + 8, m1);
+    if constexpr (NC > 3) a3 = _mm256_maskload_ps(Y + 3 * ldy, m0), b3 = _mm256_maskload_ps(Y + 3 * ldy + 8, m1);
+    if constexpr (NC > 4) a4 = _mm256_maskload_ps(Y + 4 * ldy, m0), b4 = _mm256_maskload_ps(Y + 4 * ldy + 8, m1);
+    if constexpr (NC > 5) a5 = _mm256_maskload_ps(Y + 5 * ldy, m0), b5 = _mm256_maskload_ps(Y + 5 * ldy + 8, m1);
     const float* x0 = X;
     const float* x1 = X + (NC > 1 ? ldx : 0);
     const float* x2 = X + (NC > 2 ? 2 * ldx : 0);
@@ -117,18 +129,14 @@ TREEGATE_DETAIL_AVX2_TARGET inline void micro(index_t mr, index_t kc, const floa
     const __m256 bottom[gemm_nr] = {b0, b1, b2, b3, b4, b5};
     if (mr == gemm_mr) {
         for (int j = 0; j < NC; ++j) {
-            float* yj = Y + j * ldy;
-            _mm256_storeu_ps(yj, _mm256_add_ps(_mm256_loadu_ps(yj), top[j]));
-            _mm256_storeu_ps(yj + 8, _mm256_add_ps(_mm256_loadu_ps(yj + 8), bottom[j]));
+            _mm256_storeu_ps(Y + j * ldy, top[j]);
+            _mm256_storeu_ps(Y + j * ldy + 8, bottom[j]);
         }
         return;
     }
-    const __m256i m0 = tail_mask(mr < 8 ? mr : 8);
-    const __m256i m1 = tail_mask(mr > 8 ? mr - 8 : 0);
     for (int j = 0; j < NC; ++j) {
-        float* yj = Y + j * ldy;
-        _mm256_maskstore_ps(yj, m0, _mm256_add_ps(_mm256_maskload_ps(yj, m0), top[j]));
-        _mm256_maskstore_ps(yj + 8, m1, _mm256_add_ps(_mm256_maskload_ps(yj + 8, m1), bottom[j]));
+        _mm256_maskstore_ps(Y + j * ldy, m0, top[j]);
+        _mm256_maskstore_ps(Y + j * ldy + 8, m1, bottom[j]);
     }
 }
 

@@ -18,7 +18,9 @@ inline constexpr std::uintptr_t path_prefetch_bytes = 4096;
 // y(0:rows) += W(:, 0:4) * x(0:4), W column-major with leading dimension ld, T = float or bf16.
 // Four columns at a time keep four sequential weight streams in flight and touch y once per four
 // columns. With Prefetch, the lines from `pf` on are prefetched, 64 bytes per 64 bytes of
-// weights read (4 lines per 16 rows of float, 2 of bf16).
+// weights read (4 lines per 16 rows of float, 2 of bf16). Each y element takes its four
+// products as one FMA chain in column order, as the sweeps and the packed GEMM do (batch
+// invariance, kernels/x86/avx2_gemm.hpp).
 template <bool Prefetch, class T>
 TREEGATE_DETAIL_AVX2_TARGET inline void panel4(index_t rows, const T* w, index_t ld, const float* x, float* y,
                                                std::uintptr_t pf) noexcept {
@@ -37,31 +39,27 @@ TREEGATE_DETAIL_AVX2_TARGET inline void panel4(index_t rows, const T* w, index_t
         }
         __m256 a = _mm256_fmadd_ps(load8(w0 + r), x0, _mm256_loadu_ps(y + r));
         __m256 b = _mm256_fmadd_ps(load8(w0 + r + 8), x0, _mm256_loadu_ps(y + r + 8));
-        __m256 c = _mm256_mul_ps(load8(w1 + r), x1);
-        __m256 d = _mm256_mul_ps(load8(w1 + r + 8), x1);
+        a = _mm256_fmadd_ps(load8(w1 + r), x1, a);
+        b = _mm256_fmadd_ps(load8(w1 + r + 8), x1, b);
         a = _mm256_fmadd_ps(load8(w2 + r), x2, a);
         b = _mm256_fmadd_ps(load8(w2 + r + 8), x2, b);
-        c = _mm256_fmadd_ps(load8(w3 + r), x3, c);
-        d = _mm256_fmadd_ps(load8(w3 + r + 8), x3, d);
-        _mm256_storeu_ps(y + r, _mm256_add_ps(a, c));
-        _mm256_storeu_ps(y + r + 8, _mm256_add_ps(b, d));
+        _mm256_storeu_ps(y + r, _mm256_fmadd_ps(load8(w3 + r), x3, a));
+        _mm256_storeu_ps(y + r + 8, _mm256_fmadd_ps(load8(w3 + r + 8), x3, b));
     }
     if (r + 8 <= rows) {
         __m256 a = _mm256_fmadd_ps(load8(w0 + r), x0, _mm256_loadu_ps(y + r));
-        __m256 c = _mm256_mul_ps(load8(w1 + r), x1);
+        a = _mm256_fmadd_ps(load8(w1 + r), x1, a);
         a = _mm256_fmadd_ps(load8(w2 + r), x2, a);
-        c = _mm256_fmadd_ps(load8(w3 + r), x3, c);
-        _mm256_storeu_ps(y + r, _mm256_add_ps(a, c));
+        _mm256_storeu_ps(y + r, _mm256_fmadd_ps(load8(w3 + r), x3, a));
         r += 8;
     }
     if (r < rows) {
         const index_t t = rows - r;
         const __m256i m = tail_mask(t);
         __m256 a = _mm256_fmadd_ps(load_part(w0 + r, t, m), x0, _mm256_maskload_ps(y + r, m));
-        __m256 c = _mm256_mul_ps(load_part(w1 + r, t, m), x1);
+        a = _mm256_fmadd_ps(load_part(w1 + r, t, m), x1, a);
         a = _mm256_fmadd_ps(load_part(w2 + r, t, m), x2, a);
-        c = _mm256_fmadd_ps(load_part(w3 + r, t, m), x3, c);
-        _mm256_maskstore_ps(y + r, m, _mm256_add_ps(a, c));
+        _mm256_maskstore_ps(y + r, m, _mm256_fmadd_ps(load_part(w3 + r, t, m), x3, a));
     }
 }
 

@@ -43,15 +43,22 @@ TREEGATE_DETAIL_AVX512_TARGET inline void pack_panel(index_t mr, index_t kc, con
 
 // Y(0:mr, 0:NC) += panel(32 x kc) * X(0:kc, 0:NC): 2 x NC accumulators, one broadcast per
 // (k, column), two FMAs per broadcast; the lines of `pf` are requested on the way.
+// Batch invariance: the accumulators start from Y itself, so every element of Y takes its
+// products as one FMA chain in k order across the k-blocks, exactly as gemm_small and the
+// n = 1 kernels (avx512_gemv.hpp) do; a column's result does not depend on how many columns
+// the call has, and an example's output does not depend on the group it is multiplied in.
 template <int NC>
 TREEGATE_DETAIL_AVX512_TARGET inline void micro(index_t mr, index_t kc, const float* panel, const float* X, index_t ldx,
                                                 float* Y, index_t ldy, panel_prefetch pf = {}) noexcept {
     static_assert(NC >= 1 && NC <= gemm_nr, "micro-kernel width");
+    const __mmask16 m0 = mask16(mr < 16 ? mr : 16);
+    const __mmask16 m1 = mask16(mr > 16 ? mr - 16 : 0);
     __m512 a[NC], b[NC];
     const float* x[NC];
     TREEGATE_DETAIL_UNROLL
     for (int j = 0; j < NC; ++j) {
-        a[j] = b[j] = _mm512_setzero_ps();
+        a[j] = _mm512_maskz_loadu_ps(m0, Y + j * ldy);
+        b[j] = _mm512_maskz_loadu_ps(m1, Y + j * ldy + 16);
         x[j] = X + j * ldx;
     }
     for (index_t k = 0; k < kc; ++k) {
@@ -69,18 +76,10 @@ TREEGATE_DETAIL_AVX512_TARGET inline void micro(index_t mr, index_t kc, const fl
             b[j] = _mm512_fmadd_ps(p1, v, b[j]);
         }
     }
-    const __mmask16 m0 = mask16(mr < 16 ? mr : 16);
-    const __mmask16 m1 = mask16(mr > 16 ? mr - 16 : 0);
     TREEGATE_DETAIL_UNROLL
     for (int j = 0; j < NC; ++j) {
-        float* yj = Y + j * ldy;
-        if (mr == gemm_mr) {
-            _mm512_storeu_ps(yj, _mm512_add_ps(_mm512_loadu_ps(yj), a[j]));
-            _mm512_storeu_ps(yj + 16, _mm512_add_ps(_mm512_loadu_ps(yj + 16), b[j]));
-        } else {
-            _mm512_mask_storeu_ps(yj, m0, _mm512_add_ps(_mm512_maskz_loadu_ps(m0, yj), a[j]));
-            _mm512_mask_storeu_ps(yj + 16, m1, _mm512_add_ps(_mm512_maskz_loadu_ps(m1, yj + 16), b[j]));
-        }
+        _mm512_mask_storeu_ps(Y + j * ldy, m0, a[j]);
+        _mm512_mask_storeu_ps(Y + j * ldy + 16, m1, b[j]);
     }
 }
 

@@ -25,7 +25,9 @@ template <class T>
 inline constexpr std::uintptr_t path_far_prefetch_bytes = sizeof(T) == 2 ? 16384 : 0;
 
 // y(0:rows) += W(:, 0:4) * x(0:4), W column-major with leading dimension ld, T = float or bf16:
-// four sequential weight streams, y touched once per four columns, 32 rows per step. With
+// four sequential weight streams, y touched once per four columns, 32 rows per step. Each y
+// element takes its four products as one FMA chain in column order, as gemm_small and the
+// packed GEMM do (kernels/x86/avx512_gemm.hpp: batch invariance). With
 // Prefetch, the lines from `pf` on are prefetched into L1, and those from `far` on (unless it
 // is 0) into L2, 64 bytes each per 64 bytes of weights read.
 template <bool Prefetch, class T>
@@ -52,23 +54,20 @@ TREEGATE_DETAIL_AVX512_TARGET inline void panel4(index_t rows, const T* w, index
         }
         __m512 a = _mm512_fmadd_ps(load16(w0 + r), x0, _mm512_loadu_ps(y + r));
         __m512 b = _mm512_fmadd_ps(load16(w0 + r + 16), x0, _mm512_loadu_ps(y + r + 16));
-        __m512 c = _mm512_mul_ps(load16(w1 + r), x1);
-        __m512 d = _mm512_mul_ps(load16(w1 + r + 16), x1);
+        a = _mm512_fmadd_ps(load16(w1 + r), x1, a);
+        b = _mm512_fmadd_ps(load16(w1 + r + 16), x1, b);
         a = _mm512_fmadd_ps(load16(w2 + r), x2, a);
         b = _mm512_fmadd_ps(load16(w2 + r + 16), x2, b);
-        c = _mm512_fmadd_ps(load16(w3 + r), x3, c);
-        d = _mm512_fmadd_ps(load16(w3 + r + 16), x3, d);
-        _mm512_storeu_ps(y + r, _mm512_add_ps(a, c));
-        _mm512_storeu_ps(y + r + 16, _mm512_add_ps(b, d));
+        _mm512_storeu_ps(y + r, _mm512_fmadd_ps(load16(w3 + r), x3, a));
+        _mm512_storeu_ps(y + r + 16, _mm512_fmadd_ps(load16(w3 + r + 16), x3, b));
     }
     // At most two more steps of 16 rows, the last one masked.
     for (; r < rows; r += 16) {
         const __mmask16 m = mask16(rows - r < 16 ? rows - r : 16);
         __m512 a = _mm512_fmadd_ps(load_part(w0 + r, m), x0, _mm512_maskz_loadu_ps(m, y + r));
-        __m512 c = _mm512_mul_ps(load_part(w1 + r, m), x1);
+        a = _mm512_fmadd_ps(load_part(w1 + r, m), x1, a);
         a = _mm512_fmadd_ps(load_part(w2 + r, m), x2, a);
-        c = _mm512_fmadd_ps(load_part(w3 + r, m), x3, c);
-        _mm512_mask_storeu_ps(y + r, m, _mm512_add_ps(a, c));
+        _mm512_mask_storeu_ps(y + r, m, _mm512_fmadd_ps(load_part(w3 + r, m), x3, a));
     }
 }
 
