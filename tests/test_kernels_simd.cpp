@@ -193,7 +193,7 @@ TEMPLATE_TEST_CASE("simd gemm is batch invariant: a column's bits do not depend 
     if (skip_without<TestType>()) return;
     if constexpr (std::is_same_v<TestType, dispatch>) {
         const auto level = treegate::kernels::active_isa();
-        if (level != treegate::kernels::isa::avx2 && level != treegate::kernels::isa::avx512) {
+        if (!treegate::kernels::batch_invariant(level)) {
             WARN("dispatch is bound to " << treegate::kernels::to_string(level) << ", which is not batch invariant: skipped");
             return;
         }

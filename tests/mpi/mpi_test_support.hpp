@@ -4,6 +4,7 @@
 #define TREEGATE_TESTS_MPI_TEST_SUPPORT_HPP
 
 #include <treegate/kernels/dispatch.hpp>
+#include <treegate/mpi/layout.hpp>
 #include <treegate/routing.hpp>
 
 #include <Eigen/Core>
@@ -21,13 +22,10 @@ using treegate::index_t;
 template <class Scalar>
 using mat = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
 
-/// True when the default policy's float kernels are batch invariant (a column's result does
-/// not depend on the other columns of its call): the dispatch bound to avx2 or avx512 (or
-/// reference). On eigen (no x86 SIMD) the sharded outputs agree only within rounding.
+/// True when the default policy's float kernels are batch invariant (the dispatch bound to
+/// avx2, avx512 or reference); on eigen (no x86 SIMD) the sharded outputs agree only within rounding.
 inline bool default_float_kernels_invariant() {
-    const auto level = treegate::kernels::active_isa();
-    return level == treegate::kernels::isa::avx2 || level == treegate::kernels::isa::avx512 ||
-           level == treegate::kernels::isa::reference;
+    return treegate::kernels::batch_invariant(treegate::kernels::active_isa());
 }
 
 inline int rank() {
@@ -40,6 +38,12 @@ inline int ranks() {
     int r = 0;
     MPI_Comm_size(MPI_COMM_WORLD, &r);
     return r;
+}
+
+/// True when a test case's tree (depth; split level, or -1 for automatic) runs at this rank
+/// count: the automatic split fits in the tree, and a given split has a subtree for every rank.
+inline bool layout_fits(int depth, int split) {
+    return treegate::mpi::layout::automatic_split(ranks()) <= depth && (split < 0 || (index_t{1} << split) >= ranks());
 }
 
 /// D gating indices drawn from [0, in).

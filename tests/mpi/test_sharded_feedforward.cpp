@@ -69,16 +69,12 @@ const std::vector<ff_case>& ff_cases() {
     return cases;
 }
 
-bool runs_here(const ff_case& c) {
-    return mpi::layout::automatic_split(ranks()) <= c.depth && (c.split < 0 || (index_t{1} << c.split) >= ranks());
-}
-
 }  // namespace
 
 TEST_CASE("sharded tree_feedforward forward is bit-identical to the whole layer (reference kernels)", "[mpi][feedforward]") {
     std::uint64_t seed = 300;
     for (const auto& c : ff_cases()) {
-        if (!runs_here(c)) continue;
+        if (!layout_fits(c.depth, c.split)) continue;
         check_ff<double, treegate::kernels::reference>(c, seed++);
         check_ff<float, treegate::kernels::reference>(c, seed++);
     }
@@ -94,7 +90,7 @@ TEST_CASE("sharded tree_feedforward forward is bit-identical to the whole layer 
     }
     std::uint64_t seed = 700;
     for (const auto& c : ff_cases())
-        if (runs_here(c)) check_ff<float, treegate::kernels::default_policy>(c, seed++);
+        if (layout_fits(c.depth, c.split)) check_ff<float, treegate::kernels::default_policy>(c, seed++);
 }
 
 TEST_CASE("sharded UltraFastBERT layer (width 1, path_sum) is bit-identical to the whole layer (default kernels)",

@@ -175,8 +175,7 @@ const std::vector<forward_case>& forward_cases() {
 TEST_CASE("sharded tree_linear forward is bit-identical to the whole layer (reference kernels)", "[mpi][forward]") {
     std::uint64_t seed = 11;
     for (const auto& c : forward_cases()) {
-        if (mpi::layout::automatic_split(ranks()) > c.depth) continue;
-        if (c.split >= 0 && (index_t{1} << c.split) < ranks()) continue;
+        if (!layout_fits(c.depth, c.split)) continue;
         check_forward<double, treegate::kernels::reference>(c, seed++, true);
         check_forward<float, treegate::kernels::reference>(c, seed++, true);
     }
@@ -191,8 +190,7 @@ TEST_CASE("sharded tree_linear forward with the default kernels: float bit-ident
                                                 << ": float checked within rounding only");
     std::uint64_t seed = 101;
     for (const auto& c : forward_cases()) {
-        if (mpi::layout::automatic_split(ranks()) > c.depth) continue;
-        if (c.split >= 0 && (index_t{1} << c.split) < ranks()) continue;
+        if (!layout_fits(c.depth, c.split)) continue;
         check_forward<float, treegate::kernels::default_policy>(c, seed++, exact);
         check_forward<double, treegate::kernels::default_policy>(c, seed++, false);
     }

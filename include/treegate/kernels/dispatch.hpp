@@ -49,6 +49,12 @@ inline const char* to_string(isa level) noexcept {
     return "unknown";
 }
 
+/// True when the level's float (and bf16-weight) kernels are batch invariant: a column's result
+/// does not depend on the other columns of its call, so an example's output does not depend on
+/// the group it is multiplied in (README, "Kernel policies"). Eigen's GEMM and GEMV block by
+/// shape, so `eigen` is not; `double` runs on Eigen at every SIMD level.
+inline constexpr bool batch_invariant(isa level) noexcept { return level != isa::eigen; }
+
 /// True when `cpu` (by default this CPU and OS, kernels/cpu_features.hpp) can run the level's
 /// kernels; builds without the x86 kernels report no x86 features, hence only reference, eigen.
 inline bool cpu_supports(isa level, const cpu_feature_set& cpu) noexcept {
