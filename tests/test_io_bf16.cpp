@@ -10,7 +10,9 @@
 #include <treegate/layers/tree_linear_bf16.hpp>
 
 #include <cstdint>
+#include <cmath>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <vector>
 
@@ -90,6 +92,54 @@ TEST_CASE("safetensors: an F32 or F64 file loads into tree_linear_bf16 as the co
     // a float layer reads the bf16 file as the widened weights
     const auto wide_float = st::load_from_memory<treegate::tree_linear<float>>(wide.data(), wide.size());
     for (index_t i = 0; i < loaded.block_count(); ++i) CHECK(wide_float.weight(i) == loaded.weight(i));
+}
+
+TEST_CASE("safetensors: a finite weight that would round to a bf16 infinity is refused on load", "[io][safetensors][bf16][validation]") {
+    const st::dtype type = GENERATE(st::dtype::f32, st::dtype::f64);
+    // FLT_MAX, and a negative value just above the midpoint between bf16_max and 2^128
+    const float big = GENERATE(std::numeric_limits<float>::max(), -3.3962e38f);
+    auto t = float_layer(tree_mode::path_sum, 2, true, 4);
+    // bf16_max itself and the float just below the rounding midpoint (bits 0x7f7f7fff) load
+    // as bf16_max
+    t.weight(1)(2, 3) = treegate::to_float(treegate::bf16_max);
+    const std::uint32_t below_midpoint = 0x7f7f7fffu;
+    float below = 0;
+    std::memcpy(&below, &below_midpoint, sizeof below);
+    t.weight(1)(3, 3) = below;
+    const bytes_t fine_file = st::save_to_memory(t, type);
+    const half_t fine = st::load_from_memory<half_t>(fine_file.data(), fine_file.size());
+    const auto fw = fine.weight_blocks();
+    CHECK(fw.data[1 * fw.stride + 2 + 3 * 6].bits == 0x7f7f);
+    CHECK(fw.data[1 * fw.stride + 3 + 3 * 6].bits == 0x7f7f);
+    // element (block 2, row 4, col 5) in the file's row-major order: 2 * 66 + 4 * 11 + 5 = 181
+    t.weight(2)(4, 5) = big;
+    const bytes_t file = st::save_to_memory(t, type);  // a float file may hold it
+    TG_CHECK_THROWS_WITH(file_error, st::load_from_memory<half_t>(file.data(), file.size()), "tensor 'weight' element 181",
+                         "overflows BF16", "it would load as infinity");
+    half_t into(float_layer(tree_mode::path_sum, 2, true, 5));
+    const half_t before = into;
+    TG_CHECK_THROWS_WITH(file_error, st::load_into_from_memory(into, file.data(), file.size()), "element 181", "overflows BF16");
+    check_same_bits(before, into);  // the target is untouched
+    // the float layer itself loads the same file
+    CHECK(st::load_from_memory<treegate::tree_linear<float>>(file.data(), file.size()).weight(2)(4, 5) == big);
+}
+
+TEST_CASE("tree_linear_bf16 from a float layer refuses a weight that would become infinite, or saturates it",
+          "[bf16][validation]") {
+    auto t = float_layer(tree_mode::leaf_only, 2, true, 6);
+    const float big = GENERATE(std::numeric_limits<float>::max(), -std::numeric_limits<float>::max());
+    t.weight(3)(1, 7) = big;
+    TG_CHECK_THROWS_WITH(treegate::config_error, half_t(t), "weight (1, 7) of block 3", "beyond the largest bf16",
+                         "overflow::saturate");
+    const half_t s(t, treegate::overflow::saturate);
+    const auto w = s.weight_blocks();
+    CHECK(w.data[3 * w.stride + 1 + 7 * 6].bits == (big > 0 ? 0x7f7f : 0xff7f));
+    // every other weight is rounded as without saturation
+    t.weight(3)(1, 7) = 0.0f;
+    const half_t plain(t);
+    const auto p = plain.weight_blocks();
+    for (index_t i = 0; i < w.count * w.stride; ++i)
+        if (i != 3 * w.stride + 1 + 7 * 6) CHECK(w.data[i].bits == p.data[i].bits);
 }
 
 TEST_CASE("safetensors: a file that does not match a tree_linear_bf16 is rejected", "[io][safetensors][bf16][validation]") {

@@ -170,9 +170,12 @@ public:
     }
 
     /// The serving copy of a trained float layer (bf16 storage only): rounds every weight of `t`
-    /// to bf16 (ties to even) and copies its biases, sizes, mode and gating.
+    /// to bf16 (ties to even) and copies its biases, sizes, mode and gating. A finite weight
+    /// beyond the largest bf16 would round to infinity: with overflow::refuse (the default) that
+    /// is a config_error naming the block, the entry and the value; overflow::saturate stores
+    /// +-bf16_max instead.
     template <int I, int O, int D, class P, bool B = !exact && writable, std::enable_if_t<B, int> = 0>
-    explicit tree_linear(const tree_linear<float, I, O, D, P>& t) {
+    explicit tree_linear(const tree_linear<float, I, O, D, P>& t, overflow on_overflow = overflow::refuse) {
         if (t.in_size() == 0) detail::raise<usage_error>(name, ": the source tree_linear is empty (moved from)");
         configure(t.in_size(), t.out_size(), t.depth(), t.mode(), t.gates(), t.has_bias());
         allocate();
@@ -180,7 +183,14 @@ public:
             const auto w = t.weight(b);
             W* dst = weights_.data() + b * stride_;
             for (index_t c = 0; c < in_; ++c)
-                for (index_t r = 0; r < out_; ++r) dst[r + c * out_] = to_bf16(w(r, c));
+                for (index_t r = 0; r < out_; ++r) {
+                    const float v = w(r, c);
+                    if (on_overflow == overflow::refuse && detail::float_overflows_bf16(v))
+                        detail::raise<config_error>(name, ": weight (", r, ", ", c, ") of block ", b, " is ", v,
+                                                    ", beyond the largest bf16 (", to_float(bf16_max),
+                                                    "): it would round to infinity; pass overflow::saturate to clamp it");
+                    dst[r + c * out_] = to_bf16_saturated(v);
+                }
             if (has_bias_) bias_map(biases_.data() + b * bias_stride_, out_) = t.bias(b);
         }
     }

@@ -108,12 +108,21 @@ std::vector<tensor_values<typename Layer::scalar_type>> store_tensors(const Laye
 template <class Layer, class FileName>
 void fill_tensors(Layer& l, const parsed_file& f, FileName&& file_name) {
     for (const auto& t : parameters(l)) {
-        const auto values = read_values<typename Layer::scalar_type>(f, file_name(t.name));
+        const std::string& stored = file_name(t.name);
+        const auto values = read_values<typename Layer::scalar_type>(f, stored);
         std::size_t k = 0;
         t.for_each_block([&](auto* b) {
             using E = std::remove_pointer_t<decltype(b)>;
             for (index_t r = 0; r < t.rows; ++r)
-                for (index_t c = 0; c < t.cols; ++c) b[r + c * t.rows] = narrow<E>(values[k++]);
+                for (index_t c = 0; c < t.cols; ++c, ++k) {
+                    // A finite value that the storage would turn into infinity is refused, as
+                    // NaN and infinities are: a load never changes a weight beyond rounding.
+                    if constexpr (std::is_same_v<E, bf16>)
+                        if (treegate::detail::float_overflows_bf16(static_cast<float>(values[k])))
+                            fail(f.source, "tensor '", stored, "' element ", k, " (", values[k],
+                                 ") overflows BF16 (largest ", to_float(bf16_max), "): it would load as infinity");
+                    b[r + c * t.rows] = narrow<E>(values[k]);
+                }
         });
     }
 }
