@@ -178,6 +178,32 @@ def test_fff(exe, work, rng):
             run_cpp(exe, "fff_train", path, zero, work)[0], train_tied,
             fff_tolerance(tied, zero, left, 1.0) + b2s_tolerance(tied, left, train_tied))
 
+    # Near ties: a score z in (0, 1e-7] has float32 sigmoid(z) == 0.5 exactly, so the package's
+    # hard training path (round(sigmoid(z))) sends it left, while exact_ties off (the tie rule
+    # > 0) sends it right, as the eval path does. The README states this difference; here it is
+    # measured: with every node bias z and x = 0, the package reaches leaf 0, treegate leaf 2^D - 1.
+    for z in (1e-8, 2e-8, 5e-8):
+        near = dict(sd)
+        near["node_biases"] = torch.full_like(sd["node_biases"], z)
+        m_near = FFF(6, 5, 3, 3, usage_mode="soft")
+        m_near.load_state_dict(near)
+        with torch.no_grad():
+            check(float(torch.sigmoid(torch.tensor(z, dtype=torch.float32))) == 0.5,
+                  "float32 sigmoid(%g) rounds to exactly 0.5" % z)
+        path = os.path.join(work, "fff_near.safetensors")
+        save_file(near, path)
+        train_near = fff_train_hard(m_near, zero)
+        w1, b1, w2, b2 = (near[k].double().numpy() for k in ("w1s", "b1s", "w2s", "b2s"))
+        def leaf_out(l):
+            return np.maximum(b1[l], 0.0) @ w2[l] + b2[l]
+        tol_near = 8 * U32 * (np.abs(leaf_out(0)) + np.abs(leaf_out(7)) + np.abs(b2[0]) + np.abs(b2[7])) + 1e-30
+        check(bool(np.any(np.abs(leaf_out(0) - leaf_out(7)) > tol_near)), "leaves 0 and 7 give different outputs")
+        check(bool(np.all(np.abs(train_near - leaf_out(0)) <= tol_near)),
+              "package training path at z = %g: every node sends x left (leaf 0)" % z)
+        got = run_cpp(exe, "fff_train", path, zero, work)[0]
+        check(got is not None and bool(np.all(np.abs(got - leaf_out(7)) <= tol_near)),
+              "exact_ties off at z = %g: every node sends x right (leaf 7), unlike the training path (documented)" % z)
+
     # Inside a larger model, under a prefix, beside other tensors.
     big = {"encoder.fff." + k: v for k, v in sd.items()}
     big["encoder.norm.weight"] = torch.ones(6)
