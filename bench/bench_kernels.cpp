@@ -5,9 +5,10 @@
 //
 // Kernel sizes are chosen on both sides of the caches: a 512 x 512 block (1 MiB, from L2/L3)
 // and a path of 9 such blocks spread over 512 MiB (from memory). avx2 and avx512 benchmarks
-// are registered only when the CPU runs them; `dispatch` runs the level it binds to (printed
-// first; TREEGATE_ISA forces one). The `*_bf16` kernels take bf16 weights (float
-// inputs, outputs and accumulation); their bytes/s counts 2 bytes per weight.
+// are registered only when the CPU runs them; `dispatch` runs the level it binds to (in the
+// benchmark context, hence in --benchmark_format=json too; TREEGATE_ISA forces one, and a bad
+// value exits with rc 2). The `*_bf16` kernels take bf16 weights (float inputs, outputs and
+// accumulation); their bytes/s counts 2 bytes per weight.
 #include <treegate/bf16.hpp>
 #include <treegate/kernels/avx2.hpp>
 #include <treegate/kernels/avx512.hpp>
@@ -234,14 +235,21 @@ void register_policy(bool with_reference_sizes_only) {
 int main(int argc, char** argv) {
     benchmark::Initialize(&argc, argv);
     if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-    register_policy<treegate::kernels::reference>(true);
-    register_policy<treegate::kernels::eigen>(false);
-    if (treegate::kernels::cpu_supports_avx2()) register_policy<treegate::kernels::avx2>(false);
-    if (treegate::kernels::cpu_supports_avx512()) register_policy<treegate::kernels::avx512>(false);
-    // Binding here, outside the timed loops, also reports a bad TREEGATE_ISA as an exception.
-    std::printf("dispatch: %s (best on this CPU: %s)\n", treegate::kernels::to_string(treegate::kernels::active_isa()),
-                treegate::kernels::to_string(treegate::kernels::best_isa()));
-    register_policy<treegate::kernels::dispatch>(false);
+    try {
+        register_policy<treegate::kernels::reference>(true);
+        register_policy<treegate::kernels::eigen>(false);
+        if (treegate::kernels::cpu_supports_avx2()) register_policy<treegate::kernels::avx2>(false);
+        if (treegate::kernels::cpu_supports_avx512()) register_policy<treegate::kernels::avx512>(false);
+        // Binding here, outside the timed loops, also reports a bad TREEGATE_ISA as an exception.
+        // The level goes into the benchmark context (and so into --benchmark_format=json), not
+        // onto stdout, which must hold the chosen format's document alone.
+        benchmark::AddCustomContext("treegate_dispatch", treegate::kernels::to_string(treegate::kernels::active_isa()));
+        benchmark::AddCustomContext("treegate_best_isa", treegate::kernels::to_string(treegate::kernels::best_isa()));
+        register_policy<treegate::kernels::dispatch>(false);
+    } catch (const treegate::error& e) {
+        std::fprintf(stderr, "bench_kernels: %s\n", e.what());
+        return 2;
+    }
     benchmark::RunSpecifiedBenchmarks();
     benchmark::Shutdown();
     return 0;

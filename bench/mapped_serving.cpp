@@ -15,9 +15,11 @@
 #include <treegate/io/mapped.hpp>
 
 #include <fcntl.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <cctype>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -171,7 +173,28 @@ int run(const settings& o) {
     const std::uintmax_t expected_min = static_cast<std::uintmax_t>(blocks) * static_cast<std::uintmax_t>(o.size * o.size) * sizeof(W);
     std::error_code ec;
     const bool present = std::filesystem::exists(o.path, ec) && std::filesystem::file_size(o.path, ec) >= expected_min;
-    if (o.rewrite || !present) write_file<W>(o);
+    if (o.rewrite || !present) {
+        // Refuse before writing a byte when the target's file system cannot hold the file (the
+        // default shape is 32 GiB): a half-written file that fills the disk harms every tenant.
+        const std::filesystem::path dir = std::filesystem::absolute(o.path).parent_path();
+        struct statvfs fs {};
+        if (statvfs(dir.c_str(), &fs) != 0) {
+            std::fprintf(stderr, "treegate_mapped_serving: cannot query free space of %s: %s\n", dir.c_str(), std::strerror(errno));
+            return 1;
+        }
+        const double avail = static_cast<double>(fs.f_bavail) * static_cast<double>(fs.f_frsize);
+        const double present_bytes = present ? static_cast<double>(std::filesystem::file_size(o.path, ec)) : 0.0;
+        const double need = static_cast<double>(expected_min) + (64 << 20);  // header and slack
+        if (need > avail + present_bytes) {
+            std::fprintf(stderr,
+                         "treegate_mapped_serving: %s needs %.2f GiB (depth %d, %lld x %lld %s blocks) but %s has %.2f GiB "
+                         "available; choose a smaller --depth/--size or another --path\n",
+                         o.path.c_str(), need / (1 << 30), o.depth, static_cast<long long>(o.size), static_cast<long long>(o.size),
+                         o.bf16 ? "bf16" : "float", dir.c_str(), avail / (1 << 30));
+            return 1;
+        }
+        write_file<W>(o);
+    }
 
     std::printf("file %s: %.2f GiB; RAM %.2f GiB (MemTotal); %lld blocks of %lld x %lld %s, depth %d path_sum\n",
                 o.path.c_str(), static_cast<double>(std::filesystem::file_size(o.path)) / (1 << 30),
@@ -217,6 +240,19 @@ int run(const settings& o) {
 
 }  // namespace
 
+const char* const usage =
+    "usage: treegate_mapped_serving [options]\n"
+    "  --path FILE   the blocks file (default /var/tmp/treegate_mapped_serving.safetensors)\n"
+    "  --depth D     tree depth, path_sum: 2^(D+1)-1 blocks (default 14)\n"
+    "  --size N      blocks are N x N (default 512; depth 14 x 512 float = 32 GiB)\n"
+    "  --bf16        store the weights as bf16 (half the file)\n"
+    "  --seconds S   seconds per traffic phase (default 20)\n"
+    "  --batch B     examples per batched call (default 256)\n"
+    "  --rewrite     write the file even if it exists with the requested shape\n"
+    "  --keep        keep the file at the end (default: delete it)\n"
+    "  --help        this text\n"
+    "The file is written only if its file system has room for it (checked first).\n";
+
 int main(int argc, char** argv) {
     settings o;
     for (int k = 1; k < argc; ++k) {
@@ -244,15 +280,22 @@ int main(int argc, char** argv) {
             o.rewrite = true;
         else if (a == "--keep")
             o.keep = true;
-        else {
-            std::fprintf(stderr, "unknown argument %s (see the comment at the top of bench/mapped_serving.cpp)\n", a.c_str());
+        else if (a == "--help" || a == "-h") {
+            std::printf("%s", usage);
+            return 0;
+        } else {
+            std::fprintf(stderr, "treegate_mapped_serving: unknown argument %s\n%s", a.c_str(), usage);
             return 2;
         }
     }
     try {
+        treegate::kernels::active_isa();  // a bad TREEGATE_ISA: config_error (rc 2) before any file work
         return o.bf16 ? run<treegate::bf16>(o) : run<float>(o);
+    } catch (const treegate::config_error& e) {
+        std::fprintf(stderr, "treegate_mapped_serving: %s\n", e.what());
+        return 2;
     } catch (const std::exception& e) {
-        std::fprintf(stderr, "%s\n", e.what());
+        std::fprintf(stderr, "treegate_mapped_serving: %s\n", e.what());
         return 1;
     }
 }

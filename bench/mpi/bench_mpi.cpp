@@ -15,6 +15,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -30,22 +31,49 @@ struct options {
     treegate::tree_mode mode = treegate::tree_mode::path_sum;
 };
 
+const char* const usage =
+    "usage: mpirun -np R treegate_bench_mpi [options]\n"
+    "  --in N        input size (default 768)\n"
+    "  --out N       output size (default 768)\n"
+    "  --depth D     tree depth (default 6)\n"
+    "  --batch N     examples per rank (default 256)\n"
+    "  --reps N      timed runs, the median is printed (default 9)\n"
+    "  --mode M      path_sum or leaf_only (default path_sum)\n"
+    "  --width W     W > 0: a one-tree tree_feedforward of node width W, forward only (default 0)\n"
+    "  --help        this text\n";
+
+[[noreturn]] void bad_usage(const std::string& what) {
+    std::fprintf(stderr, "treegate_bench_mpi: %s\n%s", what.c_str(), usage);
+    MPI_Finalize();
+    std::exit(2);
+}
+
 options parse(int argc, char** argv) {
     options o;
-    for (int i = 1; i + 1 < argc; i += 2) {
-        const std::string k = argv[i], v = argv[i + 1];
-        if (k == "--in") o.in = std::stoll(v);
-        else if (k == "--out") o.out = std::stoll(v);
-        else if (k == "--depth") o.depth = std::stoi(v);
-        else if (k == "--batch") o.batch = std::stoll(v);
-        else if (k == "--reps") o.reps = std::stoi(v);
-        else if (k == "--width") o.width = std::stoll(v);
-        else if (k == "--mode") o.mode = v == "leaf_only" ? treegate::tree_mode::leaf_only : treegate::tree_mode::path_sum;
-        else {
-            std::fprintf(stderr, "treegate_bench_mpi: unknown option %s\n", k.c_str());
-            std::exit(2);
+    for (int i = 1; i < argc; ++i) {
+        const std::string k = argv[i];
+        if (k == "--help" || k == "-h") {
+            std::printf("%s", usage);
+            MPI_Finalize();
+            std::exit(0);
+        }
+        if (i + 1 >= argc) bad_usage(k + " needs a value");
+        const std::string v = argv[++i];
+        try {
+            if (k == "--in") o.in = std::stoll(v);
+            else if (k == "--out") o.out = std::stoll(v);
+            else if (k == "--depth") o.depth = std::stoi(v);
+            else if (k == "--batch") o.batch = std::stoll(v);
+            else if (k == "--reps") o.reps = std::stoi(v);
+            else if (k == "--width") o.width = std::stoll(v);
+            else if (k == "--mode" && (v == "path_sum" || v == "leaf_only"))
+                o.mode = v == "leaf_only" ? treegate::tree_mode::leaf_only : treegate::tree_mode::path_sum;
+            else bad_usage("unknown option or value: " + k + " " + v);
+        } catch (const std::logic_error&) {
+            bad_usage(k + ": not a number: " + v);
         }
     }
+    if (o.reps < 1) bad_usage("--reps must be at least 1");
     return o;
 }
 
@@ -165,6 +193,9 @@ int main(int argc, char** argv) {
                         static_cast<double>(examples) / bwd, static_cast<double>(bytes) / static_cast<double>(examples),
                         static_cast<double>(mem_max) / 1048576.0, static_cast<double>(layer.full_memory_bytes()) / 1048576.0,
                         static_cast<long long>(most), static_cast<double>(examples) / ranks);
+    } catch (const treegate::config_error& e) {
+        std::fprintf(stderr, "treegate_bench_mpi: %s\n", e.what());
+        status = 2;
     } catch (const std::exception& e) {
         std::fprintf(stderr, "treegate_bench_mpi: %s\n", e.what());
         status = 1;

@@ -69,6 +69,20 @@ void run_policy(const options& o) {
 }
 
 
+const char* const usage =
+    "usage: treegate_roofline [options]\n"
+    "  --policy P         kernels: auto (= dispatch), eigen, avx2, avx512, dispatch or native\n"
+    "  --quick            fewer repetitions and smaller probes (a rough run in about a minute)\n"
+    "  --threads N        batched cases on a pool of N threads, held to N-thread limits\n"
+    "  --per-case-limits  measure the limits again just before each case\n"
+    "  --cpu-time         time in this thread's CPU time instead of wall-clock (1 thread only)\n"
+    "  --bf16             also the bf16-weight variants of PS-latency, PS-deep and LO-batch\n"
+    "  --json FILE        also write every figure as one JSON document to FILE\n"
+    "  --only NAME        only the cases whose names start with NAME\n"
+    "  --hash             no timing: an FNV-1a hash of every case's output (bit-identity checks)\n"
+    "  --help             this text\n"
+    "TREEGATE_ISA picks dispatch's level; a bad value exits with rc 2.\n";
+
 inline options parse(int argc, char** argv) {
     options o;
     for (int i = 1; i < argc; ++i) {
@@ -98,7 +112,7 @@ inline options parse(int argc, char** argv) {
         } else if (a.rfind("--threads=", 0) == 0) {
             o.threads = std::atoi(a.c_str() + 10);
         } else if (a == "--help" || a == "-h") {
-            std::printf("usage: treegate_roofline [--policy auto|eigen|avx2|avx512|dispatch|native] [--quick] [--threads N] [--per-case-limits] [--cpu-time] [--bf16] [--json FILE] [--only NAME] [--hash]\n");
+            std::printf("%s", usage);
             std::exit(0);
         } else {
             fail("unknown option '" + a + "' (try --help)");
@@ -118,7 +132,7 @@ inline options parse(int argc, char** argv) {
 using namespace roofline;
 
 
-int main(int argc, char** argv) {
+static int run_main(int argc, char** argv) {
     const options o = parse(argc, argv);
     Eigen::setNbThreads(1);
     std::unique_ptr<treegate::parallel::thread_pool> pool;
@@ -155,3 +169,15 @@ int main(int argc, char** argv) {
     return 0;
 }
 
+
+int main(int argc, char** argv) {
+    try {
+        return run_main(argc, argv);
+    } catch (const treegate::config_error& e) {
+        std::fprintf(stderr, "treegate_roofline: %s\n", e.what());
+        return 2;
+    } catch (const treegate::error& e) {
+        std::fprintf(stderr, "treegate_roofline: %s\n", e.what());
+        return 1;
+    }
+}
