@@ -1,4 +1,4 @@
-// treegate/kernels/x86/avx2_gemm.hpp — AVX2 packed GEMM (16 x 6 micro-kernel) and the gemm entry point.
+// treegate/kernels/x86/avx2_gemm.hpp — AVX2 GEMM traits, panel packing and the 16 x 6 micro-kernel; the driver is kernels/generic/gemm.hpp.
 // Part of the `avx2` policy (include kernels/avx2.hpp); float and bf16 weights, float activations.
 #ifndef TREEGATE_KERNELS_X86_AVX2_GEMM_HPP
 #define TREEGATE_KERNELS_X86_AVX2_GEMM_HPP
@@ -12,14 +12,18 @@
 namespace treegate::kernels::detail::avx2_kernels {
 
 // k-blocking and the packed row panel of the GEMM kernel: 16 rows x 256 columns = 16 KiB.
-inline constexpr index_t gemm_mr = 16;
-inline constexpr index_t gemm_nr = 6;
-inline constexpr index_t gemm_kc = 256;
-// Groups up to this many examples take gemm_small (memory-bound), larger ones the packed GEMM.
-// With bf16 weights the packed kernel takes over earlier (measured crossover near 10-12
-// examples on 512 x 512 blocks from memory).
-inline constexpr index_t gemm_small_max = 16;
-inline constexpr index_t gemm_small_max_bf16 = 10;
+// The level's GEMM traits, read by the shared driver (kernels/generic/gemm.hpp).
+struct traits {
+    static constexpr int lanes = 8;
+    static constexpr index_t mr = 16;  // rows of the packed panel (two registers)
+    static constexpr index_t nr = 6;  // columns of the micro-kernel's register block
+    static constexpr index_t kc = 256;  // k-block
+    // Groups up to this many examples take gemm_small (memory-bound), larger ones the packed GEMM.
+    // With bf16 weights the packed kernel takes over earlier (measured crossover near 10-12
+    // examples on 512 x 512 blocks from memory).
+    static constexpr index_t small_max = 16;
+    static constexpr index_t small_max_bf16 = 10;
+};
 
 // Copies W(r0 : r0 + mr, k0 : k0 + kc) into a 16-row panel (kc columns of 16 contiguous floats),
 // zero-padding rows mr..15, so the micro-kernel reads one contiguous stream whatever ldw is
@@ -27,7 +31,7 @@ inline constexpr index_t gemm_small_max_bf16 = 10;
 // The panel to be packed next is requested by the micro-kernels (panel_prefetch), so that its
 // strided lines arrive while they run on this one instead of stalling the next pack.
 TREEGATE_DETAIL_AVX2_TARGET inline void pack_panel(index_t mr, index_t kc, const float* W, index_t ldw, float* panel) noexcept {
-    if (mr == gemm_mr) {
+    if (mr == traits::mr) {
         for (index_t k = 0; k < kc; ++k) {
             _mm256_store_ps(panel + 16 * k, _mm256_loadu_ps(W + k * ldw));
             _mm256_store_ps(panel + 16 * k + 8, _mm256_loadu_ps(W + k * ldw + 8));
@@ -44,7 +48,7 @@ TREEGATE_DETAIL_AVX2_TARGET inline void pack_panel(index_t mr, index_t kc, const
 
 // The same for bf16 weights, widened to float while packing (the micro-kernel is shared).
 TREEGATE_DETAIL_AVX2_TARGET inline void pack_panel(index_t mr, index_t kc, const bf16* W, index_t ldw, float* panel) noexcept {
-    if (mr == gemm_mr) {
+    if (mr == traits::mr) {
         for (index_t k = 0; k < kc; ++k) {
             _mm256_store_ps(panel + 16 * k, load8(W + k * ldw));
             _mm256_store_ps(panel + 16 * k + 8, load8(W + k * ldw + 8));
@@ -71,7 +75,7 @@ TREEGATE_DETAIL_AVX2_TARGET inline void pack_panel(index_t mr, index_t kc, const
 template <int NC>
 TREEGATE_DETAIL_AVX2_TARGET inline void micro(index_t mr, index_t kc, const float* panel, const float* X, index_t ldx,
                                               float* Y, index_t ldy, panel_prefetch pf = {}) noexcept {
-    static_assert(NC >= 1 && NC <= gemm_nr, "micro-kernel width");
+    static_assert(NC >= 1 && NC <= traits::nr, "micro-kernel width");
     const __m256i m0 = tail_mask(mr < 8 ? mr : 8);
     const __m256i m1 = tail_mask(mr > 8 ? mr - 8 : 0);
     // Batch invariance: the accumulators start from Y (columns past NC are never read).
@@ -125,9 +129,9 @@ TREEGATE_DETAIL_AVX2_TARGET inline void micro(index_t mr, index_t kc, const floa
             b5 = _mm256_fmadd_ps(p1, x, b5);
         }
     }
-    const __m256 top[gemm_nr] = {a0, a1, a2, a3, a4, a5};
-    const __m256 bottom[gemm_nr] = {b0, b1, b2, b3, b4, b5};
-    if (mr == gemm_mr) {
+    const __m256 top[traits::nr] = {a0, a1, a2, a3, a4, a5};
+    const __m256 bottom[traits::nr] = {b0, b1, b2, b3, b4, b5};
+    if (mr == traits::mr) {
         for (int j = 0; j < NC; ++j) {
             _mm256_storeu_ps(Y + j * ldy, top[j]);
             _mm256_storeu_ps(Y + j * ldy + 8, bottom[j]);
@@ -140,52 +144,10 @@ TREEGATE_DETAIL_AVX2_TARGET inline void micro(index_t mr, index_t kc, const floa
     }
 }
 
-// Larger groups: k-blocked, a packed 16-row panel reused across every column block of 6.
-template <class T>
-TREEGATE_DETAIL_AVX2_TARGET inline void gemm_packed(index_t rows, index_t cols, index_t n, const T* W, index_t ldw,
-                                                    const float* X, index_t ldx, float* Y, index_t ldy) noexcept {
-    alignas(64) float panel[gemm_mr * gemm_kc];
-    for (index_t k0 = 0; k0 < cols; k0 += gemm_kc) {
-        const index_t kc = cols - k0 < gemm_kc ? cols - k0 : gemm_kc;
-        for (index_t r0 = 0; r0 < rows; r0 += gemm_mr) {
-            const index_t mr = rows - r0 < gemm_mr ? rows - r0 : gemm_mr;
-            pack_panel(mr, kc, W + r0 + k0 * ldw, ldw, panel);
-            // The next panel is requested during the first micro-kernel call on this one.
-            panel_prefetch pf =
-                prefetch_of<T>(next_panel_after(W, ldw, rows, cols, r0, k0, kc, gemm_mr, gemm_kc), ldw, gemm_mr);
-            const float* Xk = X + k0;
-            float* Yr = Y + r0;
-            index_t j = 0;
-            for (; j + gemm_nr <= n; j += gemm_nr, pf.cols = 0)
-                micro<6>(mr, kc, panel, Xk + j * ldx, ldx, Yr + j * ldy, ldy, pf);
-            switch (n - j) {
-                case 1: micro<1>(mr, kc, panel, Xk + j * ldx, ldx, Yr + j * ldy, ldy, pf); break;
-                case 2: micro<2>(mr, kc, panel, Xk + j * ldx, ldx, Yr + j * ldy, ldy, pf); break;
-                case 3: micro<3>(mr, kc, panel, Xk + j * ldx, ldx, Yr + j * ldy, ldy, pf); break;
-                case 4: micro<4>(mr, kc, panel, Xk + j * ldx, ldx, Yr + j * ldy, ldy, pf); break;
-                case 5: micro<5>(mr, kc, panel, Xk + j * ldx, ldx, Yr + j * ldy, ldy, pf); break;
-                default: break;
-            }
-        }
-    }
-}
-
-template <class T>
-TREEGATE_DETAIL_AVX2_TARGET inline void gemm(index_t rows, index_t cols, index_t n, const T* W, index_t ldw,
-                                             const float* X, index_t ldx, float* Y, index_t ldy) noexcept {
-    if (rows <= 0 || n <= 0) return;
-    if (n == 1) {
-        // A contiguous block (ldw == rows, as in the layers) takes the path-sum kernel, whose
-        // software prefetch runs ahead inside the block: a column of a few hundred rows is only
-        // a few cache lines, too short for the hardware prefetcher to ramp up (measured on
-        // 256 x 256 blocks from memory: bf16 14 us instead of 23 us, float 26 us instead of 32 us).
-        if (ldw == rows) return path_sum(rows, cols, &W, 1, X, Y);
-        return gemv(rows, cols, W, ldw, X, Y);
-    }
-    if (n <= (std::is_same_v<T, bf16> ? gemm_small_max_bf16 : gemm_small_max))
-        return gemm_small(rows, cols, n, W, ldw, X, ldx, Y, ldy);
-    gemm_packed(rows, cols, n, W, ldw, X, ldx, Y, ldy);
-}
+// The driver (micro_tail, gemm_packed, the gemm entry point) is shared by every level.
+#define TREEGATE_DETAIL_KERNEL_TARGET TREEGATE_DETAIL_AVX2_TARGET
+#include "../generic/gemm.hpp"
+#undef TREEGATE_DETAIL_KERNEL_TARGET
 
 }  // namespace treegate::kernels::detail::avx2_kernels
 

@@ -1,4 +1,4 @@
-// treegate/kernels/x86/avx512_gemm.hpp — AVX-512 packed GEMM (32 x 12 micro-kernel) and the gemm entry point.
+// treegate/kernels/x86/avx512_gemm.hpp — AVX-512 GEMM traits, panel packing and the 32 x 12 micro-kernel; the driver is kernels/generic/gemm.hpp.
 // Part of the `avx512` policy (include kernels/avx512.hpp); float and bf16 weights, float activations.
 #ifndef TREEGATE_KERNELS_X86_AVX512_GEMM_HPP
 #define TREEGATE_KERNELS_X86_AVX512_GEMM_HPP
@@ -14,19 +14,23 @@ namespace treegate::kernels::detail::avx512_kernels {
 // The packed row panel: 32 rows (two registers) x 256 columns = 32 KiB, which with the 12
 // input columns of one k-block (12 KiB) fits a 48 KiB L1. 2 x 12 accumulators, two panel
 // registers and a broadcast use 27 of the 32 registers.
-inline constexpr index_t gemm_mr = 32;
-inline constexpr index_t gemm_nr = 12;
-inline constexpr index_t gemm_kc = 256;
-// Groups up to this many examples take gemm_small (memory-bound), larger ones the packed GEMM.
-inline constexpr index_t gemm_small_max = 16;
-inline constexpr index_t gemm_small_max_bf16 = 10;
+// The level's GEMM traits, read by the shared driver (kernels/generic/gemm.hpp).
+struct traits {
+    static constexpr int lanes = 16;
+    static constexpr index_t mr = 32;  // rows of the packed panel (two registers)
+    static constexpr index_t nr = 12;  // columns of the micro-kernel's register block
+    static constexpr index_t kc = 256;  // k-block
+    // Groups up to this many examples take gemm_small (memory-bound), larger ones the packed GEMM.
+    static constexpr index_t small_max = 16;
+    static constexpr index_t small_max_bf16 = 10;
+};
 
 // Copies W(r0 : r0 + mr, k0 : k0 + kc) into a 32-row panel (kc columns of 32 contiguous floats,
 // bf16 widened), zero-padding rows mr..31, so the micro-kernel reads one contiguous stream
 // whatever ldw is. The next panel's lines are requested by the micro-kernels (panel_prefetch).
 template <class T>
 TREEGATE_DETAIL_AVX512_TARGET inline void pack_panel(index_t mr, index_t kc, const T* W, index_t ldw, float* panel) noexcept {
-    if (mr == gemm_mr) {
+    if (mr == traits::mr) {
         for (index_t k = 0; k < kc; ++k) {
             _mm512_store_ps(panel + 32 * k, load16(W + k * ldw));
             _mm512_store_ps(panel + 32 * k + 16, load16(W + k * ldw + 16));
@@ -50,7 +54,7 @@ TREEGATE_DETAIL_AVX512_TARGET inline void pack_panel(index_t mr, index_t kc, con
 template <int NC>
 TREEGATE_DETAIL_AVX512_TARGET inline void micro(index_t mr, index_t kc, const float* panel, const float* X, index_t ldx,
                                                 float* Y, index_t ldy, panel_prefetch pf = {}) noexcept {
-    static_assert(NC >= 1 && NC <= gemm_nr, "micro-kernel width");
+    static_assert(NC >= 1 && NC <= traits::nr, "micro-kernel width");
     const __mmask16 m0 = mask16(mr < 16 ? mr : 16);
     const __mmask16 m1 = mask16(mr > 16 ? mr - 16 : 0);
     __m512 a[NC], b[NC];
@@ -83,53 +87,10 @@ TREEGATE_DETAIL_AVX512_TARGET inline void micro(index_t mr, index_t kc, const fl
     }
 }
 
-template <int NC = 1>
-TREEGATE_DETAIL_AVX512_TARGET inline void micro_tail(index_t nc, index_t mr, index_t kc, const float* panel,
-                                                     const float* X, index_t ldx, float* Y, index_t ldy,
-                                                     panel_prefetch pf) noexcept {
-    if constexpr (NC < gemm_nr) {
-        if (nc == NC) return micro<NC>(mr, kc, panel, X, ldx, Y, ldy, pf);
-        micro_tail<NC + 1>(nc, mr, kc, panel, X, ldx, Y, ldy, pf);
-    }
-}
-
-// Larger groups: k-blocked, a packed 32-row panel reused across every column block of 12.
-template <class T>
-TREEGATE_DETAIL_AVX512_TARGET inline void gemm_packed(index_t rows, index_t cols, index_t n, const T* W, index_t ldw,
-                                                      const float* X, index_t ldx, float* Y, index_t ldy) noexcept {
-    alignas(64) float panel[gemm_mr * gemm_kc];
-    for (index_t k0 = 0; k0 < cols; k0 += gemm_kc) {
-        const index_t kc = cols - k0 < gemm_kc ? cols - k0 : gemm_kc;
-        for (index_t r0 = 0; r0 < rows; r0 += gemm_mr) {
-            const index_t mr = rows - r0 < gemm_mr ? rows - r0 : gemm_mr;
-            pack_panel(mr, kc, W + r0 + k0 * ldw, ldw, panel);
-            // The next panel is requested during the first micro-kernel call on this one.
-            panel_prefetch pf =
-                prefetch_of<T>(next_panel_after(W, ldw, rows, cols, r0, k0, kc, gemm_mr, gemm_kc), ldw, gemm_mr);
-            const float* Xk = X + k0;
-            float* Yr = Y + r0;
-            index_t j = 0;
-            for (; j + gemm_nr <= n; j += gemm_nr, pf.cols = 0)
-                micro<gemm_nr>(mr, kc, panel, Xk + j * ldx, ldx, Yr + j * ldy, ldy, pf);
-            if (j < n) micro_tail(n - j, mr, kc, panel, Xk + j * ldx, ldx, Yr + j * ldy, ldy, pf);
-        }
-    }
-}
-
-template <class T>
-TREEGATE_DETAIL_AVX512_TARGET inline void gemm(index_t rows, index_t cols, index_t n, const T* W, index_t ldw,
-                                               const float* X, index_t ldx, float* Y, index_t ldy) noexcept {
-    if (rows <= 0 || n <= 0) return;
-    if (n == 1) {
-        // A contiguous block takes the path-sum kernel, whose software prefetch runs ahead inside
-        // the block (a short column is too few lines for the hardware prefetcher to ramp up).
-        if (ldw == rows) return path_sum(rows, cols, &W, 1, X, Y);
-        return gemv(rows, cols, W, ldw, X, Y);
-    }
-    if (n <= (std::is_same_v<T, bf16> ? gemm_small_max_bf16 : gemm_small_max))
-        return gemm_small(rows, cols, n, W, ldw, X, ldx, Y, ldy);
-    gemm_packed(rows, cols, n, W, ldw, X, ldx, Y, ldy);
-}
+// The driver (micro_tail, gemm_packed, the gemm entry point) is shared by every level.
+#define TREEGATE_DETAIL_KERNEL_TARGET TREEGATE_DETAIL_AVX512_TARGET
+#include "../generic/gemm.hpp"
+#undef TREEGATE_DETAIL_KERNEL_TARGET
 
 }  // namespace treegate::kernels::detail::avx512_kernels
 
